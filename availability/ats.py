@@ -1,0 +1,146 @@
+"""Available to sell (contract section 5) and the per-SKU serving view.
+
+``build_availability`` turns a SKU's state, the rule book and ``now`` into the
+figures every read needs, for every channel at once: per location the stock
+figures, the safety stock and the buffers of the channels that rules name; any
+other channel has buffer 0. ``view`` then answers one read from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from availability.rules import RuleBook
+from availability.state import SkuState
+
+
+@dataclass(frozen=True, slots=True)
+class LocationAvailability:
+    location_id: str
+    on_hand: int
+    reserved: int
+    in_transit: int
+    damaged: int
+    safety_stock: int
+    channel_buffers: Mapping[str, int]
+
+    @property
+    def sellable(self) -> int:
+        return self.on_hand - self.reserved
+
+    def buffer(self, channel: str) -> int:
+        return self.channel_buffers.get(channel, 0)
+
+    def ats(self, channel: str) -> int:
+        return max(0, self.sellable - self.safety_stock - self.buffer(channel))
+
+    def to_data(self) -> list[Any]:
+        return [
+            self.location_id,
+            self.on_hand,
+            self.reserved,
+            self.in_transit,
+            self.damaged,
+            self.safety_stock,
+            dict(sorted(self.channel_buffers.items())),
+        ]
+
+    @classmethod
+    def from_data(cls, data: list[Any]) -> LocationAvailability:
+        return cls(data[0], data[1], data[2], data[3], data[4], data[5], data[6])
+
+
+@dataclass(frozen=True, slots=True)
+class SkuAvailability:
+    sku: str
+    locations: tuple[LocationAvailability, ...]  # sorted by location_id
+    next_expiry: int | None  # when a reservation of this SKU next expires, if any
+
+    def channels(self) -> list[str]:
+        """Channels that have a buffer somewhere; others all look alike (buffer 0)."""
+        named: set[str] = set()
+        for location in self.locations:
+            named.update(location.channel_buffers)
+        return sorted(named)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"sku": self.sku, "locations": [loc.to_data() for loc in self.locations]}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> SkuAvailability:
+        return cls(
+            data["sku"],
+            tuple(LocationAvailability.from_data(loc) for loc in data["locations"]),
+            None,
+        )
+
+
+def reserved_by_location(state: SkuState, now: int) -> tuple[dict[str, int], int | None]:
+    """Active reserved units per location, and the next moment one expires."""
+    reserved: dict[str, int] = {}
+    next_expiry: int | None = None
+    for line in state.reservations.values():
+        if not line.active(now):
+            continue
+        hold = line.hold
+        assert hold is not None
+        reserved[hold.location_id] = reserved.get(hold.location_id, 0) + hold.quantity
+        if hold.expires_at is not None and (next_expiry is None or hold.expires_at < next_expiry):
+            next_expiry = hold.expires_at
+    return reserved, next_expiry
+
+
+def build_availability(state: SkuState, rules: RuleBook, now: int) -> SkuAvailability:
+    reserved, next_expiry = reserved_by_location(state, now)
+    locations = []
+    for location_id in state.locations():
+        resolved = rules.resolve(state.sku, location_id)
+        locations.append(
+            LocationAvailability(
+                location_id=location_id,
+                on_hand=state.on_hand(location_id),
+                reserved=reserved.get(location_id, 0),
+                in_transit=max(0, state.transit.get(location_id, 0)),
+                damaged=state.damaged.get(location_id, 0),
+                safety_stock=resolved.safety_stock,
+                channel_buffers=resolved.channel_buffers,
+            )
+        )
+    return SkuAvailability(state.sku, tuple(locations), next_expiry)
+
+
+def location_view(location: LocationAvailability, channel: str) -> dict[str, Any]:
+    return {
+        "location_id": location.location_id,
+        "on_hand": location.on_hand,
+        "reserved": location.reserved,
+        "in_transit": location.in_transit,
+        "damaged": location.damaged,
+        "safety_stock": location.safety_stock,
+        "buffer": location.buffer(channel),
+        "ats": location.ats(channel),
+    }
+
+
+def view(
+    availability: SkuAvailability, channel: str, location_id: str | None = None
+) -> dict[str, Any]:
+    """The read answer of contract section 6 for one SKU and channel."""
+    locations = [
+        location_view(loc, channel)
+        for loc in availability.locations
+        if location_id is None or loc.location_id == location_id
+    ]
+    return {
+        "sku": availability.sku,
+        "channel": channel,
+        "ats": sum(loc["ats"] for loc in locations),
+        "locations": locations,
+    }
+
+
+def unknown_sku_view(sku: str) -> dict[str, Any]:
+    """A batch item for a SKU that has never been seen."""
+    return {"sku": sku, "ats": 0, "locations": []}

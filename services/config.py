@@ -1,0 +1,114 @@
+"""The one configuration object, read from ``AVAILABILITY_*`` environment variables.
+
+Contract variables (CONTRACT.md section 8) come first; the rest tune the stream
+processor. Their defaults are the values a production Kafka wants; the development
+stack (``dev.stack``) overrides the few that the development broker needs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AVAILABILITY_", extra="ignore")
+
+    # --- contract (section 8) ---
+    broker: str = "kafka://127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    grpc_port: int = Field(default=50051, ge=1, le=65535)
+    topic_prefix: str = ""
+
+    # --- topics ---
+    partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
+    replication_factor: int = Field(default=1, ge=1)
+
+    # --- stream processor ---
+    app_id: str = "availability"
+    data_dir: str = ".data/worker"
+    broker_session_timeout: float = Field(default=60.0, gt=0)
+    broker_heartbeat_interval: float = Field(default=3.0, gt=0)
+    # Kafka's own default; Faust hard-codes 1500 ms, which the development broker
+    # turns into seconds of latency.
+    fetch_max_wait_ms: int = Field(default=500, ge=0)
+    # 1 on the development broker: its end offsets are wrong after batched produce.
+    producer_max_batch_size: int = Field(default=16384, ge=1)
+    fold_batch_size: int = Field(default=1000, ge=1)
+    fold_batch_within: float = Field(default=0.01, gt=0)
+    expiry_tick: float = Field(default=0.1, gt=0, description="seconds between expiry checks")
+    heartbeat_interval: float = Field(default=1.0, gt=0, description="worker status to Redis")
+    ready_max_lag: int = Field(
+        default=1000, ge=0, description="events behind that still count as caught up"
+    )
+    log_level: str = "info"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def redis_key_prefix(self) -> str:
+        """Serving keys are namespaced by the topic prefix so that two deployments
+        (or two test runs) can share one Redis without seeing each other."""
+        return f"{self.topic_prefix}avail"
+
+    @property
+    def faust_app_id(self) -> str:
+        """Consumer group and prefix of the processor's internal topics (changelogs)."""
+        return f"{self.topic_prefix}{self.app_id}"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port[,host:port]`` for plain Kafka clients (scheme stripped)."""
+        servers = []
+        for part in self.broker.split(";"):
+            for url in part.split(","):
+                url = url.strip()
+                if "://" in url:
+                    url = url.split("://", 1)[1]
+                if url:
+                    servers.append(url.rstrip("/"))
+        return ",".join(servers)
+
+    # topic names (contract section 2, each with the prefix)
+    @property
+    def erp_topic(self) -> str:
+        return self.topic("erp.balances")
+
+    @property
+    def pos_topic(self) -> str:
+        return self.topic("pos.transactions")
+
+    @property
+    def transfers_topic(self) -> str:
+        return self.topic("inventory.transfers")
+
+    @property
+    def reservations_topic(self) -> str:
+        return self.topic("orders.reservations")
+
+    @property
+    def input_topics(self) -> tuple[str, ...]:
+        return (self.erp_topic, self.pos_topic, self.transfers_topic, self.reservations_topic)
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic("availability.dlq")
+
+    @property
+    def rekey_topic(self) -> str:
+        """Internal: events whose Kafka key or partition does not match their sku."""
+        return self.topic("availability.rekeyed")
+
+    @property
+    def rules_topic(self) -> str:
+        """Source of truth for rules: one partition, compacted, keyed by rule_id."""
+        return self.topic("availability.rules")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,164 @@
+"""The rules log: a one-partition, compacted topic keyed by ``rule_id``.
+
+It is the source of truth for rules and survives a restart of every process.
+Every API replica and every worker folds the whole log into a ``RuleBook``; as
+they fold the same records in the same order they agree on every decision,
+including which of two racing PUTs for one scope wins (the first in the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from availability.rules import InvalidRule, Rule, RuleBook, parse_rule
+from services.config import Settings
+
+log = logging.getLogger(__name__)
+
+RuleChange = Callable[[Rule | None, Rule | None], Awaitable[None] | None]
+
+
+class RuleConflict(Exception):
+    def __init__(self, holder: Rule) -> None:
+        super().__init__(f"rule {holder.rule_id!r} already holds this scope")
+        self.holder = holder
+
+
+def encode_rule(rule: Rule) -> bytes:
+    return orjson.dumps(rule.to_data())
+
+
+class RulesLog:
+    def __init__(self, settings: Settings, on_change: RuleChange | None = None) -> None:
+        self.settings = settings
+        self.book = RuleBook()
+        self.position = 0  # next offset to fold
+        self._on_change = on_change
+        self._tp = TopicPartition(settings.rules_topic, 0)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._advanced = asyncio.Condition()
+        self.failure: BaseException | None = None
+
+    async def start(self) -> None:
+        servers = self.settings.bootstrap_servers
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            client_id=f"{self.settings.faust_app_id}-rules",
+        )
+        await self._consumer.start()
+        self._consumer.assign([self._tp])
+        await self._consumer.seek_to_beginning(self._tp)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=servers,
+            acks="all",
+            linger_ms=0,
+            client_id=f"{self.settings.faust_app_id}-rules",
+        )
+        await self._producer.start()
+        self._task = asyncio.create_task(self._run(), name="rules-log")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await client.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(self._tp, timeout_ms=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker went away: keep trying
+                self.failure = exc
+                log.warning("rules log: fetch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self.failure = None
+            for record in batches.get(self._tp, []):
+                await self._fold(record.key, record.value)
+                self.position = record.offset + 1
+            async with self._advanced:
+                self._advanced.notify_all()
+
+    async def _fold(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            log.warning("rules log: record without key ignored")
+            return
+        rule_id = key.decode("utf-8", "replace")
+        before = self.book.get(rule_id)
+        if value is None:
+            after = None
+            self.book.delete(rule_id)
+        else:
+            try:
+                after = parse_rule(rule_id, orjson.loads(value))
+            except (orjson.JSONDecodeError, InvalidRule) as exc:
+                log.error("rules log: invalid record for %r ignored: %s", rule_id, exc)
+                return
+            if not self.book.put(after):
+                log.warning("rules log: %r lost a race for its scope; ignored", rule_id)
+                return
+        if before != after and self._on_change is not None:
+            outcome = self._on_change(before, after)
+            if outcome is not None:
+                await outcome
+
+    async def end_offset(self) -> int:
+        assert self._consumer is not None
+        offsets = await self._consumer.end_offsets([self._tp])
+        return int(offsets[self._tp])
+
+    async def wait_for(self, offset: int, timeout: float = 10.0) -> None:
+        """Until every record before ``offset`` has been folded."""
+        async with asyncio.timeout(timeout), self._advanced:
+            await self._advanced.wait_for(lambda: self.position >= offset)
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Catch up with everything written to the log so far."""
+        await self.wait_for(await self.end_offset(), timeout)
+
+    async def put(self, rule: Rule) -> Rule:
+        await self.sync()
+        holder = self.book.conflict(rule)
+        if holder is not None:
+            raise RuleConflict(holder)
+        offset = await self._send(rule.rule_id, encode_rule(rule))
+        await self.wait_for(offset + 1)
+        stored = self.book.get(rule.rule_id)
+        if stored != rule:
+            # Another replica's PUT for the same scope got into the log first. Our
+            # record was ignored by every reader; re-assert the current value so
+            # that compaction cannot later resurrect the ignored one.
+            current = self.book.get(rule.rule_id)
+            await self._send(rule.rule_id, None if current is None else encode_rule(current))
+            holder = self.book.conflict(rule)
+            raise RuleConflict(holder if holder is not None else rule)
+        return rule
+
+    async def delete(self, rule_id: str) -> bool:
+        await self.sync()
+        if self.book.get(rule_id) is None:
+            return False
+        offset = await self._send(rule_id, None)
+        await self.wait_for(offset + 1)
+        return True
+
+    async def _send(self, rule_id: str, value: bytes | None) -> int:
+        assert self._producer is not None
+        metadata = await self._producer.send_and_wait(
+            self._tp.topic, value=value, key=rule_id.encode(), partition=0
+        )
+        return int(metadata.offset)

@@ -1,0 +1,173 @@
+"""All Redis access: the serving records, worker status and shared counters.
+
+Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
+
+``{prefix}:sku:{<sku>}``  hash, one per SKU
+    ``v``          version: +1 on every change of the record
+    ``d``          canonical JSON of the SKU's availability (all channels)
+    ``c:<channel>`` ready-to-send answer tail for a channel that rules give a buffer
+    ``*``          the same for every other channel (buffer 0)
+``{prefix}:workers``  hash worker id -> JSON status (heartbeat, lag, recovered)
+``{prefix}:counters`` hash counter name -> integer (events folded, dead letters)
+
+An answer tail is the JSON of ``{"ats": .., "locations": [..]}`` without its
+opening brace; a read puts ``{"sku":..,"channel":..,`` in front of it, so serving a
+read parses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as aioredis
+
+from availability.ats import SkuAvailability, view
+
+DEFAULT_FIELD = b"*"
+
+# Writes a record only when its canonical form changed, keeping the version.
+_WRITE_RECORD = """
+local cur = redis.call('HGET', KEYS[1], 'd')
+if cur == ARGV[1] then return 0 end
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') + 1
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1], unpack(ARGV, 2))
+return v
+"""
+
+
+def _answer_tail(availability: SkuAvailability, channel: str) -> bytes:
+    answer = view(availability, channel)
+    return orjson.dumps({"ats": answer["ats"], "locations": answer["locations"]})[1:]
+
+
+def encode_record(availability: SkuAvailability) -> list[bytes]:
+    """``[d, field, tail, field, tail, ...]``: the arguments of the write script."""
+    args = [orjson.dumps(availability.to_data(), option=orjson.OPT_SORT_KEYS)]
+    for channel in availability.channels():
+        args.append(b"c:" + channel.encode())
+        args.append(_answer_tail(availability, channel))
+    # The tail for unnamed channels is the same for all of them: buffer 0.
+    args.append(DEFAULT_FIELD)
+    args.append(_answer_tail(availability, ""))  # "" is no valid channel: buffer 0
+    return args
+
+
+def render_answer(sku: str, channel: str, tail: bytes) -> bytes:
+    # sku and channel are validated identifiers: no character needs JSON escaping.
+    return b'{"sku":"' + sku.encode() + b'","channel":"' + channel.encode() + b'",' + tail
+
+
+class AvailabilityStore:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._write = client.register_script(_WRITE_RECORD)
+        self._workers_key = f"{prefix}:workers"
+        self._counters_key = f"{prefix}:counters"
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> AvailabilityStore:
+        return cls(aioredis.from_url(url, decode_responses=False), prefix)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())
+
+    def sku_key(self, sku: str) -> str:
+        return f"{self.prefix}:sku:{{{sku}}}"
+
+    # --- writes (the stream processor) ---
+
+    async def write_records(self, records: Sequence[SkuAvailability]) -> list[int]:
+        """Write records in one round trip; returns each new version, 0 if unchanged."""
+        if not records:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for record in records:
+            await self._write(
+                keys=[self.sku_key(record.sku)], args=encode_record(record), client=pipe
+            )
+        return [int(v) for v in await pipe.execute()]
+
+    # --- reads (the APIs) ---
+
+    async def read_tail(self, sku: str, channel: str) -> bytes | None:
+        channel_tail, default_tail = await self.client.hmget(
+            self.sku_key(sku), [b"c:" + channel.encode(), DEFAULT_FIELD]
+        )
+        return cast(bytes | None, channel_tail or default_tail)
+
+    async def read_tails(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
+        fields = [b"c:" + channel.encode(), DEFAULT_FIELD]
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hmget(self.sku_key(sku), fields)
+        return [channel_tail or default_tail for channel_tail, default_tail in await pipe.execute()]
+
+    async def read_availability(self, sku: str) -> SkuAvailability | None:
+        raw = await self.client.hget(self.sku_key(sku), "d")
+        if raw is None:
+            return None
+        return SkuAvailability.from_data(orjson.loads(raw))
+
+    async def read_version(self, sku: str) -> int:
+        raw = await self.client.hget(self.sku_key(sku), "v")
+        return int(raw) if raw is not None else 0
+
+    # --- worker status and counters ---
+
+    async def report_worker(self, worker_id: str, status: Mapping[str, Any]) -> None:
+        payload = orjson.dumps({**status, "ts": time.time()})
+        await self.client.hset(self._workers_key, worker_id, payload)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self.client.hdel(self._workers_key, worker_id)
+
+    async def workers(self, max_age: float) -> dict[str, dict[str, Any]]:
+        """Statuses reported within ``max_age`` seconds; older ones are dropped."""
+        now = time.time()
+        raw = await self.client.hgetall(self._workers_key)
+        fresh: dict[str, dict[str, Any]] = {}
+        stale: list[bytes | str] = []
+        for worker_id, payload in raw.items():
+            status = orjson.loads(payload)
+            if now - float(status.get("ts", 0)) <= max_age:
+                fresh[_text(worker_id)] = status
+            else:
+                stale.append(worker_id)
+        if stale:
+            await self.client.hdel(self._workers_key, *stale)
+        return fresh
+
+    async def add_counts(self, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name, amount in counts.items():
+            pipe.hincrby(self._counters_key, name, amount)
+        await pipe.execute()
+
+    async def counts(self) -> dict[str, int]:
+        raw = await self.client.hgetall(self._counters_key)
+        return {_text(name): int(value) for name, value in raw.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def batch_items(skus: Iterable[str], channel: str, tails: Iterable[bytes | None]) -> bytes:
+    """The body of a batch answer, in request order."""
+    parts = []
+    for sku, tail in zip(skus, tails, strict=True):
+        if tail is None:
+            parts.append(b'{"sku":"' + sku.encode() + b'","ats":0,"locations":[]}')
+        else:
+            parts.append(render_answer(sku, channel, tail))
+    return b'{"channel":"' + channel.encode() + b'","items":[' + b",".join(parts) + b"]}"

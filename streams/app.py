@@ -1,0 +1,295 @@
+"""The stream processor: folds the input topics into per-SKU table state and
+keeps the Redis serving records in step.
+
+Routing. State lives in a table keyed by SKU whose changelog partition is the
+Kafka default partitioner's choice for the SKU, and every input topic has the
+same partition count, so a worker owns a SKU when it owns that partition of the
+input topics. An event whose Kafka key is not its SKU, or that sits on another
+partition (a producer with another partitioner), is forwarded unchanged to the
+internal re-key topic on its SKU's partition and folded there: never mis-routed.
+
+Delivery. Offsets are committed only after the producer has flushed (Faust does
+this), so the changelog, dead letters and forwarded events of a batch are durable
+before its offsets are. A crash makes Kafka redeliver a batch; the fold ignores
+what it has seen (``availability.state``), so nothing counts twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import TP, EventT
+
+from availability.events import InvalidEvent, event_type, parse_event
+from availability.rules import Rule
+from availability.state import SkuState, fold
+from services.config import Settings
+from services.rules_log import RulesLog
+from services.store import AvailabilityStore
+from streams.codec import SkuStateCodec
+from streams.dead_letters import dead_letter_record
+from streams.kafka import Transport, partition_for
+from streams.serving import ServingWriter
+
+log = logging.getLogger(__name__)
+
+
+class AvailabilityApp(faust.App):
+    fetch_max_wait_ms: int = 500
+    processor: Processor | None = None
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.processor is not None:
+            await self.processor.close()
+
+
+class Processor:
+    """Everything one worker does, around the Faust app that drives it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        app = AvailabilityApp(
+            settings.faust_app_id,
+            broker=settings.broker,
+            store="memory://",
+            datadir=settings.data_dir,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            broker_session_timeout=settings.broker_session_timeout,
+            broker_heartbeat_interval=settings.broker_heartbeat_interval,
+            producer_max_batch_size=settings.producer_max_batch_size,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=False,
+            table_cleanup_interval=3600.0,
+        )
+        app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+        self.app = app
+        self.partitions = settings.partitions
+        self.states = app.Table(
+            "sku-state",
+            partitions=settings.partitions,
+            schema=faust.Schema(
+                key_type=str, key_serializer="raw", value_serializer=SkuStateCodec()
+            ),
+            use_partitioner=True,
+        )
+        self.source = app.topic(
+            *settings.input_topics,
+            settings.rekey_topic,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=True,
+        )
+        self.rekey_topic = app.topic(
+            settings.rekey_topic, key_serializer="raw", value_serializer="raw", internal=False
+        )
+        self.dlq_topic = app.topic(
+            settings.dlq_topic, key_serializer="raw", value_serializer="raw", internal=False
+        )
+        self.store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+        self.rules = RulesLog(settings, on_change=self._on_rule_change)
+        self.writer = ServingWriter(
+            self.store,
+            rules=lambda: self.rules.book,
+            state_of=self.states.get,
+            owns=self.owns,
+        )
+        self.counts: Counter[str] = Counter()
+        self.processed: dict[TP, int] = {}
+        self.recovered = False
+        self._wire()
+
+    # --- wiring into Faust ---
+
+    def _wire(self) -> None:
+        app, settings = self.app, self.settings
+
+        @app.agent(self.source, name="fold-events")
+        async def fold_events(stream: Any) -> None:
+            async for batch in stream.take_events(
+                settings.fold_batch_size, within=settings.fold_batch_within
+            ):
+                await self.process(batch)
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def start_rules() -> None:
+            await self.start_rules()
+
+        @app.timer(interval=settings.expiry_tick)  # type: ignore[untyped-decorator]
+        async def expire_and_flush() -> None:
+            self.writer.mark_expired()
+            if self.writer.pending:
+                await self.writer.flush()
+
+        @app.timer(interval=settings.heartbeat_interval)  # type: ignore[untyped-decorator]
+        async def report_status() -> None:
+            await self.report_status()
+
+        @self.states.on_recover
+        async def on_recovered() -> None:
+            # Whatever Redis holds (perhaps nothing, perhaps records from before a
+            # crash), rewrite every owned SKU from the recovered state.
+            self.writer.mark(list(self.states.keys()))
+            self.recovered = True
+            log.info("table recovered: %d SKUs on this worker", len(self.states))
+
+        app.processor = self
+
+    async def close(self) -> None:
+        await self.rules.stop()
+        try:
+            await self.store.remove_worker(self.worker_id)
+        except Exception as exc:
+            log.warning("could not remove worker status: %s", exc)
+        finally:
+            await self.store.close()
+
+    async def start_rules(self) -> None:
+        while True:
+            try:
+                await self.rules.start()
+                await self.rules.sync(timeout=30.0)
+                break
+            except Exception as exc:
+                log.warning("rules log not reachable yet (%s); retrying", exc)
+                await self.rules.stop()
+                self.rules = RulesLog(self.settings, on_change=self._on_rule_change)
+                await asyncio.sleep(1.0)
+        log.info("rules log caught up: %d rules", len(self.rules.book))
+        self.writer.rules_ready.set()
+
+    # --- the fold ---
+
+    def owns(self, sku: str) -> bool:
+        partition = partition_for(sku.encode(), self.partitions)
+        return TP(self.settings.erp_topic, partition) in self.app.consumer.assignment()
+
+    async def process(self, batch: Sequence[EventT[Any]]) -> None:
+        by_sku: dict[str, list[Any]] = {}
+        rekey_topic = self.settings.rekey_topic
+        for event in batch:
+            message = event.message
+            self.processed[TP(message.topic, message.partition)] = message.offset + 1
+            try:
+                parsed = parse_event(message.value)
+            except InvalidEvent as exc:
+                await self._dead_letter(message, exc)
+                continue
+            sku_key = parsed.sku.encode()
+            if message.topic != rekey_topic and (
+                message.key != sku_key
+                or message.partition != partition_for(sku_key, self.partitions)
+            ):
+                await self.rekey_topic.send(
+                    key=sku_key,
+                    value=message.value,
+                    partition=partition_for(sku_key, self.partitions),
+                )
+                self.counts["rekeyed"] += 1
+                continue
+            by_sku.setdefault(parsed.sku, []).append(parsed)
+            self.counts[f"folded:{event_type(parsed)}"] += 1
+
+        changed = []
+        for sku, events in by_sku.items():
+            state = self.states.get(sku)
+            if state is None:
+                state = SkuState(sku)
+                new = True
+            else:
+                new = False
+            touched = False
+            for parsed in events:
+                touched = fold(state, parsed) or touched
+            if touched or new:
+                self.states[sku] = state
+                changed.append(sku)
+        if changed:
+            self.writer.mark(changed)
+            await self.writer.flush()
+
+    async def _dead_letter(self, message: Any, exc: InvalidEvent) -> None:
+        log.warning(
+            "dead letter from %s[%d]@%d: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            exc.reason,
+            extra={"event_id": exc.event_id, "sku": exc.sku},
+        )
+        await self.dlq_topic.send(
+            key=message.key,
+            value=dead_letter_record(
+                value=message.value,
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                reason=exc.reason,
+                event_id=exc.event_id,
+                sku=exc.sku,
+            ),
+        )
+        self.counts[f"dead_letters:{message.topic}"] += 1
+
+    # --- rules ---
+
+    def _on_rule_change(self, before: Rule | None, after: Rule | None) -> None:
+        skus = {rule.sku for rule in (before, after) if rule is not None}
+        if None in skus:
+            self.writer.mark(list(self.states.keys()))
+        else:
+            self.writer.mark(sku for sku in skus if sku is not None and sku in self.states)
+
+    # --- status ---
+
+    async def lag_by_partition(self) -> dict[str, int]:
+        consumer = self.app.consumer
+        lags: dict[str, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.source.topics:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = self.processed.get(tp)
+            if done is None:
+                done = await consumer.position(tp) or 0
+            lags[f"{tp.topic}:{tp.partition}"] = max(0, highwater - done)
+        return lags
+
+    async def report_status(self) -> None:
+        try:
+            lags = await self.lag_by_partition() if self.recovered else {}
+            counts, self.counts = self.counts, Counter()
+            await self.store.add_counts(counts)
+            ready = self.recovered and self.writer.rules_ready.is_set() and not self.app.rebalancing
+            await self.store.report_worker(
+                self.worker_id,
+                {
+                    "worker_id": self.worker_id,
+                    "recovered": ready,
+                    "lag": sum(lags.values()),
+                    "lag_by_partition": lags,
+                    "pending_writes": self.writer.pending,
+                    "serving_writes": self.writer.writes,
+                    "serving_errors": self.writer.errors,
+                },
+            )
+        except Exception as exc:  # status is best effort; the fold goes on
+            log.warning("status report failed: %s", exc)
+
+
+def create_processor(settings: Settings) -> Processor:
+    return Processor(settings)

@@ -1,0 +1,36 @@
+"""Kafka details the processor relies on: partitioning and the consumer's fetch wait."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``.
+
+    Faust's producer uses the same function for tables created with
+    ``use_partitioner=True``, so an event on this partition of an input topic and
+    its SKU's table entry live on the same worker.
+    """
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust hard-codes 1500 ms. Real Kafka answers as soon as data is there, but
+        # some brokers hold every fetch for the full wait, so it is configurable.
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 500)
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer

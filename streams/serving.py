@@ -1,0 +1,106 @@
+"""Keeps the Redis serving records in step with the fold state.
+
+SKUs are marked dirty (by the fold, a rule change, a reservation expiring or a
+recovery) and ``flush`` writes their records. A record is computed when it is
+flushed, from the state and rules of that moment, and flushes never overlap, so
+the last write for a SKU always carries its latest figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from redis.exceptions import RedisError
+
+from availability.ats import SkuAvailability, build_availability
+from availability.rules import RuleBook
+from availability.state import SkuState
+from services.store import AvailabilityStore
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 500
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+class ServingWriter:
+    def __init__(
+        self,
+        store: AvailabilityStore,
+        rules: Callable[[], RuleBook],
+        state_of: Callable[[str], SkuState | None],
+        owns: Callable[[str], bool],
+        clock: Callable[[], int] = now_micros,
+    ) -> None:
+        self.store = store
+        self._rules = rules
+        self._state_of = state_of
+        self._owns = owns
+        self._clock = clock
+        self._dirty: set[str] = set()
+        self._expiries: list[tuple[int, str]] = []
+        self._scheduled: dict[str, int] = {}  # earliest expiry queued per SKU
+        self._lock = asyncio.Lock()
+        self.rules_ready = asyncio.Event()
+        self.writes = 0
+        self.errors = 0
+
+    def mark(self, skus: Iterable[str]) -> None:
+        self._dirty.update(skus)
+
+    @property
+    def pending(self) -> int:
+        return len(self._dirty)
+
+    def mark_expired(self) -> None:
+        """Mark SKUs whose next reservation expiry has come."""
+        now = self._clock()
+        while self._expiries and self._expiries[0][0] <= now:
+            when, sku = heapq.heappop(self._expiries)
+            if self._scheduled.get(sku) == when:
+                del self._scheduled[sku]
+            self._dirty.add(sku)
+
+    async def flush(self) -> bool:
+        """Write every dirty SKU; False if Redis failed (they stay dirty)."""
+        await self.rules_ready.wait()
+        async with self._lock:
+            if not self._dirty:
+                return True
+            skus, self._dirty = self._dirty, set()
+            records = self._build(skus)
+            try:
+                for start in range(0, len(records), WRITE_CHUNK):
+                    await self.store.write_records(records[start : start + WRITE_CHUNK])
+            except (RedisError, OSError) as exc:
+                self.errors += 1
+                self._dirty |= skus
+                log.error("serving layer: writing %d records failed: %s", len(records), exc)
+                return False
+            self.writes += len(records)
+            return True
+
+    def _build(self, skus: Iterable[str]) -> list[SkuAvailability]:
+        now = self._clock()
+        rules = self._rules()
+        records = []
+        for sku in skus:
+            if not self._owns(sku):
+                continue
+            state = self._state_of(sku)
+            if state is None:
+                continue
+            record = build_availability(state, rules, now)
+            expiry = record.next_expiry
+            if expiry is not None and expiry < self._scheduled.get(sku, expiry + 1):
+                self._scheduled[sku] = expiry
+                heapq.heappush(self._expiries, (expiry, sku))
+            records.append(record)
+        return records

@@ -1,0 +1,314 @@
+"""Reusable parts of the integration tests (the fixtures are in ``conftest.py``).
+
+- :func:`free_port`, :func:`dev_field_overrides`, :func:`settings_env`, :func:`subprocess_env`
+- :func:`produce`, :func:`consume_all`, :func:`topic_partitions`, :func:`wait_until`
+- :class:`ProcessHandle`: ``python -m streams`` / ``python -m services.http`` as subprocesses
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import RecordMetadata
+
+from dev.stack import DEV_OVERRIDES, http_status, popen_child, stop_process
+from services.config import Settings
+
+ENV_PREFIX: Final[str] = str(Settings.model_config.get("env_prefix", "AVAILABILITY_"))
+REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dev_field_overrides() -> dict[str, str]:
+    """:data:`dev.stack.DEV_OVERRIDES` as ``Settings`` field names (values as strings)."""
+    return {
+        key.removeprefix(ENV_PREFIX).lower(): value
+        for key, value in DEV_OVERRIDES.items()
+        if key.startswith(ENV_PREFIX)
+    }
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value)  # pydantic-settings parses complex fields as JSON
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every field of ``settings`` as ``AVAILABILITY_*`` variables, so that a subprocess
+    sees exactly the same configuration."""
+    return {
+        f"{ENV_PREFIX}{name.upper()}": _env_value(getattr(settings, name))
+        for name in type(settings).model_fields
+    }
+
+
+def subprocess_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``os.environ`` without stray ``AVAILABILITY_*`` variables, plus
+    :func:`settings_env`, unbuffered Python output and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+class _SkuKey:
+    """Sentinel: key each event by its ``sku``."""
+
+    def __repr__(self) -> str:
+        return "SKU_KEY"
+
+
+SKU_KEY: Final = _SkuKey()
+
+
+def _sku_of(event: Mapping[str, Any] | bytes) -> bytes | None:
+    if isinstance(event, bytes):
+        try:
+            event = orjson.loads(event)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict):
+            return None
+    sku = event.get("sku")
+    return sku.encode() if isinstance(sku, str) else None
+
+
+async def produce(
+    settings: Settings,
+    topic: str,
+    events: Sequence[Mapping[str, Any] | bytes],
+    key: str | bytes | _SkuKey | None = SKU_KEY,
+    *,
+    partition: int | None = None,
+) -> list[RecordMetadata]:
+    """Publish ``events`` (dicts are orjson-encoded, bytes sent as they are) in order and
+    wait until each is acknowledged (acks=all).
+
+    ``key``: default the event's ``sku`` (None when it has none or is not JSON);
+    ``None`` for no key; a str/bytes for that key on every event. ``partition`` forces
+    a partition. Batches hold one record each so that end offsets are exact on the
+    development broker.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        max_batch_size=1,
+        linger_ms=0,
+        client_id="tests-produce",
+    )
+    await producer.start()
+    try:
+        futures = []
+        for event in events:
+            value = event if isinstance(event, bytes) else orjson.dumps(event)
+            if isinstance(key, _SkuKey):
+                record_key = _sku_of(event)
+            elif isinstance(key, str):
+                record_key = key.encode()
+            else:
+                record_key = key
+            futures.append(await producer.send(topic, value, key=record_key, partition=partition))
+        await producer.flush()
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+async def consume_all(
+    settings: Settings, topic: str, timeout: float = 10.0, *, idle: float = 1.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from the beginning (all partitions, no consumer group),
+    read until nothing new arrived for ``idle`` seconds once the end offsets seen at the
+    start are reached, or until ``timeout``. Records are in partition order, then offset."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        client_id="tests-consume",
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        partitions = await topic_partitions(settings, topic)
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(*tps, timeout_ms=100)
+            if any(batch.values()):
+                for part in batch.values():
+                    records.extend(part)
+                last_new = time.monotonic()
+                continue
+            reached = all([await consumer.position(tp) >= end[tp] for tp in tps])
+            if reached and time.monotonic() - last_new >= idle:
+                break
+    finally:
+        await consumer.stop()
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records
+
+
+async def topic_partitions(settings: Settings, topic: str) -> set[int]:
+    """The partition ids of ``topic`` (empty if it does not exist). Asks for the metadata
+    of all topics: the development broker auto-creates a topic named in a request."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="tests-admin"
+    )
+    await admin.start()
+    try:
+        for meta in await admin.describe_topics(None):
+            if meta["topic"] == topic:
+                return {int(p["partition"]) for p in meta["partitions"]}
+        return set()
+    finally:
+        await admin.close()
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05
+) -> None:
+    """Poll an async ``predicate`` until it is true; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class ProcessHandle:
+    """A service process (``python -m MODULE``) for a test, output captured to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        env: Mapping[str, str],
+        log_dir: Path,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.argv = [sys.executable, "-m", module, *args]
+        self.env = dict(env)
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> ProcessHandle:
+        """Start (or restart after it stopped) the process; its log is appended to."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._close_log()
+        self._log = self.log_path.open("ab")
+        self._log.write(f"---- start {' '.join(self.argv)}\n".encode())
+        self._log.flush()
+        self.proc = popen_child(self.argv, env=self.env, stdout=self._log, cwd=REPO_ROOT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the process (not waiting for it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM its process group, SIGKILL after ``timeout``. Returns the exit code."""
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, timeout)
+        self._close_log()
+        return code
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def http_ready(port: int, path: str = "/readyz") -> bool:
+    return http_status(f"http://127.0.0.1:{port}{path}", timeout=1.0) == 200
+
+
+async def wait_http_ready(
+    port: int,
+    timeout: float = 60.0,
+    path: str = "/readyz",
+    process: ProcessHandle | None = None,
+) -> None:
+    """Wait until ``GET http://127.0.0.1:PORT/readyz`` returns 200 (fails early if
+    ``process`` exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await asyncio.to_thread(http_ready, port, path):
+            return
+        if process is not None and not process.running:
+            raise AssertionError(
+                f"{process.name} exited ({process.returncode}) before {path} was ready:\n"
+                f"{process.tail()}"
+            )
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{path} on port {port} not ready within {timeout} s")
+        await asyncio.sleep(0.2)
