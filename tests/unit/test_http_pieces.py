@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from prometheus_client import CollectorRegistry, generate_latest
 
 from availability.ats import LocationAvailability, SkuAvailability, view
@@ -16,7 +18,7 @@ from services.http import create_app, schemas
 from services.http.errors import ApiError, code_for_status, describe_validation_errors
 from services.http.metrics import ServingCollector, route_template
 from services.http.readiness import OK, assess_workers, worker_max_age
-from services.http.resources import describe
+from services.http.resources import RulesConnection, describe
 from services.http.validation import (
     BATCH_FIELDS,
     MAX_BATCH_SKUS,
@@ -27,6 +29,7 @@ from services.http.validation import (
     require_rule_id,
     require_sku,
 )
+from services.rules_log import RulesLog
 
 
 def _error(call: Any, *args: Any) -> ApiError:
@@ -250,3 +253,68 @@ def test_schemas_match_the_domain() -> None:
     body: dict[str, Any] = {name: None for name in schemas.RuleBody.model_fields}
     rule = parse_rule("r", {**body, "rule_id": "r"})
     assert list(schemas.Rule.model_fields) == list(rule.to_data())
+
+
+# --- the rules-log connection --------------------------------------------------------
+
+
+class FakeRulesLog:
+    """Fails to start ``failures`` times, then starts."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.starts = 0
+        self.stops = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.starts <= self.failures:
+            raise OSError("connection refused")
+
+    async def stop(self) -> None:
+        self.stops += 1
+
+
+def _connection(fake: FakeRulesLog) -> RulesConnection:
+    return RulesConnection(cast(RulesLog, fake), max_retry_interval=0.01)
+
+
+async def test_rules_connection_retries_in_the_background() -> None:
+    fake = FakeRulesLog(failures=3)
+    connection = _connection(fake)
+    await connection.start(wait=0.0)
+    assert not connection.started
+    with pytest.raises(ApiError) as refused:
+        async with connection.operation("listing the rules"):
+            pass
+    assert (refused.value.status_code, refused.value.code) == (503, "unavailable")
+
+    for _ in range(200):
+        if connection.started:
+            break
+        await asyncio.sleep(0.01)
+    assert connection.started
+    assert connection.last_error is None
+    assert fake.starts == 4
+    assert fake.stops == 3  # each failed attempt released what it opened
+    await connection.close()
+    assert fake.stops == 4
+
+
+@pytest.mark.parametrize(
+    "failure", [TimeoutError(), KafkaConnectionError("down"), ConnectionRefusedError()]
+)
+async def test_rules_operation_turns_broker_trouble_into_503(failure: Exception) -> None:
+    connection = _connection(FakeRulesLog(failures=0))
+    await connection.start(wait=1.0)
+    assert connection.started
+    with pytest.raises(ApiError) as caught:
+        async with connection.operation("storing the rule"):
+            raise failure
+    assert (caught.value.status_code, caught.value.code) == (503, "unavailable")
+    assert "storing the rule" in caught.value.message
+    # Anything else (a scope conflict, a bug) is not the broker's fault.
+    with pytest.raises(ValueError):
+        async with connection.operation("storing the rule"):
+            raise ValueError("other")
+    await connection.close()

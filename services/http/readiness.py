@@ -1,0 +1,82 @@
+"""The checks behind ``GET /readyz``: Redis answers, the rules log is caught up with
+the broker, and the stream processor is up and caught up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from services.config import Settings
+from services.http.resources import RulesConnection, describe
+from services.store import AvailabilityStore
+
+OK = "ok"
+#: Each check gives up after this long (a probe must answer quickly).
+CHECK_TIMEOUT = 1.0
+
+
+def worker_max_age(settings: Settings) -> float:
+    """A worker status older than this means the worker is gone."""
+    return 3 * settings.heartbeat_interval + 2
+
+
+def assess_workers(workers: Mapping[str, Mapping[str, Any]], max_lag: int) -> str:
+    """``ok``, or why the stream processor does not count as up and caught up."""
+    if not workers:
+        return "no stream-processor worker has reported recently"
+    problems: list[str] = []
+    for worker_id, status in sorted(workers.items()):
+        if status.get("recovered") is not True:
+            problems.append(f"worker {worker_id} is still recovering its state")
+            continue
+        lag = status.get("lag")
+        if not isinstance(lag, int | float) or isinstance(lag, bool):
+            problems.append(f"worker {worker_id} reports no lag")
+        elif lag > max_lag:
+            problems.append(f"worker {worker_id} is {lag} events behind (at most {max_lag})")
+    return "; ".join(problems) or OK
+
+
+async def check_redis(store: AvailabilityStore) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            return OK if await store.ping() else "Redis did not answer PING"
+    except TimeoutError:
+        return f"Redis did not answer within {CHECK_TIMEOUT:g} s"
+    except Exception as exc:
+        return f"Redis unreachable ({describe(exc)})"
+
+
+async def check_broker(rules: RulesConnection) -> str:
+    if not rules.started:
+        reason = f" ({rules.last_error})" if rules.last_error else ""
+        return f"rules log not connected to the broker{reason}"
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await rules.log.sync(timeout=CHECK_TIMEOUT)
+    except TimeoutError:
+        return f"rules log not caught up with the broker within {CHECK_TIMEOUT:g} s"
+    except Exception as exc:
+        return f"broker unreachable ({describe(exc)})"
+    return OK
+
+
+async def check_processor(store: AvailabilityStore, settings: Settings) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            workers = await store.workers(max_age=worker_max_age(settings))
+    except TimeoutError:
+        return "worker status unknown: Redis did not answer in time"
+    except Exception as exc:
+        return f"worker status unknown ({describe(exc)})"
+    return assess_workers(workers, settings.ready_max_lag)
+
+
+async def readiness(
+    store: AvailabilityStore, rules: RulesConnection, settings: Settings
+) -> dict[str, str]:
+    redis_state, broker_state, processor_state = await asyncio.gather(
+        check_redis(store), check_broker(rules), check_processor(store, settings)
+    )
+    return {"redis": redis_state, "broker": broker_state, "processor": processor_state}
