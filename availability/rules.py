@@ -76,7 +76,7 @@ def parse_rule(rule_id: str, body: object) -> Rule:
     unknown = sorted(set(body) - _RULE_FIELDS)
     if unknown:
         problems.append(f"unknown field(s): {', '.join(unknown)}")
-    if "rule_id" in body and body["rule_id"] != rule_id:
+    if body.get("rule_id") is not None and body["rule_id"] != rule_id:
         problems.append(f"rule_id in the body ({body['rule_id']!r}) differs from the path")
     sku = body.get("sku")
     if sku is not None and not is_sku(sku):

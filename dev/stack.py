@@ -51,6 +51,9 @@ T = TypeVar("T")
 DEV_OVERRIDES: dict[str, str] = {
     "AVAILABILITY_BROKER_SESSION_TIMEOUT": "10",
     "AVAILABILITY_BROKER_HEARTBEAT_INTERVAL": "1",
+    # The development broker leaves a SyncGroup unanswered when the group's leader
+    # died; the client gives up and rejoins after this many seconds.
+    "AVAILABILITY_BROKER_REQUEST_TIMEOUT": "20",
     "AVAILABILITY_FETCH_MAX_WAIT_MS": "100",
     "AVAILABILITY_PRODUCER_MAX_BATCH_SIZE": "1",
 }

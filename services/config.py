@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     data_dir: str = ".data/worker"
     broker_session_timeout: float = Field(default=60.0, gt=0)
     broker_heartbeat_interval: float = Field(default=3.0, gt=0)
+    # A group request (e.g. SyncGroup) that gets no answer is retried after this;
+    # it must be at least the session timeout.
+    broker_request_timeout: float = Field(default=90.0, gt=0)
     # Kafka's own default; Faust hard-codes 1500 ms, which the development broker
     # turns into seconds of latency.
     fetch_max_wait_ms: int = Field(default=500, ge=0)

@@ -61,6 +61,8 @@ class RulesLog:
             bootstrap_servers=servers,
             acks="all",
             linger_ms=0,
+            # Exact end offsets (read-your-writes in sync()) on brokers that need it.
+            max_batch_size=self.settings.producer_max_batch_size,
             client_id=f"{self.settings.faust_app_id}-rules",
         )
         await self._producer.start()
@@ -112,9 +114,12 @@ class RulesLog:
                 log.warning("rules log: %r lost a race for its scope; ignored", rule_id)
                 return
         if before != after and self._on_change is not None:
-            outcome = self._on_change(before, after)
-            if outcome is not None:
-                await outcome
+            try:
+                outcome = self._on_change(before, after)
+                if outcome is not None:
+                    await outcome
+            except Exception:  # a listener's bug must not stop the fold
+                log.exception("rules log: change listener failed for %r", rule_id)
 
     async def end_offset(self) -> int:
         assert self._consumer is not None

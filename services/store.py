@@ -71,7 +71,12 @@ class AvailabilityStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> AvailabilityStore:
-        return cls(aioredis.from_url(url, decode_responses=False), prefix)
+        # Timeouts so that an unreachable Redis fails a call instead of hanging it;
+        # the URL's own socket_timeout=... parameters take precedence.
+        client = aioredis.from_url(
+            url, decode_responses=False, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
+        return cls(client, prefix)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -8,10 +8,11 @@ input topics. An event whose Kafka key is not its SKU, or that sits on another
 partition (a producer with another partitioner), is forwarded unchanged to the
 internal re-key topic on its SKU's partition and folded there: never mis-routed.
 
-Delivery. Offsets are committed only after the producer has flushed (Faust does
-this), so the changelog, dead letters and forwarded events of a batch are durable
-before its offsets are. A crash makes Kafka redeliver a batch; the fold ignores
-what it has seen (``availability.state``), so nothing counts twice.
+Delivery (at least once). A batch's events are acked, so their offsets can be
+committed, only after the broker has acknowledged every write the batch caused:
+its changelog records, dead letters and forwarded events (``Processor.process``).
+A crash makes Kafka redeliver what was not committed; the fold ignores what it
+has already seen (``availability.state``), so nothing counts twice.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
@@ -40,6 +42,9 @@ from streams.serving import ServingWriter
 
 log = logging.getLogger(__name__)
 
+PROGRESS_LOG_INTERVAL = 10.0  # seconds between progress lines while busy
+IDLE_LOG_INTERVAL = 300.0  # ... and while idle
+
 
 class AvailabilityApp(faust.App):
     fetch_max_wait_ms: int = 500
@@ -52,6 +57,36 @@ class AvailabilityApp(faust.App):
         await super().on_stop()
         if self.processor is not None:
             await self.processor.close()
+
+
+class SkuStateTable(faust.Table):  # type: ignore[type-arg]
+    """SKU -> ``SkuState``, changelogged with the SKU's bytes as the key.
+
+    Faust picks a table's serializers from its key and value types (JSON by
+    default). The changelog key must be the SKU's raw bytes, exactly as in the input
+    topics, so that the partitioner puts a SKU's state on its events' partition.
+    """
+
+    def _serializer_from_type(self, typ: Any) -> Any:
+        if typ is str:
+            return "raw"
+        if typ is None:
+            return SkuStateCodec()
+        return super()._serializer_from_type(typ)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unconfirmed: list[Awaitable[Any]] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        sent = super().send_changelog(*args, **kwargs)
+        self._unconfirmed.append(sent)
+        return sent
+
+    def take_unconfirmed(self) -> list[Awaitable[Any]]:
+        """Changelog writes not yet known to be acknowledged by the broker."""
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        return unconfirmed
 
 
 class Processor:
@@ -69,6 +104,7 @@ class Processor:
             topic_replication_factor=settings.replication_factor,
             broker_session_timeout=settings.broker_session_timeout,
             broker_heartbeat_interval=settings.broker_heartbeat_interval,
+            broker_request_timeout=settings.broker_request_timeout,
             producer_max_batch_size=settings.producer_max_batch_size,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
@@ -77,14 +113,15 @@ class Processor:
         app.fetch_max_wait_ms = settings.fetch_max_wait_ms
         self.app = app
         self.partitions = settings.partitions
-        self.states = app.Table(
-            "sku-state",
+        self.states = SkuStateTable(
+            app,
+            name="sku-state",
+            beacon=app.tables.beacon,
             partitions=settings.partitions,
-            schema=faust.Schema(
-                key_type=str, key_serializer="raw", value_serializer=SkuStateCodec()
-            ),
+            key_type=str,
             use_partitioner=True,
         )
+        app.tables.add(self.states)
         self.source = app.topic(
             *settings.input_topics,
             settings.rekey_topic,
@@ -107,6 +144,8 @@ class Processor:
             owns=self.owns,
         )
         self.counts: Counter[str] = Counter()
+        self._progress: Counter[str] = Counter()
+        self._progress_logged = time.monotonic()
         self.processed: dict[TP, int] = {}
         self.recovered = False
         self._wire()
@@ -139,6 +178,7 @@ class Processor:
 
         @self.states.on_recover
         async def on_recovered() -> None:
+            self.processed.clear()  # a new assignment: log where each partition resumes
             # Whatever Redis holds (perhaps nothing, perhaps records from before a
             # crash), rewrite every owned SKU from the recovered state.
             self.writer.mark(list(self.states.keys()))
@@ -177,26 +217,41 @@ class Processor:
         return TP(self.settings.erp_topic, partition) in self.app.consumer.assignment()
 
     async def process(self, batch: Sequence[EventT[Any]]) -> None:
+        """Fold one batch. Returns once everything it wrote to Kafka is acknowledged.
+
+        Faust acks the batch's events (so their offsets may be committed) when this
+        returns. Faust would publish messages sent from an agent only at the offset
+        commit, after a flush that gives up on a slow broker; so the batch sends its
+        re-key and dead-letter records at once and waits, with its changelog writes,
+        until the broker has them all: an offset is never committed before the
+        writes its event caused.
+        """
         by_sku: dict[str, list[Any]] = {}
         rekey_topic = self.settings.rekey_topic
+        sent: list[Awaitable[Any]] = []
         for event in batch:
             message = event.message
-            self.processed[TP(message.topic, message.partition)] = message.offset + 1
+            tp = TP(message.topic, message.partition)
+            if tp not in self.processed:
+                log.info("resuming %s[%d] at offset %d", tp.topic, tp.partition, message.offset)
+            self.processed[tp] = message.offset + 1
             try:
                 parsed = parse_event(message.value)
             except InvalidEvent as exc:
-                await self._dead_letter(message, exc)
+                sent.append(await self._dead_letter(message, exc))
                 continue
             sku_key = parsed.sku.encode()
             if message.topic != rekey_topic and (
                 message.key != sku_key
                 or message.partition != partition_for(sku_key, self.partitions)
             ):
-                await self.rekey_topic.send(
+                rekeyed = await self.rekey_topic.send(
                     key=sku_key,
                     value=message.value,
                     partition=partition_for(sku_key, self.partitions),
+                    force=True,  # now, not attached to the offset commit (see process)
                 )
+                sent.append(rekeyed)
                 self.counts["rekeyed"] += 1
                 continue
             by_sku.setdefault(parsed.sku, []).append(parsed)
@@ -216,11 +271,14 @@ class Processor:
             if touched or new:
                 self.states[sku] = state
                 changed.append(sku)
+        sent.extend(self.states.take_unconfirmed())
+        if sent:
+            await asyncio.gather(*sent)
         if changed:
             self.writer.mark(changed)
             await self.writer.flush()
 
-    async def _dead_letter(self, message: Any, exc: InvalidEvent) -> None:
+    async def _dead_letter(self, message: Any, exc: InvalidEvent) -> Awaitable[Any]:
         log.warning(
             "dead letter from %s[%d]@%d: %s",
             message.topic,
@@ -229,7 +287,8 @@ class Processor:
             exc.reason,
             extra={"event_id": exc.event_id, "sku": exc.sku},
         )
-        await self.dlq_topic.send(
+        self.counts[f"dead_letters:{message.topic}"] += 1
+        return await self.dlq_topic.send(
             key=message.key,
             value=dead_letter_record(
                 value=message.value,
@@ -240,8 +299,8 @@ class Processor:
                 event_id=exc.event_id,
                 sku=exc.sku,
             ),
+            force=True,  # now, not attached to the offset commit (see process)
         )
-        self.counts[f"dead_letters:{message.topic}"] += 1
 
     # --- rules ---
 
@@ -253,6 +312,30 @@ class Processor:
             self.writer.mark(sku for sku in skus if sku is not None and sku in self.states)
 
     # --- status ---
+
+    def _log_progress(self, counts: Counter[str], lags: dict[str, int]) -> None:
+        self._progress.update(counts)
+        now = time.monotonic()
+        quiet = not self._progress and not self.writer.pending
+        interval = IDLE_LOG_INTERVAL if quiet else PROGRESS_LOG_INTERVAL
+        if now - self._progress_logged < interval:
+            return
+        folded = sum(n for name, n in self._progress.items() if name.startswith("folded:"))
+        dead = sum(n for name, n in self._progress.items() if name.startswith("dead_letters:"))
+        log.info(
+            "progress: %d events folded, %d dead letters, %d re-keyed in %.0f s; lag %d;"
+            " %d SKUs owned, %d serving writes pending, recovered=%s",
+            folded,
+            dead,
+            self._progress["rekeyed"],
+            now - self._progress_logged,
+            sum(lags.values()),
+            len(self.states),
+            self.writer.pending,
+            self.recovered,
+        )
+        self._progress.clear()
+        self._progress_logged = now
 
     async def lag_by_partition(self) -> dict[str, int]:
         consumer = self.app.consumer
@@ -273,6 +356,7 @@ class Processor:
         try:
             lags = await self.lag_by_partition() if self.recovered else {}
             counts, self.counts = self.counts, Counter()
+            self._log_progress(counts, lags)
             await self.store.add_counts(counts)
             ready = self.recovered and self.writer.rules_ready.is_set() and not self.app.rebalancing
             await self.store.report_worker(

@@ -19,7 +19,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 
@@ -108,7 +108,14 @@ async def settings(dev_broker: DevBroker, redis_url: str, tmp_path: Path) -> Set
     return s
 
 
-class StartService(Protocol):
+class StartService:
+    """``start_service(module, settings, ...)`` starts ``python -m module``; every
+    process it started is terminated after the test (or by ``stop_all()``)."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.handles: list[ProcessHandle] = []
+
     def __call__(
         self,
         module: str,
@@ -117,39 +124,29 @@ class StartService(Protocol):
         name: str | None = None,
         args: Sequence[str] = (),
         extra_env: Mapping[str, str] | None = None,
-    ) -> ProcessHandle: ...
-
-
-@pytest.fixture
-def start_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartService]:
-    handles: list[ProcessHandle] = []
-
-    def start(
-        module: str,
-        settings: Settings,
-        *,
-        name: str | None = None,
-        args: Sequence[str] = (),
-        extra_env: Mapping[str, str] | None = None,
     ) -> ProcessHandle:
         base = name or module.rsplit(".", 1)[-1]
-        taken = {h.name for h in handles}
+        taken = {h.name for h in self.handles}
         unique, n = base, 1
         while unique in taken:
             n += 1
             unique = f"{base}-{n}"
-        handle = ProcessHandle(
-            unique, module, subprocess_env(settings, extra_env), tmp_path / "logs", args
-        )
-        handles.append(handle.start())
+        handle = ProcessHandle(unique, module, subprocess_env(settings, extra_env), self.logs, args)
+        self.handles.append(handle.start())
         return handle
 
-    yield start
+    def stop_all(self) -> None:
+        for handle in reversed(self.handles):
+            handle.terminate()
 
-    for handle in reversed(handles):
-        handle.terminate()
+
+@pytest.fixture
+def start_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartService]:
+    starter = StartService(tmp_path / "logs")
+    yield starter
+    starter.stop_all()
     if _failed(request.node):
-        for handle in handles:
+        for handle in starter.handles:
             print(f"\n==== {handle.name} (exit {handle.returncode}) {handle.log_path} ====")
             print(handle.tail(80))
 

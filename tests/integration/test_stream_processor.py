@@ -1,0 +1,437 @@
+"""The stream processor end to end: real broker, real Redis, real worker and API
+processes; answers read over HTTP and compared with an independent recomputation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+
+from availability.identifiers import parse_timestamp
+from availability.state import state_from_data
+from services.config import Settings
+from services.store import AvailabilityStore
+from streams.kafka import partition_for
+from tests.integration.conftest import StartService
+from tests.integration.scenario import Delivery, mixed_stream, stamp, topic_of
+from tests.integration.support import SKU_KEY, consume_all, produce, wait_http_ready
+from tests.reference import recompute
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+async def publish(settings: Settings, deliveries: list[Delivery]) -> None:
+    """Publish in order; runs of the same topic and key style go in one call."""
+    groups: list[tuple[str, Any, list[dict[str, Any]]]] = []
+    for d in deliveries:
+        topic = topic_of(settings, d)
+        key: Any = SKU_KEY if d.key == "" else d.key
+        if groups and groups[-1][0] == topic and groups[-1][1] == key:
+            groups[-1][2].append(d.event)
+        else:
+            groups.append((topic, key, [d.event]))
+    for topic, key, events in groups:
+        await produce(settings, topic, events, key=key)
+
+
+async def answers(
+    client: httpx.AsyncClient, skus: list[str], channel: str = "online"
+) -> dict[str, Any]:
+    got: dict[str, Any] = {}
+    for start in range(0, len(skus), 500):
+        chunk = skus[start : start + 500]
+        response = await client.post(
+            "/v1/availability:batch", json={"skus": chunk, "channel": channel}
+        )
+        assert response.status_code == 200, response.text
+        for item in response.json()["items"]:
+            got[item["sku"]] = item
+    return got
+
+
+async def until_equal(
+    client: httpx.AsyncClient,
+    expected: dict[str, Any],
+    timeout: float,
+    channel: str = "online",
+) -> None:
+    deadline = time.monotonic() + timeout
+    skus = sorted(expected)
+    while True:
+        got = await answers(client, skus, channel)
+        if got == expected:
+            return
+        if time.monotonic() > deadline:
+            wrong = [sku for sku in skus if got.get(sku) != expected[sku]]
+            first = wrong[0]
+            raise AssertionError(
+                f"{len(wrong)} of {len(skus)} SKUs differ; first {first}:\n"
+                f"got      {got.get(first)}\nexpected {expected[first]}"
+            )
+        await asyncio.sleep(0.25)
+
+
+async def start_stack(
+    start_service: StartService, settings: Settings, workers: int = 1
+) -> httpx.AsyncClient:
+    for n in range(workers):
+        start_service("streams", settings, name=f"worker-{n + 1}")
+    api = start_service("services.http", settings, name="api")
+    await wait_http_ready(settings.http_port, timeout=90, process=api)
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=10)
+
+
+async def test_mixed_stream_read_back_equals_a_recomputation(
+    settings: Settings, start_service: StartService
+) -> None:
+    distinct, deliveries = mixed_stream(seed=11)
+    client = await start_stack(start_service, settings)
+    async with client:
+        # Half before, half while the worker runs.
+        half = len(deliveries) // 2
+        await publish(settings, deliveries[:half])
+        await publish(settings, deliveries[half:])
+        expected = recompute(distinct, now_micros())
+        await until_equal(client, expected, timeout=60)
+        for channel in ("store", "marketplace"):
+            await until_equal(
+                client, recompute(distinct, now_micros(), channel=channel), 10, channel
+            )
+        # Every event was applied through its own SKU, including the unkeyed and
+        # wrongly keyed ones, and nothing went to the dead letters.
+        assert await consume_all(settings, settings.dlq_topic, timeout=3) == []
+        one = sorted(expected)[0]
+        single = await client.get(f"/v1/availability/{one}")
+        assert single.status_code == 200
+        assert single.json() == expected[one]
+    # The table's changelog is keyed by the SKU's bytes on the SKU's own partition,
+    # the one its events arrive on: what makes recovery land on the right worker.
+    changelog = await consume_all(settings, f"{settings.faust_app_id}-sku-state-changelog")
+    assert {r.key.decode() for r in changelog if r.key} == set(expected)
+    for record in changelog:
+        assert record.key is not None
+        assert record.partition == partition_for(record.key, settings.partitions)
+        assert state_from_data(orjson.loads(record.value)).sku == record.key.decode()
+
+
+async def test_invalid_events_go_to_the_dead_letter_topic_and_change_nothing(
+    settings: Settings, start_service: StartService
+) -> None:
+    t = "2026-11-22T09:00:00.000Z"
+    valid = [
+        {
+            "event_id": "b",
+            "type": "erp.balance",
+            "sku": "SKU-X",
+            "location_id": "S1",
+            "on_hand": 10,
+            "as_of": t,
+        },
+    ]
+    sale = {
+        "event_id": "s",
+        "type": "pos.sale",
+        "sku": "SKU-X",
+        "location_id": "S1",
+        "quantity": 1,
+        "occurred_at": "2026-11-22T10:00:00Z",
+    }
+    invalid: list[tuple[bytes, str]] = [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (
+            orjson.dumps(
+                {k: v for k, v in sale.items() if k != "location_id"} | {"event_id": "i1"}
+            ),
+            "missing required field 'location_id'",
+        ),
+        (
+            orjson.dumps(sale | {"event_id": "i2", "quantity": 0}),
+            "'quantity' must be an integer > 0",
+        ),
+        (
+            orjson.dumps(sale | {"event_id": "i3", "quantity": "2"}),
+            "'quantity' must be an integer > 0",
+        ),
+        (orjson.dumps(sale | {"event_id": "i4", "type": "pos.teleport"}), "unknown event type"),
+        (
+            orjson.dumps(sale | {"event_id": "i5", "occurred_at": "yesterday"}),
+            "not an RFC 3339 timestamp",
+        ),
+        (orjson.dumps(sale | {"event_id": "i6", "sku": "bad sku!"}), "field 'sku'"),
+        (orjson.dumps(sale | {"event_id": ""}), "field 'event_id'"),
+    ]
+    client = await start_stack(start_service, settings)
+    async with client:
+        await produce(settings, settings.erp_topic, valid)
+        metadata = await produce(
+            settings, settings.pos_topic, [raw for raw, _ in invalid], key="SKU-X"
+        )
+        # A valid event after the invalid ones on the same partition: once it shows,
+        # the invalid ones have been handled.
+        await produce(
+            settings, settings.pos_topic, [sale], key="SKU-X", partition=metadata[0].partition
+        )
+        expected = recompute([*valid, sale], now_micros())
+        await until_equal(client, expected, timeout=60)
+
+        letters = await consume_all(settings, settings.dlq_topic, timeout=10)
+        assert len(letters) == len(invalid)
+        by_offset = {orjson.loads(r.value)["offset"]: (r, orjson.loads(r.value)) for r in letters}
+        for (raw, reason), meta in zip(invalid, metadata, strict=True):
+            record, letter = by_offset[meta.offset]
+            assert record.key == b"SKU-X"
+            assert base64.b64decode(letter["original"]) == raw
+            assert letter["topic"] == settings.pos_topic
+            assert letter["partition"] == meta.partition
+            assert reason in letter["reason"], letter["reason"]
+        metrics = (await client.get("/metrics")).text
+        assert f'availability_dead_letters_total{{topic="{settings.pos_topic}"}} 9.0' in metrics
+
+
+async def test_worker_killed_mid_stream_ends_in_the_same_state(
+    settings: Settings, start_service: StartService
+) -> None:
+    distinct, deliveries = mixed_stream(seed=23, skus=120, events_per_sku=20)
+    chunks = [deliveries[i : i + 200] for i in range(0, len(deliveries), 200)]
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    worker = start_service("streams", settings, name="worker")
+    try:
+        # Events keep arriving while the worker is killed and while it is down.
+        await publish(settings, chunks[0])
+        await wait_until_folded(store, 1, timeout=90)
+        published_count = [len(chunks[0])]
+        publishing = asyncio.create_task(publish_slowly(settings, chunks[1:], published_count))
+        await wait_until_folded(store, len(deliveries) // 4, timeout=60)
+        killed_at = published_count[0]
+        worker.kill(signal.SIGKILL)
+        worker.wait(10)
+        assert not publishing.done(), "publishing ended before the worker was killed"
+        await asyncio.sleep(1.0)
+        worker.start()
+        await publishing
+        expected = recompute(distinct, now_micros())
+        client = await start_stack(start_service, settings, workers=0)
+        async with client:
+            try:
+                await until_equal(client, expected, timeout=150)
+            except AssertionError:
+                await diagnose(settings, deliveries, killed_at)
+                raise
+    finally:
+        await store.close()
+
+
+async def diagnose(settings: Settings, deliveries: list[Delivery], killed_at: int) -> None:
+    import collections
+
+    changelog = await consume_all(settings, f"{settings.faust_app_id}-sku-state-changelog")
+    last = {r.key.decode(): orjson.loads(r.value) for r in changelog if r.key}
+    missing = collections.Counter()
+    seen_ids = set()
+    for index, d in enumerate(deliveries):
+        e = d.event
+        if e["event_id"] in seen_ids:
+            continue
+        seen_ids.add(e["event_id"])
+        state = last.get(e["sku"])
+        text = orjson.dumps(state).decode() if state else ""
+        if (
+            e["type"] in ("transfer.shipped", "transfer.received")
+            or e.get("disposition") == "damaged"
+        ):
+            present = e["event_id"] in text
+        elif e["type"] in ("pos.sale", "pos.return", "reservation.fulfilled"):
+            loc = e["location_id"]
+            base = state["b"].get(loc) if state else None
+            if base and parse_timestamp(e["occurred_at"]) <= base[0]:
+                continue
+            present = e["event_id"] in text
+        else:
+            continue
+        if not present:
+            missing[(d.topic, "sku" if d.key == "" else d.key, index < killed_at)] += 1
+    print(
+        "MISSING (topic, key, before-kill):",
+        dict(missing),
+        "killed_at",
+        killed_at,
+        "of",
+        len(deliveries),
+    )
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.faust_app_id,
+        enable_auto_commit=False,
+    )
+    await probe.start()
+    committed = {}
+    for topic in [*settings.input_topics, settings.rekey_topic]:
+        for p in range(settings.partitions):
+            committed[f"{topic.split('.', 1)[1]}:{p}"] = await probe.committed(
+                TopicPartition(topic, p)
+            )
+    await probe.stop()
+    where = {}
+    per_tp = collections.defaultdict(list)
+    for topic in [*settings.input_topics, settings.rekey_topic]:
+        for r in await consume_all(settings, topic):
+            try:
+                eid = orjson.loads(r.value)["event_id"]
+            except Exception:
+                continue
+            where.setdefault(eid, []).append((r.topic.split(".", 1)[1], r.partition, r.offset))
+            per_tp[(r.topic, r.partition)].append(r.offset)
+    print(
+        "COMMITTED:",
+        {f"{tp.topic.split('.', 1)[1]}:{tp.partition}": m.offset for tp, m in committed.items()},
+    )
+    print("HIGHWATER:", {f"{t.split('.', 1)[1]}:{p}": max(o) + 1 for (t, p), o in per_tp.items()})
+    shown = 0
+    for index, d in enumerate(deliveries):
+        e = d.event
+        state = last.get(e["sku"])
+        text = orjson.dumps(state).decode() if state else ""
+        if index >= killed_at and e["type"] in ("transfer.shipped",) and e["event_id"] not in text:
+            print("MISSING EVENT", e["event_id"], d.key, where.get(e["event_id"]))
+            shown += 1
+            if shown > 12:
+                break
+
+
+async def publish_slowly(
+    settings: Settings, chunks: list[list[Delivery]], count: list[int] | None = None
+) -> None:
+    for chunk in chunks:
+        await publish(settings, chunk)
+        if count is not None:
+            count[0] += len(chunk)
+        await asyncio.sleep(0.3)
+
+
+async def wait_until_folded(store: AvailabilityStore, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await store.counts()
+        if sum(n for name, n in counts.items() if name.startswith("folded:")) >= count:
+            return
+        assert time.monotonic() < deadline, f"fewer than {count} events folded: {counts}"
+        await asyncio.sleep(0.05)
+
+
+async def test_rule_change_shows_in_reads_within_one_second(
+    settings: Settings, start_service: StartService
+) -> None:
+    balance = {
+        "event_id": "b",
+        "type": "erp.balance",
+        "sku": "SKU-R",
+        "location_id": "S1",
+        "on_hand": 50,
+        "as_of": "2026-11-22T09:00:00Z",
+    }
+    client = await start_stack(start_service, settings)
+    async with client:
+        await produce(settings, settings.erp_topic, [balance])
+        await until_equal(client, recompute([balance], now_micros()), timeout=30)
+
+        rule = {
+            "sku": None,
+            "location_id": "S1",
+            "safety_stock": 5,
+            "channel_buffers": {"online": 3},
+        }
+        started = time.monotonic()
+        response = await client.put("/v1/rules/store-1", json=rule)
+        assert response.status_code == 200, response.text
+        while (await client.get("/v1/availability/SKU-R")).json()["ats"] != 42:
+            assert time.monotonic() - started < 1.0, "rule change not visible within one second"
+            await asyncio.sleep(0.02)
+        expected = recompute([balance], now_micros(), rules=[rule])
+        await until_equal(client, expected, timeout=1)
+        assert (await client.get("/v1/availability/SKU-R", params={"channel": "store"})).json()[
+            "ats"
+        ] == 45
+
+        started = time.monotonic()
+        assert (await client.delete("/v1/rules/store-1")).status_code == 204
+        while (await client.get("/v1/availability/SKU-R")).json()["ats"] != 50:
+            assert time.monotonic() - started < 1.0, "rule removal not visible within one second"
+            await asyncio.sleep(0.02)
+
+
+async def test_rules_and_state_survive_a_restart_of_every_process(
+    settings: Settings, start_service: StartService
+) -> None:
+    balance = {
+        "event_id": "b",
+        "type": "erp.balance",
+        "sku": "SKU-P",
+        "location_id": "S1",
+        "on_hand": 20,
+        "as_of": "2026-11-22T09:00:00Z",
+    }
+    rule = {"sku": "SKU-P", "location_id": None, "safety_stock": 4, "channel_buffers": None}
+    client = await start_stack(start_service, settings)
+    async with client:
+        await produce(settings, settings.erp_topic, [balance])
+        assert (await client.put("/v1/rules/p", json=rule)).status_code == 200
+        await until_equal(client, recompute([balance], now_micros(), rules=[rule]), timeout=30)
+    # Stop everything, empty the serving layer, start again.
+    start_service.stop_all()
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    await store.client.delete(store.sku_key("SKU-P"))
+    await store.close()
+    client = await start_stack(start_service, settings)
+    async with client:
+        assert (await client.get("/v1/rules/p")).json() == {"rule_id": "p", **rule}
+        await until_equal(client, recompute([balance], now_micros(), rules=[rule]), timeout=60)
+
+
+async def test_a_reservation_expires_by_itself(
+    settings: Settings, start_service: StartService
+) -> None:
+    client = await start_stack(start_service, settings)
+    now = datetime.now(UTC)
+    events = [
+        {
+            "event_id": "b",
+            "type": "erp.balance",
+            "sku": "SKU-E",
+            "location_id": "S1",
+            "on_hand": 10,
+            "as_of": stamp(now - timedelta(hours=1)),
+        },
+        {
+            "event_id": "r",
+            "type": "reservation.created",
+            "sku": "SKU-E",
+            "reservation_id": "O1",
+            "location_id": "S1",
+            "quantity": 4,
+            "occurred_at": stamp(now),
+            "expires_at": stamp(now + timedelta(seconds=4)),
+        },
+    ]
+    async with client:
+        await produce(settings, settings.reservations_topic, events[1:])
+        await produce(settings, settings.erp_topic, events[:1])
+        before = recompute(events, now_micros())
+        assert before["SKU-E"]["ats"] == 6
+        await until_equal(client, before, timeout=30)
+        expiry = parse_timestamp(events[1]["expires_at"])
+        while now_micros() < expiry:
+            await asyncio.sleep(0.1)
+        # No event arrives; the reservation releases itself.
+        await until_equal(client, recompute(events, now_micros()), timeout=2)
+        assert (await client.get("/v1/availability/SKU-E")).json()["ats"] == 10
