@@ -37,7 +37,7 @@ from services.rules_log import RulesLog
 from services.store import AvailabilityStore
 from streams.codec import SkuStateCodec
 from streams.dead_letters import dead_letter_record
-from streams.kafka import Transport, partition_for
+from streams.kafka import RangeReader, Transport, partition_for
 from streams.serving import ServingWriter
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,8 @@ class Processor:
         self._progress: Counter[str] = Counter()
         self._progress_logged = time.monotonic()
         self.processed: dict[TP, int] = {}
+        self._paused_seen: set[TP] = set()
+        self.gap_reader = RangeReader(settings.bootstrap_servers, f"{settings.faust_app_id}-gaps")
         self.recovered = False
         self._wire()
 
@@ -178,7 +180,8 @@ class Processor:
 
         @self.states.on_recover
         async def on_recovered() -> None:
-            self.processed.clear()  # a new assignment: log where each partition resumes
+            # A new assignment: Faust seeks to the committed offsets.
+            self.processed.clear()
             # Whatever Redis holds (perhaps nothing, perhaps records from before a
             # crash), rewrite every owned SKU from the recovered state.
             self.writer.mark(list(self.states.keys()))
@@ -189,6 +192,7 @@ class Processor:
 
     async def close(self) -> None:
         await self.rules.stop()
+        await self.gap_reader.close()
         try:
             await self.store.remove_worker(self.worker_id)
         except Exception as exc:
@@ -229,12 +233,13 @@ class Processor:
         by_sku: dict[str, list[Any]] = {}
         rekey_topic = self.settings.rekey_topic
         sent: list[Awaitable[Any]] = []
-        for event in batch:
-            message = event.message
-            tp = TP(message.topic, message.partition)
-            if tp not in self.processed:
-                log.info("resuming %s[%d] at offset %d", tp.topic, tp.partition, message.offset)
-            self.processed[tp] = message.offset + 1
+        gaps: dict[TP, tuple[int, int]] = {}
+        messages = [event.message for event in batch]
+        for message in messages:
+            self._track_offset(TP(message.topic, message.partition), message.offset, gaps)
+        if gaps:
+            messages.extend(await self._read_gaps(gaps))
+        for message in messages:
             try:
                 parsed = parse_event(message.value)
             except InvalidEvent as exc:
@@ -277,6 +282,36 @@ class Processor:
         if changed:
             self.writer.mark(changed)
             await self.writer.flush()
+
+    def _track_offset(self, tp: TP, offset: int, gaps: dict[TP, tuple[int, int]]) -> None:
+        """Note ``offset`` as processed; record a forward jump in ``gaps``.
+
+        The offsets of our input topics have no holes, but Faust's consumer can drop
+        records it had fetched when a rebalance starts while it delivers them, and
+        then treat their offsets as a gap that it commits past. ``process`` reads
+        such a range itself (``RangeReader``) and folds it with the batch: the fold
+        does not depend on order, and ignores events it has already seen.
+        """
+        expected = self.processed.get(tp)
+        if expected is None:
+            log.info("resuming %s[%d] at offset %d", tp.topic, tp.partition, offset)
+        elif offset > expected and tp not in gaps:
+            gaps[tp] = (expected, offset)
+        if expected is None or offset >= expected:
+            self.processed[tp] = offset + 1
+
+    async def _read_gaps(self, gaps: dict[TP, tuple[int, int]]) -> list[Any]:
+        records: list[Any] = []
+        for tp, (start, end) in gaps.items():
+            log.warning(
+                "%s[%d]: the consumer skipped offsets %d-%d; reading them directly",
+                tp.topic,
+                tp.partition,
+                start,
+                end - 1,
+            )
+            records.extend(await self.gap_reader.read(tp.topic, tp.partition, start, end))
+        return records
 
     async def _dead_letter(self, message: Any, exc: InvalidEvent) -> Awaitable[Any]:
         log.warning(
@@ -352,8 +387,32 @@ class Processor:
             lags[f"{tp.topic}:{tp.partition}"] = max(0, highwater - done)
         return lags
 
+    def resume_stalled_partitions(self) -> set[TP]:
+        """Resume input partitions left paused outside recovery; returns them.
+
+        Faust pauses the input partitions while tables recover and resumes them
+        after, but skips the resume when it believes the recovery belongs to an
+        older rebalance (seen when a broker reports the same generation twice).
+        The partitions would then never be fetched again. A partition paused for two
+        status reports in a row while nothing is rebalancing or recovering is
+        resumed here.
+        """
+        app = self.app
+        if not self.recovered or app.rebalancing or app.in_recovery:
+            self._paused_seen = set()
+            return set()
+        paused_now: set[TP] = getattr(app.consumer, "_paused_partitions", set())
+        paused = {tp for tp in paused_now if tp.topic in self.source.topics}
+        stalled = paused & self._paused_seen
+        self._paused_seen = paused - stalled
+        if stalled:
+            log.warning("resuming input partitions left paused: %s", sorted(stalled))
+            app.consumer.resume_partitions(stalled)
+        return stalled
+
     async def report_status(self) -> None:
         try:
+            self.resume_stalled_partitions()
             lags = await self.lag_by_partition() if self.recovered else {}
             counts, self.counts = self.counts, Counter()
             self._log_progress(counts, lags)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -34,3 +36,38 @@ class _Consumer(faust_aiokafka.Consumer):
 
 class Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+
+
+class RangeReader:
+    """Reads given offset ranges of partitions, outside any consumer group."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self._servers = bootstrap_servers
+        self._client_id = client_id
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """The records with ``start <= offset < end`` (fewer where offsets are empty)."""
+        async with self._lock:
+            if self._consumer is None:
+                self._consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self._servers,
+                    client_id=self._client_id,
+                    enable_auto_commit=False,
+                    fetch_max_wait_ms=100,
+                )
+                await self._consumer.start()
+            consumer = self._consumer
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            records: list[Any] = []
+            while await consumer.position(tp) < end:
+                batches = await consumer.getmany(tp, timeout_ms=1000)
+                records.extend(r for r in batches.get(tp, []) if r.offset < end)
+            return records
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
