@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 
 import faust
 
-from services.config import get_settings
+from services.config import Settings, get_settings
 from streams.app import create_processor
+from streams.kafka import topic_problems
+
+
+def check_topics(settings: Settings) -> list[str]:
+    # Every input topic needs the same partition count as the state table, or a
+    # SKU's events and its state would live on different workers.
+    expected = {topic: settings.partitions for topic in settings.input_topics}
+    expected[settings.rekey_topic] = settings.partitions
+    expected[settings.dlq_topic] = settings.partitions
+    expected[settings.rules_topic] = 1
+    return asyncio.run(topic_problems(settings.bootstrap_servers, expected))
 
 
 def main() -> None:
     settings = get_settings()
-    processor = create_processor(settings)
     logging.basicConfig(level=settings.log_level.upper())
+    problems = check_topics(settings)
+    if problems:
+        for problem in problems:
+            logging.error("cannot start: %s", problem)
+        logging.error(
+            "create the topics with AVAILABILITY_PARTITIONS=%d partitions (dev.stack does;"
+            " see README, Configuration)",
+            settings.partitions,
+        )
+        sys.exit(2)
+    processor = create_processor(settings)
     worker = faust.Worker(processor.app, loglevel=settings.log_level.upper())
     worker.execute_from_commandline()
 

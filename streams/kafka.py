@@ -71,3 +71,23 @@ class RangeReader:
     async def close(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+async def topic_problems(bootstrap_servers: str, expected: dict[str, int]) -> list[str]:
+    """What is wrong with the topics the worker needs: missing ones, or ones whose
+    partition count differs from what SKU routing assumes."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        existing = await consumer.topics()
+        problems = []
+        for topic, partitions in expected.items():
+            if topic not in existing:
+                problems.append(f"topic {topic!r} does not exist")
+                continue
+            found = len(consumer.partitions_for_topic(topic) or ())
+            if found != partitions:
+                problems.append(f"topic {topic!r} has {found} partitions, expected {partitions}")
+        return problems
+    finally:
+        await consumer.stop()

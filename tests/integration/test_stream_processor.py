@@ -346,3 +346,15 @@ async def test_a_reservation_expires_by_itself(
         # No event arrives; the reservation releases itself.
         await until_equal(client, recompute(events, now_micros()), timeout=2)
         assert (await client.get("/v1/availability/SKU-E")).json()["ats"] == 10
+
+
+async def test_worker_refuses_topics_with_another_partition_count(
+    settings: Settings, start_service: StartService
+) -> None:
+    # The topics have 4 partitions; a worker configured for 8 would route SKUs to
+    # partitions that do not hold their state.
+    worker = start_service("streams", settings.model_copy(update={"partitions": 8}))
+    assert await asyncio.to_thread(worker.wait, 60) == 2
+    log = worker.log_text()
+    assert f"topic '{settings.erp_topic}' has 4 partitions, expected 8" in log
+    assert "create the topics" in log
