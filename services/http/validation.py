@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -28,32 +29,27 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def require_sku(value: object, field: str = "sku") -> str:
-    if not is_sku(value):
-        raise ApiError.invalid(f"{field} must be {SKU_RULE}, got {_shown(value)}")
+def _require(value: object, valid: Callable[[object], bool], rule: str, field: str) -> str:
+    if not valid(value):
+        raise ApiError.invalid(f"{field} must be {rule}, got {_shown(value)}")
     assert isinstance(value, str)
     return value
+
+
+def require_sku(value: object, field: str = "sku") -> str:
+    return _require(value, is_sku, SKU_RULE, field)
 
 
 def require_channel(value: object, field: str = "channel") -> str:
-    if not is_channel(value):
-        raise ApiError.invalid(f"{field} must be {CHANNEL_RULE}, got {_shown(value)}")
-    assert isinstance(value, str)
-    return value
+    return _require(value, is_channel, CHANNEL_RULE, field)
 
 
 def require_location(value: object, field: str = "location_id") -> str:
-    if not is_location(value):
-        raise ApiError.invalid(f"{field} must be {LOCATION_RULE}, got {_shown(value)}")
-    assert isinstance(value, str)
-    return value
+    return _require(value, is_location, LOCATION_RULE, field)
 
 
 def require_rule_id(value: object, field: str = "rule_id") -> str:
-    if not is_rule_id(value):
-        raise ApiError.invalid(f"{field} must be {RULE_ID_RULE}, got {_shown(value)}")
-    assert isinstance(value, str)
-    return value
+    return _require(value, is_rule_id, RULE_ID_RULE, field)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
