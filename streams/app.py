@@ -294,8 +294,18 @@ class Processor:
         """
         expected = self.processed.get(tp)
         if expected is None:
-            log.info("resuming %s[%d] at offset %d", tp.topic, tp.partition, offset)
-        elif offset > expected and tp not in gaps:
+            # First record since the assignment: it should be the one at the committed
+            # offset that Faust positioned the partition at.
+            committed: dict[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+            expected = committed.get(tp)
+            log.info(
+                "resuming %s[%d] at offset %d (committed %s)",
+                tp.topic,
+                tp.partition,
+                offset,
+                expected,
+            )
+        if expected is not None and offset > expected and tp not in gaps:
             gaps[tp] = (expected, offset)
         if expected is None or offset >= expected:
             self.processed[tp] = offset + 1
