@@ -13,10 +13,31 @@ RUN_ARGS += --sample-data
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run run-sample test unit lint fmt clean
+# gRPC code generation (make protos; CI runs make protos-check). The .proto files live
+# in proto/ (package availability.v1, imported as "availability/v1/...proto"). Generated
+# with -I proto, the modules would be the top-level package `availability.v1`, which
+# clashes with our domain package `availability`. So they are generated into the
+# committed package services/grpc/gen/ (giving services/grpc/gen/availability/v1/),
+# and the generated absolute imports of our own protos ("from availability.v1 import
+# ...", in *_pb2_grpc.py and in any proto importing another) are rewritten to the
+# fully qualified "from services.grpc.gen.availability.v1 import ...". The
+# __init__.py files there are hand-written and not part of the generated set.
+PROTO_DIR := proto
+PROTO_FILES := $(sort $(shell find $(PROTO_DIR) -name '*.proto'))
+GEN_DIR := services/grpc/gen
+GEN_PACKAGE := services.grpc.gen
+# $(call gen_protos,OUTPUT_DIR)
+define gen_protos
+	$(VPY) -m grpc_tools.protoc -I $(PROTO_DIR) --python_out=$(1) --pyi_out=$(1) \
+		--grpc_python_out=$(1) $(PROTO_FILES)
+	find $(1) \( -name '*_pb2.py' -o -name '*_pb2.pyi' -o -name '*_pb2_grpc.py' \) \
+		-exec sed -i -E 's/^(from|import) availability\./\1 $(GEN_PACKAGE).availability./' {} +
+endef
+
+.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check
 
 help: ## show this help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +63,22 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+protos: $(STAMP) ## regenerate the gRPC code in services/grpc/gen from proto/
+	$(call gen_protos,$(GEN_DIR))
+
+protos-check: $(STAMP) ## fail if the committed gRPC code differs from what proto/ generates
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(MAKE) --no-print-directory _protos-into OUT="$$tmp" >/dev/null || exit 1; \
+	if ! diff -r -x '__init__.py' -x '__pycache__' -x '*.pyc' "$$tmp" $(GEN_DIR); then \
+		echo "protos-check: $(GEN_DIR) is out of date with $(PROTO_DIR)/:" \
+			"run 'make protos' and commit the result" >&2; \
+		exit 1; \
+	fi; \
+	echo "protos-check: generated gRPC code is up to date"
+
+_protos-into: # internal: generate into $(OUT)
+	$(call gen_protos,$(OUT))
 
 fmt: $(STAMP) ## ruff format + ruff check --fix
 	$(VENV)/bin/ruff format .

@@ -5,7 +5,7 @@ Everything that knows the development broker is Tansu (shipped in the
 
 CLI::
 
-    python -m dev.stack run [--sample-data]   # broker/Redis if needed, topics, worker, HTTP API
+    python -m dev.stack run [--sample-data]   # broker/Redis if needed, topics, worker, HTTP + gRPC
     python -m dev.stack up                    # broker/Redis if needed, topics; stays in foreground
 """
 
@@ -652,6 +652,8 @@ def _banner(settings: Settings) -> str:
             " availability service is running",
             f"   HTTP API   {base}   (docs: {base}/docs)",
             f"   try        curl -s '{base}/v1/availability/SKU-0001?channel=online'",
+            f"   gRPC API   127.0.0.1:{settings.grpc_port}   (reflection: grpcurl -plaintext "
+            f"127.0.0.1:{settings.grpc_port} list)",
             f"   broker     {settings.bootstrap_servers}   Redis {settings.redis_url}",
             "   publish    .venv/bin/python -m dev.sample_data            (sample catalogue)",
             "              .venv/bin/python -m dev.sample_data --event "
@@ -674,6 +676,7 @@ def cmd_run(settings: Settings, sample_data: bool, ready_timeout: float) -> int:
             raise StackError("interrupted")
         stack.start_child("worker", "streams")
         stack.start_child("api", "services.http")
+        stack.start_child("grpc", "services.grpc")
         ready_url = f"http://127.0.0.1:{settings.http_port}/readyz"
         print(f"[stack] waiting for {ready_url} (up to {ready_timeout:.0f} s)", flush=True)
         wait_http_ok(ready_url, ready_timeout, alive=stack.dead_child, stop=stack.stop_requested)
@@ -732,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m dev.stack", description="Development stack for the availability service."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="broker/Redis if needed, topics, worker and HTTP API")
+    run = sub.add_parser("run", help="broker/Redis if needed, topics, worker, HTTP and gRPC APIs")
     run.add_argument("--sample-data", action="store_true", help="publish a sample catalogue")
     run.add_argument("--ready-timeout", type=float, default=120.0, help="seconds (default 120)")
     sub.add_parser("up", help="broker/Redis if needed and topics only; stays in foreground")

@@ -1,0 +1,129 @@
+"""Pure parts of the gRPC API: request validation and answer <-> message conversion.
+
+Answers are the dicts of contract section 6 (``availability.ats.view``, the stored
+answer tails, ``unknown_sku_view``), so a gRPC answer carries exactly the numbers of
+the HTTP one. Validation uses the contract's validators and says what a field must
+be in the same words as the HTTP API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_location, is_sku
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
+
+MAX_BATCH_SKUS = 500
+
+SKU_RULE = "1-128 characters of [A-Za-z0-9._:/-]"
+LOCATION_RULE = "1-64 characters of [A-Za-z0-9._:/-]"
+CHANNEL_RULE = "1-32 characters of [a-z0-9_-]"
+
+
+class InvalidArgument(ValueError):
+    """A request field is not valid; the message names it (-> INVALID_ARGUMENT)."""
+
+
+def _shown(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def require_sku(value: str, field: str = "sku") -> str:
+    if not is_sku(value):
+        raise InvalidArgument(f"{field} must be {SKU_RULE}, got {_shown(value)}")
+    return value
+
+
+def require_location(value: str, field: str = "location_id") -> str:
+    if not is_location(value):
+        raise InvalidArgument(f"{field} must be {LOCATION_RULE}, got {_shown(value)}")
+    return value
+
+
+def resolve_channel(value: str, field: str = "channel") -> str:
+    """The channel to answer for: empty means ``online`` (proto3 has no "unset")."""
+    channel = value or DEFAULT_CHANNEL
+    if not is_channel(channel):
+        raise InvalidArgument(f"{field} must be {CHANNEL_RULE}, got {_shown(value)}")
+    return channel
+
+
+def parse_get(request: pb.GetAvailabilityRequest) -> tuple[str, str, str | None]:
+    """(sku, channel, location_id or None), checked in the HTTP API's order."""
+    sku = require_sku(request.sku)
+    channel = resolve_channel(request.channel)
+    location_id = None
+    if request.HasField("location_id"):
+        location_id = require_location(request.location_id)
+    return sku, channel, location_id
+
+
+def parse_batch(request: pb.BatchGetAvailabilityRequest) -> tuple[list[str], str]:
+    """(skus, channel): at most 500 SKUs, each valid, then the channel."""
+    skus = list(request.skus)
+    if len(skus) > MAX_BATCH_SKUS:
+        raise InvalidArgument(f"skus holds {len(skus)} SKUs; at most {MAX_BATCH_SKUS} allowed")
+    for index, sku in enumerate(skus):
+        require_sku(sku, f"skus[{index}]")
+    return skus, resolve_channel(request.channel)
+
+
+def location_message(location: Mapping[str, Any]) -> pb.LocationAvailability:
+    return pb.LocationAvailability(
+        location_id=location["location_id"],
+        on_hand=location["on_hand"],
+        reserved=location["reserved"],
+        in_transit=location["in_transit"],
+        damaged=location["damaged"],
+        safety_stock=location["safety_stock"],
+        buffer=location["buffer"],
+        ats=location["ats"],
+    )
+
+
+def availability_message(answer: Mapping[str, Any]) -> pb.Availability:
+    """A section-6 answer (or an unknown SKU's batch item, without ``channel``)."""
+    return pb.Availability(
+        sku=answer["sku"],
+        channel=answer.get("channel", ""),
+        ats=answer["ats"],
+        locations=[location_message(loc) for loc in answer["locations"]],
+    )
+
+
+def batch_message(
+    channel: str, answers: Sequence[Mapping[str, Any]]
+) -> pb.BatchGetAvailabilityResponse:
+    return pb.BatchGetAvailabilityResponse(
+        channel=channel, items=[availability_message(answer) for answer in answers]
+    )
+
+
+_LOCATION_FIELDS = (
+    "location_id",
+    "on_hand",
+    "reserved",
+    "in_transit",
+    "damaged",
+    "safety_stock",
+    "buffer",
+    "ats",
+)
+
+
+def availability_dict(message: pb.Availability) -> dict[str, Any]:
+    """The message as the HTTP API's JSON object (no ``channel`` when it is empty)."""
+    answer: dict[str, Any] = {"sku": message.sku}
+    if message.channel:
+        answer["channel"] = message.channel
+    answer["ats"] = message.ats
+    answer["locations"] = [
+        {name: getattr(loc, name) for name in _LOCATION_FIELDS} for loc in message.locations
+    ]
+    return answer
+
+
+def batch_dict(message: pb.BatchGetAvailabilityResponse) -> dict[str, Any]:
+    return {"channel": message.channel, "items": [availability_dict(i) for i in message.items]}

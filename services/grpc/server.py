@@ -1,0 +1,178 @@
+"""The gRPC server: ``availability.v1.AvailabilityService``, health and reflection.
+
+Reads go through ``AvailabilityStore`` exactly as the HTTP API's do, so both APIs
+give the same answers: ``GetAvailability`` reads the stored answer tail (or, with a
+``location_id``, the SKU's record narrowed by ``availability.ats.view``);
+``BatchGetAvailability`` reads every tail in one round trip and answers an unknown
+SKU with ``availability.ats.unknown_sku_view``.
+
+Status codes: INVALID_ARGUMENT for a bad field (the message names it), NOT_FOUND for
+a SKU never seen, UNAVAILABLE when Redis cannot be reached. Deadlines and client
+cancellation are honoured by ``grpc.aio``, which cancels the handler's task (and so
+its Redis call) when either happens.
+
+It binds ``[::]`` (all interfaces, IPv4 too), like the HTTP API binds ``0.0.0.0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+
+import grpc
+import orjson
+import redis.exceptions
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from availability.ats import unknown_sku_view, view
+from services.config import Settings, get_settings
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
+from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
+from services.grpc.messages import (
+    InvalidArgument,
+    availability_message,
+    batch_message,
+    parse_batch,
+    parse_get,
+)
+from services.store import AvailabilityStore, render_answer
+
+log = logging.getLogger("services.grpc")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
+HOST = "[::]"  # deliberate: see the module docstring
+#: Seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
+SHUTDOWN_GRACE = 5.0
+#: Seconds between the Redis pings behind the health status.
+HEALTH_INTERVAL = 1.0
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+UNAVAILABLE_MESSAGE = "the serving store (Redis) cannot be reached"
+
+GetContext = grpc.aio.ServicerContext[pb.GetAvailabilityRequest, pb.Availability]
+BatchContext = grpc.aio.ServicerContext[
+    pb.BatchGetAvailabilityRequest, pb.BatchGetAvailabilityResponse
+]
+
+
+class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
+    def __init__(self, store: AvailabilityStore) -> None:
+        self.store = store
+
+    async def GetAvailability(
+        self, request: pb.GetAvailabilityRequest, context: GetContext
+    ) -> pb.Availability:
+        try:
+            sku, channel, location_id = parse_get(request)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            if location_id is None:
+                tail = await self.store.read_tail(sku, channel)
+                if tail is not None:
+                    return availability_message(orjson.loads(render_answer(sku, channel, tail)))
+            else:
+                availability = await self.store.read_availability(sku)
+                if availability is not None:
+                    return availability_message(view(availability, channel, location_id))
+        except REDIS_DOWN as exc:
+            log.warning("redis unavailable during GetAvailability: %r", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"sku {sku!r} has never been seen")
+
+    async def BatchGetAvailability(
+        self, request: pb.BatchGetAvailabilityRequest, context: BatchContext
+    ) -> pb.BatchGetAvailabilityResponse:
+        try:
+            skus, channel = parse_batch(request)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            tails = await self.store.read_tails(skus, channel) if skus else []
+        except REDIS_DOWN as exc:
+            log.warning("redis unavailable during BatchGetAvailability: %r", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        answers = [
+            unknown_sku_view(sku)
+            if tail is None
+            else orjson.loads(render_answer(sku, channel, tail))
+            for sku, tail in zip(skus, tails, strict=True)
+        ]
+        return batch_message(channel, answers)
+
+
+async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.HealthServicer) -> None:
+    """SERVING while Redis answers PING, NOT_SERVING while it does not."""
+    serving: bool | None = None
+    while True:
+        try:
+            up = await asyncio.wait_for(store.ping(), HEALTH_INTERVAL * 2)
+        except (redis.exceptions.RedisError, OSError, TimeoutError):
+            up = False
+        if up != serving:
+            serving = up
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if up
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, status)
+            log.info("health: %s", "SERVING" if up else "NOT_SERVING (Redis does not answer)")
+        await asyncio.sleep(HEALTH_INTERVAL)
+
+
+def create_server(
+    store: AvailabilityStore, address: str
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """A server with the three services, bound to ``address`` (not started)."""
+    server = grpc.aio.server()
+    pb_grpc.add_AvailabilityServiceServicer_to_server(AvailabilityService(store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    return server, health_servicer, port
+
+
+async def serve(settings: Settings) -> None:
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    server, health_servicer, port = create_server(store, f"{HOST}:{settings.grpc_port}")
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    log.info("gRPC API listening on %s:%d", HOST, port)
+    watcher = asyncio.create_task(watch_redis(store, health_servicer))
+    # Everything allocated so far lives as long as the process (see services.http).
+    gc.collect()
+    gc.freeze()
+    try:
+        await stop.wait()
+        log.info("stopping: %.0f s for in-flight calls", SHUTDOWN_GRACE)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(SHUTDOWN_GRACE)
+        await store.close()
+        log.info("stopped")
+
+
+def main() -> None:
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(settings))

@@ -1,0 +1,292 @@
+"""The gRPC API (contract section 7) as a real process (``python -m services.grpc``),
+compared with the HTTP API (``python -m services.http``) over the same Redis records.
+
+Records are seeded the way the stream processor writes them: domain events folded
+with ``availability.state``, ``build_availability`` with a ``RuleBook`` that has
+channel buffers, ``AvailabilityStore.write_records``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from availability.ats import SkuAvailability, build_availability
+from availability.events import event_from_dict
+from availability.identifiers import parse_timestamp
+from availability.rules import RuleBook, parse_rule
+from availability.state import SkuState, fold
+from services.config import Settings
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
+from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
+from services.grpc.messages import availability_dict, batch_dict
+from services.store import AvailabilityStore
+from tests.integration.conftest import StartService
+from tests.integration.support import ProcessHandle, free_port, wait_http_ready
+
+NOW = parse_timestamp("2026-11-22T12:00:00Z")
+SKU = "AB/12-x.y:z"  # '/' and ':' are valid in a SKU
+OTHER_SKU = "SKU-2"
+SERVICE = "availability.v1.AvailabilityService"
+
+
+def _ts(minute: int) -> str:
+    return f"2026-11-22T10:{minute:02d}:00Z"
+
+
+def stock_events() -> list[dict[str, Any]]:
+    """S1 (sale, damaged return, reservation), W1 ships to S2, S2; N1 sold below zero."""
+    return [
+        {"type": "erp.balance", "event_id": "e1", "location_id": "S1", "on_hand": 20,
+         "as_of": _ts(0)},
+        {"type": "pos.sale", "event_id": "e2", "location_id": "S1", "quantity": 3,
+         "occurred_at": _ts(5)},
+        {"type": "pos.return", "event_id": "e3", "location_id": "S1", "quantity": 1,
+         "occurred_at": _ts(6), "disposition": "damaged"},
+        {"type": "reservation.created", "event_id": "e4", "reservation_id": "r1",
+         "location_id": "S1", "quantity": 2, "occurred_at": _ts(7)},
+        {"type": "erp.balance", "event_id": "e5", "location_id": "W1", "on_hand": 100,
+         "as_of": _ts(0)},
+        {"type": "transfer.shipped", "event_id": "e6", "transfer_id": "t1",
+         "from_location": "W1", "to_location": "S2", "quantity": 10, "occurred_at": _ts(8)},
+        {"type": "erp.balance", "event_id": "e7", "location_id": "S2", "on_hand": 4,
+         "as_of": _ts(0)},
+        {"type": "pos.sale", "event_id": "e8", "location_id": "N1", "quantity": 2,
+         "occurred_at": _ts(9)},
+    ]  # fmt: skip
+
+
+RULES = RuleBook(
+    [
+        parse_rule("global", {"safety_stock": 1, "channel_buffers": {"marketplace": 2}}),
+        parse_rule("s2", {"sku": SKU, "location_id": "S2", "channel_buffers": {"marketplace": 3}}),
+    ]
+)
+
+
+def availability_of(sku: str, events: Sequence[Mapping[str, Any]]) -> SkuAvailability:
+    state = SkuState(sku)
+    for event in events:
+        fold(state, event_from_dict({**event, "sku": sku}))
+    return build_availability(state, RULES, NOW)
+
+
+@dataclass
+class Apis:
+    stub: pb_grpc.AvailabilityServiceStub
+    channel: grpc.aio.Channel
+    http: httpx.AsyncClient
+    store: AvailabilityStore
+    grpc_process: ProcessHandle
+
+
+async def wait_serving(
+    channel: grpc.aio.Channel, process: ProcessHandle, timeout: float = 30
+) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        assert process.running, f"grpc server exited:\n{process.tail()}"
+        assert time.monotonic() < deadline, f"gRPC not SERVING in {timeout} s:\n{process.tail()}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def apis(settings: Settings, start_service: StartService) -> AsyncIterator[Apis]:
+    grpc_process = start_service("services.grpc", settings)
+    http_process = start_service("services.http", settings)
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
+    try:
+        await wait_serving(channel, grpc_process)
+        await wait_http_ready(settings.http_port, path="/healthz", process=http_process)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20
+        ) as http:
+            await store.write_records(
+                [
+                    availability_of(SKU, stock_events()),
+                    availability_of(OTHER_SKU, stock_events()[:2]),
+                ]
+            )
+            yield Apis(pb_grpc.AvailabilityServiceStub(channel), channel, http, store, grpc_process)
+    finally:
+        await channel.close()
+        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.close()
+
+
+async def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+# --------------------------------------------------------------------------- answers
+
+
+async def test_get_equals_http(apis: Apis) -> None:
+    cases: list[tuple[str, str | None, str | None]] = [
+        (SKU, None, None),
+        (SKU, "online", None),
+        (SKU, "marketplace", None),
+        (SKU, "store", None),  # no rule names it: buffer 0
+        (SKU, "marketplace", "S2"),
+        (SKU, "online", "N1"),  # negative on hand
+        (SKU, "online", "NOWHERE"),  # no state there: ats 0, no locations
+        (OTHER_SKU, "marketplace", None),
+    ]
+    for sku, channel, location in cases:
+        params = {k: v for k, v in {"channel": channel, "location_id": location}.items() if v}
+        http = await apis.http.get(f"/v1/availability/{sku}", params=params)
+        assert http.status_code == 200, http.text
+        request = pb.GetAvailabilityRequest(sku=sku, channel=channel or "")
+        if location is not None:
+            request.location_id = location
+        answer = await apis.stub.GetAvailability(request, timeout=5)
+        assert availability_dict(answer) == http.json(), (sku, channel, location)
+    n1 = await apis.stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU, location_id="N1"))
+    assert n1.channel == "online" and n1.locations[0].on_hand == -2 and n1.ats == 0
+    market = await apis.stub.GetAvailability(
+        pb.GetAvailabilityRequest(sku=SKU, channel="marketplace")
+    )
+    assert {loc.location_id: loc.buffer for loc in market.locations}["S2"] == 3
+
+
+async def test_batch_equals_http(apis: Apis) -> None:
+    skus = [SKU, "NOPE", OTHER_SKU, SKU]
+    for channel in (None, "online", "marketplace"):
+        body: dict[str, Any] = {"skus": skus}
+        if channel is not None:
+            body["channel"] = channel
+        http = await apis.http.post("/v1/availability:batch", json=body)
+        assert http.status_code == 200, http.text
+        answer = await apis.stub.BatchGetAvailability(
+            pb.BatchGetAvailabilityRequest(skus=skus, channel=channel or ""), timeout=5
+        )
+        assert batch_dict(answer) == http.json(), channel
+        assert answer.channel == (channel or "online")
+        unknown = answer.items[1]
+        assert (unknown.sku, unknown.channel, unknown.ats, len(unknown.locations)) == (
+            "NOPE", "", 0, 0,
+        )  # fmt: skip
+    empty = await apis.stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest())
+    assert batch_dict(empty) == {"channel": "online", "items": []}
+    most = await apis.stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU] * 500))
+    assert len(most.items) == 500
+
+
+# --------------------------------------------------------------------------- errors
+
+
+async def test_status_codes(apis: Apis) -> None:
+    stub = apis.stub
+    Get, Batch = pb.GetAvailabilityRequest, pb.BatchGetAvailabilityRequest
+    code, message = await status_of(stub.GetAvailability(Get(sku="NOPE")))
+    assert code == grpc.StatusCode.NOT_FOUND and "NOPE" in message
+    assert (await apis.http.get("/v1/availability/NOPE")).status_code == 404
+    # NOT_FOUND with a location filter too, as HTTP.
+    code, _ = await status_of(stub.GetAvailability(Get(sku="NOPE", location_id="S1")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+    invalid: list[tuple[Any, str]] = [
+        (stub.GetAvailability(Get()), "sku"),
+        (stub.GetAvailability(Get(sku="bad sku")), "sku"),
+        (stub.GetAvailability(Get(sku="x" * 129)), "sku"),
+        (stub.GetAvailability(Get(sku=SKU, channel="Online")), "channel"),
+        (stub.GetAvailability(Get(sku=SKU, location_id="")), "location_id"),
+        (stub.GetAvailability(Get(sku=SKU, location_id="a b")), "location_id"),
+        (stub.BatchGetAvailability(Batch(skus=[SKU, "ok", "bad sku"])), "skus[2]"),
+        (stub.BatchGetAvailability(Batch(skus=[SKU], channel="UP")), "channel"),
+        (stub.BatchGetAvailability(Batch(skus=[SKU] * 501)), "at most 500"),
+    ]
+    for call, field in invalid:
+        code, message = await status_of(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (field, code, message)
+        assert field in message, (field, message)
+    assert apis.grpc_process.running
+
+
+async def test_deadline_exceeded(apis: Apis) -> None:
+    code, _ = await status_of(
+        apis.stub.BatchGetAvailability(
+            pb.BatchGetAvailabilityRequest(skus=[SKU] * 500), timeout=1e-4
+        )
+    )
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server carries on.
+    answer = await apis.stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), timeout=5)
+    assert answer.sku == SKU
+
+
+async def test_redis_down_is_unavailable(settings: Settings, start_service: StartService) -> None:
+    down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    process = start_service("services.grpc", down)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{down.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                break
+            except grpc.aio.AioRpcError:
+                assert process.running and time.monotonic() < deadline, process.tail()
+                await asyncio.sleep(0.1)
+        assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        stub = pb_grpc.AvailabilityServiceStub(channel)
+        for call in (
+            stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), timeout=10),
+            stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU, location_id="S1"), timeout=10),
+            stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU]), timeout=10),
+        ):
+            code, message = await status_of(call)
+            assert code == grpc.StatusCode.UNAVAILABLE and "Redis" in message
+        # Bad input is still INVALID_ARGUMENT, not UNAVAILABLE.
+        code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="a b")))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --------------------------------------------------------------------------- health, reflection
+
+
+async def test_health_and_reflection(apis: Apis) -> None:
+    health = health_pb2_grpc.HealthStub(apis.channel)
+    for service in ("", SERVICE):
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(apis.channel)
+    call = stub.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    listed = await call.read()
+    await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE))
+    files = await call.read()
+    await call.done_writing()
+    assert isinstance(listed, reflection_pb2.ServerReflectionResponse)
+    assert isinstance(files, reflection_pb2.ServerReflectionResponse)
+    names = {s.name for s in listed.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert files.file_descriptor_response.file_descriptor_proto  # what grpcurl needs
+
+
+async def test_sigterm_stops_gracefully(apis: Apis) -> None:
+    apis.grpc_process.terminate(timeout=15)
+    assert apis.grpc_process.returncode == 0, apis.grpc_process.tail()
+    assert "stopped" in apis.grpc_process.log_text()
