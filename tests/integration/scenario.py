@@ -157,3 +157,28 @@ def mixed_stream(
     deliveries.extend(duplicates)
     rnd.shuffle(deliveries)
     return [event for _, event in events], deliveries
+
+
+def at_minute(minute: int) -> str:
+    return f"2026-11-22T10:{minute:02d}:00Z"
+
+
+def seed_events() -> list[dict[str, Any]]:
+    """A small catalogue for the API tests (no sku: the caller folds it into one):
+    S1 (sale, damaged return, a reservation), W1 (ships to S2), S2."""
+    return [
+        {"type": "erp.balance", "event_id": "e1", "location_id": "S1", "on_hand": 20,
+         "as_of": at_minute(0)},
+        {"type": "pos.sale", "event_id": "e2", "location_id": "S1", "quantity": 3,
+         "occurred_at": at_minute(5)},
+        {"type": "pos.return", "event_id": "e3", "location_id": "S1", "quantity": 1,
+         "occurred_at": at_minute(6), "disposition": "damaged"},
+        {"type": "reservation.created", "event_id": "e4", "reservation_id": "r1",
+         "location_id": "S1", "quantity": 2, "occurred_at": at_minute(7)},
+        {"type": "erp.balance", "event_id": "e5", "location_id": "W1", "on_hand": 100,
+         "as_of": at_minute(0)},
+        {"type": "transfer.shipped", "event_id": "e6", "transfer_id": "t1",
+         "from_location": "W1", "to_location": "S2", "quantity": 10, "occurred_at": at_minute(8)},
+        {"type": "erp.balance", "event_id": "e7", "location_id": "S2", "on_hand": 4,
+         "as_of": at_minute(0)},
+    ]  # fmt: skip

@@ -31,6 +31,7 @@ from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import availability_dict, batch_dict
 from services.store import AvailabilityStore
 from tests.integration.conftest import StartService
+from tests.integration.scenario import at_minute, seed_events
 from tests.integration.support import ProcessHandle, free_port, wait_http_ready
 
 NOW = parse_timestamp("2026-11-22T12:00:00Z")
@@ -39,29 +40,12 @@ OTHER_SKU = "SKU-2"
 SERVICE = "availability.v1.AvailabilityService"
 
 
-def _ts(minute: int) -> str:
-    return f"2026-11-22T10:{minute:02d}:00Z"
-
-
 def stock_events() -> list[dict[str, Any]]:
     """S1 (sale, damaged return, reservation), W1 ships to S2, S2; N1 sold below zero."""
     return [
-        {"type": "erp.balance", "event_id": "e1", "location_id": "S1", "on_hand": 20,
-         "as_of": _ts(0)},
-        {"type": "pos.sale", "event_id": "e2", "location_id": "S1", "quantity": 3,
-         "occurred_at": _ts(5)},
-        {"type": "pos.return", "event_id": "e3", "location_id": "S1", "quantity": 1,
-         "occurred_at": _ts(6), "disposition": "damaged"},
-        {"type": "reservation.created", "event_id": "e4", "reservation_id": "r1",
-         "location_id": "S1", "quantity": 2, "occurred_at": _ts(7)},
-        {"type": "erp.balance", "event_id": "e5", "location_id": "W1", "on_hand": 100,
-         "as_of": _ts(0)},
-        {"type": "transfer.shipped", "event_id": "e6", "transfer_id": "t1",
-         "from_location": "W1", "to_location": "S2", "quantity": 10, "occurred_at": _ts(8)},
-        {"type": "erp.balance", "event_id": "e7", "location_id": "S2", "on_hand": 4,
-         "as_of": _ts(0)},
+        *seed_events(),
         {"type": "pos.sale", "event_id": "e8", "location_id": "N1", "quantity": 2,
-         "occurred_at": _ts(9)},
+         "occurred_at": at_minute(9)},
     ]  # fmt: skip
 
 

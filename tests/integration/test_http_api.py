@@ -28,6 +28,7 @@ from services.config import Settings
 from services.http import create_app
 from services.store import AvailabilityStore
 from tests.integration.conftest import StartService
+from tests.integration.scenario import seed_events
 from tests.integration.support import free_port, wait_until
 
 NOW = parse_timestamp("2026-11-22T12:00:00Z")
@@ -88,28 +89,9 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
 # --------------------------------------------------------------------------- seeding
 
 
-def _ts(minute: int) -> str:
-    return f"2026-11-22T10:{minute:02d}:00Z"
-
-
 def stock_events(sku: str) -> list[dict[str, Any]]:
     """Three locations: S1 (sale, damaged return, a reservation), W1 (ships to S2), S2."""
-    return [
-        {"type": "erp.balance", "event_id": "e1", "location_id": "S1", "on_hand": 20,
-         "as_of": _ts(0)},
-        {"type": "pos.sale", "event_id": "e2", "location_id": "S1", "quantity": 3,
-         "occurred_at": _ts(5)},
-        {"type": "pos.return", "event_id": "e3", "location_id": "S1", "quantity": 1,
-         "occurred_at": _ts(6), "disposition": "damaged"},
-        {"type": "reservation.created", "event_id": "e4", "reservation_id": "r1",
-         "location_id": "S1", "quantity": 2, "occurred_at": _ts(7)},
-        {"type": "erp.balance", "event_id": "e5", "location_id": "W1", "on_hand": 100,
-         "as_of": _ts(0)},
-        {"type": "transfer.shipped", "event_id": "e6", "transfer_id": "t1",
-         "from_location": "W1", "to_location": "S2", "quantity": 10, "occurred_at": _ts(8)},
-        {"type": "erp.balance", "event_id": "e7", "location_id": "S2", "on_hand": 4,
-         "as_of": _ts(0)},
-    ]  # fmt: skip
+    return seed_events()
 
 
 def rule(rule_id: str, **fields: Any) -> Rule:
