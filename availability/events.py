@@ -297,8 +297,6 @@ _PARSERS: dict[str, Callable[[_Fields], Event]] = {
     "reservation.fulfilled": _reservation_fulfilled,
 }
 
-EVENT_TYPES: tuple[str, ...] = tuple(_PARSERS)
-
 
 def event_type(event: Event) -> str:
     return _TYPE_NAMES[type(event)]

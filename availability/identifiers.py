@@ -58,11 +58,3 @@ def parse_timestamp(value: str) -> int:
     except ValueError:
         raise ValueError(f"not a valid date and time: {value!r}") from None
     return (parsed - _EPOCH) // _MICROSECOND
-
-
-def format_timestamp(micros: int) -> str:
-    """Integer microseconds -> RFC 3339 UTC with millisecond precision or finer."""
-    moment = _EPOCH + timedelta(microseconds=micros)
-    if moment.microsecond % 1000 == 0:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

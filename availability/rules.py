@@ -192,7 +192,3 @@ class RuleBook:
             if rule.channel_buffers:
                 buffers.update(rule.channel_buffers)
         return ResolvedRules(safety_stock, MappingProxyType(buffers) if buffers else _EMPTY)
-
-
-def rule_affects_sku(rule: Rule, sku: str) -> bool:
-    return rule.sku is None or rule.sku == sku

@@ -121,10 +121,6 @@ class AvailabilityStore:
             return None
         return SkuAvailability.from_data(orjson.loads(raw))
 
-    async def read_version(self, sku: str) -> int:
-        raw = await self.client.hget(self.sku_key(sku), "v")
-        return int(raw) if raw is not None else 0
-
     # --- worker status and counters ---
 
     async def report_worker(self, worker_id: str, status: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ import sys
 import faust
 
 from services.config import Settings, get_settings
-from streams.app import create_processor
+from streams.app import Processor
 from streams.kafka import topic_problems
 
 
@@ -36,7 +36,7 @@ def main() -> None:
             settings.partitions,
         )
         sys.exit(2)
-    processor = create_processor(settings)
+    processor = Processor(settings)
     worker = faust.Worker(processor.app, loglevel=settings.log_level.upper())
     worker.execute_from_commandline()
 

@@ -246,14 +246,14 @@ class Processor:
                 sent.append(await self._dead_letter(message, exc))
                 continue
             sku_key = parsed.sku.encode()
+            home = partition_for(sku_key, self.partitions)
             if message.topic != rekey_topic and (
-                message.key != sku_key
-                or message.partition != partition_for(sku_key, self.partitions)
+                message.key != sku_key or message.partition != home
             ):
                 rekeyed = await self.rekey_topic.send(
                     key=sku_key,
                     value=message.value,
-                    partition=partition_for(sku_key, self.partitions),
+                    partition=home,
                     force=True,  # now, not attached to the offset commit (see process)
                 )
                 sent.append(rekeyed)
@@ -442,7 +442,3 @@ class Processor:
             )
         except Exception as exc:  # status is best effort; the fold goes on
             log.warning("status report failed: %s", exc)
-
-
-def create_processor(settings: Settings) -> Processor:
-    return Processor(settings)

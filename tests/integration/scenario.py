@@ -59,22 +59,15 @@ def mixed_stream(
         sku = f"SKU-{s:05d}"
         for loc in rnd.sample(locs, k=rnd.randint(2, len(locs))):
             # A current balance, and a stale one that is published later.
-            add(
-                "erp",
-                sku,
-                "erp.balance",
-                location_id=loc,
-                on_hand=rnd.randint(0, 200),
-                as_of=stamp(START + timedelta(hours=2)),
-            )
-            add(
-                "erp",
-                sku,
-                "erp.balance",
-                location_id=loc,
-                on_hand=rnd.randint(0, 200),
-                as_of=stamp(START + timedelta(hours=1)),
-            )
+            for hours in (2, 1):
+                add(
+                    "erp",
+                    sku,
+                    "erp.balance",
+                    location_id=loc,
+                    on_hand=rnd.randint(0, 200),
+                    as_of=stamp(START + timedelta(hours=hours)),
+                )
         for _ in range(events_per_sku):
             loc = rnd.choice(locs)
             roll = rnd.random()
