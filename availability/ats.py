@@ -8,7 +8,7 @@ other channel has buffer 0. ``view`` then answers one read from it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,13 +128,29 @@ def view(
     availability: SkuAvailability, channel: str, location_id: str | None = None
 ) -> dict[str, Any]:
     """The read answer of contract section 6 for one SKU and channel."""
+    location_ids = None if location_id is None else (location_id,)
+    return watched_view(availability.sku, availability, channel, location_ids)
+
+
+def watched_view(
+    sku: str,
+    availability: SkuAvailability | None,
+    channel: str,
+    location_ids: Collection[str] | None,
+) -> dict[str, Any]:
+    """What a watch shows of a SKU: ``view`` narrowed to ``location_ids`` (None: all).
+
+    A SKU never seen shows ats 0 and no locations, on the watch's channel.
+    """
+    if availability is None:
+        return {"sku": sku, "channel": channel, "ats": 0, "locations": []}
     locations = [
         location_view(loc, channel)
         for loc in availability.locations
-        if location_id is None or loc.location_id == location_id
+        if location_ids is None or loc.location_id in location_ids
     ]
     return {
-        "sku": availability.sku,
+        "sku": sku,
         "channel": channel,
         "ats": sum(loc["ats"] for loc in locations),
         "locations": locations,

@@ -426,8 +426,16 @@ async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
     """Create the service's topics (idempotent). Returns the names it created."""
     wanted: dict[str, NewTopic] = {
         name: NewTopic(name, settings.partitions, settings.replication_factor)
-        for name in (*settings.input_topics, settings.dlq_topic, settings.rekey_topic)
+        for name in settings.partitioned_topics
     }
+    # The change feed keeps at least each SKU's latest record: a new consumer can
+    # start from the beginning and end up with every SKU's current figures.
+    wanted[settings.changes_topic] = NewTopic(
+        settings.changes_topic,
+        settings.partitions,
+        settings.replication_factor,
+        topic_configs={"cleanup.policy": "compact"},
+    )
     wanted[settings.rules_topic] = NewTopic(
         settings.rules_topic,
         1,

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=1, le=65535)
     grpc_port: int = Field(default=50051, ge=1, le=65535)
     topic_prefix: str = ""
+    # Open WatchAvailability streams one gRPC server holds; more get RESOURCE_EXHAUSTED.
+    grpc_max_watches: int = Field(default=10_000, ge=1)
 
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
@@ -105,6 +107,16 @@ class Settings(BaseSettings):
     def rekey_topic(self) -> str:
         """Internal: events whose Kafka key or partition does not match their sku."""
         return self.topic("availability.rekeyed")
+
+    @property
+    def changes_topic(self) -> str:
+        """The change feed: every change of a serving record, keyed by SKU, compacted."""
+        return self.topic("availability.changes")
+
+    @property
+    def partitioned_topics(self) -> tuple[str, ...]:
+        """Every topic with ``partitions`` partitions, keyed (and partitioned) by SKU."""
+        return (*self.input_topics, self.dlq_topic, self.rekey_topic, self.changes_topic)
 
     @property
     def rules_topic(self) -> str:

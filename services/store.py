@@ -3,12 +3,14 @@
 Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
 
 ``{prefix}:sku:{<sku>}``  hash, one per SKU
-    ``v``          version: +1 on every change of the record
+    ``v``          version: +1 on every change of the record (see ``_WRITE_RECORD``)
+    ``f``          the latest version the durable change feed has acknowledged
     ``d``          canonical JSON of the SKU's availability (all channels)
     ``c:<channel>`` ready-to-send answer tail for a channel that rules give a buffer
     ``*``          the same for every other channel (buffer 0)
 ``{prefix}:workers``  hash worker id -> JSON status (heartbeat, lag, recovered)
 ``{prefix}:counters`` hash counter name -> integer (events folded, dead letters)
+``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
 
 An answer tail is the JSON of ``{"ats": .., "locations": [..]}`` without its
 opening brace; a read puts ``{"sku":..,"channel":..,`` in front of it, so serving a
@@ -28,14 +30,37 @@ from availability.ats import SkuAvailability, view
 
 DEFAULT_FIELD = b"*"
 
-# Writes a record only when its canonical form changed, keeping the version.
+# Writes a record only when its canonical form changed, bumps its version and
+# announces the change on the SKU's sharded channel, all in one step, so a watcher
+# never sees a change that the record does not hold, nor the other way round.
+# A record's first version is the writer's clock in microseconds (ARGV[3]) rather
+# than 1: a record rebuilt after Redis lost its data then starts above every
+# version it had before, and consumers that skip versions they have seen lose
+# nothing. Versions are formatted with %d: Lua would print them as 1.79e+15.
+# Returns the version when the change feed still has to carry it (a change now, or
+# an earlier one the feed never acknowledged), else 0.
 _WRITE_RECORD = """
-local cur = redis.call('HGET', KEYS[1], 'd')
-if cur == ARGV[1] then return 0 end
-local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0') + 1
+local cur = redis.call('HMGET', KEYS[1], 'd', 'v', 'f')
+local v = tonumber(cur[2] or '0')
+local f = tonumber(cur[3] or '0')
+if cur[1] == ARGV[1] then
+  if f < v then return v end
+  return 0
+end
+if v == 0 then v = tonumber(ARGV[3]) else v = v + 1 end
+local version = string.format('%d', v)
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'v', version, 'f', string.format('%d', f), 'd', ARGV[1],
+           unpack(ARGV, 4))
+redis.call('SPUBLISH', ARGV[2], version .. ' ' .. ARGV[1])
 return v
+"""
+
+# Records that the change feed holds ``version`` (never moving backwards).
+_MARK_PUBLISHED = """
+local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+if f < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'f', ARGV[1]) end
+return 0
 """
 
 
@@ -66,6 +91,7 @@ class AvailabilityStore:
         self.client = client
         self.prefix = prefix
         self._write = client.register_script(_WRITE_RECORD)
+        self._mark_published = client.register_script(_MARK_PUBLISHED)
         self._workers_key = f"{prefix}:workers"
         self._counters_key = f"{prefix}:counters"
 
@@ -87,18 +113,44 @@ class AvailabilityStore:
     def sku_key(self, sku: str) -> str:
         return f"{self.prefix}:sku:{{{sku}}}"
 
+    def change_channel(self, sku: str) -> bytes:
+        """The sharded pub/sub channel of a SKU's changes (same slot as its record)."""
+        return f"{self.prefix}:changes:{{{sku}}}".encode()
+
     # --- writes (the stream processor) ---
 
-    async def write_records(self, records: Sequence[SkuAvailability]) -> list[int]:
-        """Write records in one round trip; returns each new version, 0 if unchanged."""
+    async def write_records(
+        self, records: Sequence[SkuAvailability], first_version: int | None = None
+    ) -> list[int]:
+        """Write records in one round trip.
+
+        Returns per record the version the change feed must carry, 0 for none (the
+        record is unchanged and the feed has it). A record written for the first
+        time gets ``first_version`` (the writer's clock in microseconds).
+        """
         if not records:
             return []
         pipe = self.client.pipeline(transaction=False)
+        if first_version is None:
+            first_version = time.time_ns() // 1000
+        seed = str(first_version).encode()
         for record in records:
+            data, *fields = encode_record(record)
             await self._write(
-                keys=[self.sku_key(record.sku)], args=encode_record(record), client=pipe
+                keys=[self.sku_key(record.sku)],
+                args=[data, self.change_channel(record.sku), seed, *fields],
+                client=pipe,
             )
         return [int(v) for v in await pipe.execute()]
+
+    async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
+        """Note that the change feed holds these (sku, version) pairs."""
+        pipe = self.client.pipeline(transaction=False)
+        for sku, version in versions:
+            await self._mark_published(
+                keys=[self.sku_key(sku)], args=[str(version).encode()], client=pipe
+            )
+        await pipe.execute()
 
     # --- reads (the APIs) ---
 
@@ -114,6 +166,19 @@ class AvailabilityStore:
         for sku in skus:
             pipe.hmget(self.sku_key(sku), fields)
         return [channel_tail or default_tail for channel_tail, default_tail in await pipe.execute()]
+
+    async def read_versions(self, skus: Sequence[str]) -> list[tuple[int, SkuAvailability | None]]:
+        """Each SKU's version and figures, in one round trip; (0, None) if never seen."""
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hmget(self.sku_key(sku), [b"v", b"d"])
+        answers: list[tuple[int, SkuAvailability | None]] = []
+        for version, data in await pipe.execute():
+            if data is None:
+                answers.append((0, None))
+            else:
+                answers.append((int(version), SkuAvailability.from_data(orjson.loads(data))))
+        return answers
 
     async def read_availability(self, sku: str) -> SkuAvailability | None:
         raw = await self.client.hget(self.sku_key(sku), "d")

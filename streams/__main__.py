@@ -16,9 +16,7 @@ from streams.kafka import topic_problems
 def check_topics(settings: Settings) -> list[str]:
     # Every input topic needs the same partition count as the state table, or a
     # SKU's events and its state would live on different workers.
-    expected = {topic: settings.partitions for topic in settings.input_topics}
-    expected[settings.rekey_topic] = settings.partitions
-    expected[settings.dlq_topic] = settings.partitions
+    expected = {topic: settings.partitions for topic in settings.partitioned_topics}
     expected[settings.rules_topic] = 1
     return asyncio.run(topic_problems(settings.bootstrap_servers, expected))
 

@@ -35,13 +35,15 @@ from availability.state import SkuState, fold
 from services.config import Settings
 from services.rules_log import RulesLog
 from services.store import AvailabilityStore
+from streams.change_feed import ChangeFeed
 from streams.codec import SkuStateCodec
 from streams.dead_letters import dead_letter_record
 from streams.kafka import RangeReader, Transport, partition_for
-from streams.serving import ServingWriter
+from streams.serving import ServingWriter, now_micros
 
 log = logging.getLogger(__name__)
 
+FEED_DRAIN_ON_STOP = 5.0  # seconds the change feed gets to publish what it holds
 PROGRESS_LOG_INTERVAL = 10.0  # seconds between progress lines while busy
 IDLE_LOG_INTERVAL = 300.0  # ... and while idle
 
@@ -54,6 +56,8 @@ class AvailabilityApp(faust.App):
         return Transport(self.conf.broker_consumer, self)
 
     async def on_stop(self) -> None:
+        if self.processor is not None:
+            await self.processor.drain_feed()  # while the producer still runs
         await super().on_stop()
         if self.processor is not None:
             await self.processor.close()
@@ -135,13 +139,18 @@ class Processor:
         self.dlq_topic = app.topic(
             settings.dlq_topic, key_serializer="raw", value_serializer="raw", internal=False
         )
+        self.changes_topic = app.topic(
+            settings.changes_topic, key_serializer="raw", value_serializer="raw", internal=False
+        )
         self.store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
         self.rules = RulesLog(settings, on_change=self._on_rule_change)
+        self.feed = ChangeFeed(self.store, self._send_change, owns=self.owns, clock=now_micros)
         self.writer = ServingWriter(
             self.store,
             rules=lambda: self.rules.book,
             state_of=self.states.get,
             owns=self.owns,
+            feed=self.feed,
         )
         self.counts: Counter[str] = Counter()
         self._progress: Counter[str] = Counter()
@@ -168,6 +177,10 @@ class Processor:
         async def start_rules() -> None:
             await self.start_rules()
 
+        @app.task  # type: ignore[untyped-decorator]
+        async def publish_changes() -> None:
+            await self.feed.run()
+
         @app.timer(interval=settings.expiry_tick)  # type: ignore[untyped-decorator]
         async def expire_and_flush() -> None:
             self.writer.mark_expired()
@@ -189,6 +202,11 @@ class Processor:
             log.info("table recovered: %d SKUs on this worker", len(self.states))
 
         app.processor = self
+
+    async def drain_feed(self) -> None:
+        if not await self.feed.drain(FEED_DRAIN_ON_STOP):
+            # Not lost: the next owner of these SKUs publishes them (streams.change_feed).
+            log.warning("stopping with %d change-feed records unpublished", self.feed.pending)
 
     async def close(self) -> None:
         await self.rules.stop()
@@ -213,6 +231,12 @@ class Processor:
                 await asyncio.sleep(1.0)
         log.info("rules log caught up: %d rules", len(self.rules.book))
         self.writer.rules_ready.set()
+
+    async def _send_change(self, key: bytes, value: bytes) -> Awaitable[Any]:
+        sent: Awaitable[Any] = await self.changes_topic.send(
+            key=key, value=value, partition=partition_for(key, self.partitions), force=True
+        )
+        return sent
 
     # --- the fold ---
 
@@ -438,6 +462,9 @@ class Processor:
                     "pending_writes": self.writer.pending,
                     "serving_writes": self.writer.writes,
                     "serving_errors": self.writer.errors,
+                    "feed_pending": self.feed.pending,
+                    "feed_published": self.feed.published,
+                    "feed_errors": self.feed.errors,
                 },
             )
         except Exception as exc:  # status is best effort; the fold goes on

@@ -3,7 +3,8 @@
 SKUs are marked dirty (by the fold, a rule change, a reservation expiring or a
 recovery) and ``flush`` writes their records. A record is computed when it is
 flushed, from the state and rules of that moment, and flushes never overlap, so
-the last write for a SKU always carries its latest figures.
+the last write for a SKU always carries its latest figures. Each write that the
+change feed must carry is handed to it (``streams.change_feed``) in write order.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from availability.ats import SkuAvailability, build_availability
 from availability.rules import RuleBook
 from availability.state import SkuState
 from services.store import AvailabilityStore
+from streams.change_feed import ChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ class ServingWriter:
         rules: Callable[[], RuleBook],
         state_of: Callable[[str], SkuState | None],
         owns: Callable[[str], bool],
+        feed: ChangeFeed | None = None,
         clock: Callable[[], int] = now_micros,
     ) -> None:
         self.store = store
+        self.feed = feed
         self._rules = rules
         self._state_of = state_of
         self._owns = owns
@@ -78,7 +82,12 @@ class ServingWriter:
             records = self._build(skus)
             try:
                 for start in range(0, len(records), WRITE_CHUNK):
-                    await self.store.write_records(records[start : start + WRITE_CHUNK])
+                    chunk = records[start : start + WRITE_CHUNK]
+                    if self.feed is not None:
+                        await self.feed.wait_room()
+                    versions = await self.store.write_records(chunk, self._clock())
+                    if self.feed is not None:
+                        self.feed.add([(r, v) for r, v in zip(chunk, versions, strict=True) if v])
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 self._dirty |= skus

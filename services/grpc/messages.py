@@ -70,6 +70,25 @@ def parse_batch(request: pb.BatchGetAvailabilityRequest) -> tuple[list[str], str
     return skus, resolve_channel(request.channel)
 
 
+def parse_watch(
+    request: pb.WatchAvailabilityRequest,
+) -> tuple[list[str], str, list[str] | None]:
+    """(distinct skus in request order, channel, location_ids or None for all)."""
+    skus = list(dict.fromkeys(request.skus))
+    if not skus:
+        raise InvalidArgument("skus must name at least one SKU")
+    if len(skus) > MAX_BATCH_SKUS:
+        raise InvalidArgument(
+            f"skus holds {len(skus)} distinct SKUs; at most {MAX_BATCH_SKUS} allowed"
+        )
+    for index, sku in enumerate(request.skus):
+        require_sku(sku, f"skus[{index}]")
+    channel = resolve_channel(request.channel)
+    for index, location_id in enumerate(request.location_ids):
+        require_location(location_id, f"location_ids[{index}]")
+    return skus, channel, list(request.location_ids) or None
+
+
 def location_message(location: Mapping[str, Any]) -> pb.LocationAvailability:
     return pb.LocationAvailability(
         location_id=location["location_id"],
@@ -90,6 +109,14 @@ def availability_message(answer: Mapping[str, Any]) -> pb.Availability:
         channel=answer.get("channel", ""),
         ats=answer["ats"],
         locations=[location_message(loc) for loc in answer["locations"]],
+    )
+
+
+def watch_message(
+    answer: Mapping[str, Any], version: int, initial: bool
+) -> pb.WatchAvailabilityResponse:
+    return pb.WatchAvailabilityResponse(
+        availability=availability_message(answer), version=version, initial=initial
     )
 
 

@@ -21,6 +21,7 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import AsyncIterator
 
 import grpc
 import orjson
@@ -38,7 +39,10 @@ from services.grpc.messages import (
     batch_message,
     parse_batch,
     parse_get,
+    parse_watch,
+    watch_message,
 )
+from services.grpc.watch import TooManyWatches, WatchClosed, WatchHub
 from services.store import AvailabilityStore, render_answer
 
 log = logging.getLogger("services.grpc")
@@ -57,11 +61,13 @@ GetContext = grpc.aio.ServicerContext[pb.GetAvailabilityRequest, pb.Availability
 BatchContext = grpc.aio.ServicerContext[
     pb.BatchGetAvailabilityRequest, pb.BatchGetAvailabilityResponse
 ]
+WatchContext = grpc.aio.ServicerContext[pb.WatchAvailabilityRequest, pb.WatchAvailabilityResponse]
 
 
 class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
-    def __init__(self, store: AvailabilityStore) -> None:
+    def __init__(self, store: AvailabilityStore, hub: WatchHub) -> None:
         self.store = store
+        self.hub = hub
 
     async def GetAvailability(
         self, request: pb.GetAvailabilityRequest, context: GetContext
@@ -104,6 +110,32 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         ]
         return batch_message(channel, answers)
 
+    async def WatchAvailability(
+        self, request: pb.WatchAvailabilityRequest, context: WatchContext
+    ) -> AsyncIterator[pb.WatchAvailabilityResponse]:
+        try:
+            skus, channel, location_ids = parse_watch(request)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            watch = await self.hub.open(skus, channel, location_ids)
+        except TooManyWatches as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except WatchClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except REDIS_DOWN as exc:
+            log.warning("redis unavailable during WatchAvailability: %r", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        # A cancelled call (client gone, deadline) cancels this generator at its
+        # await or yield; the finally clause gives its subscriptions back.
+        try:
+            async for update in watch.updates():
+                yield watch_message(update.answer, update.version, update.initial)
+        except WatchClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        finally:
+            await self.hub.release(watch)
+
 
 async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.HealthServicer) -> None:
     """SERVING while Redis answers PING, NOT_SERVING while it does not."""
@@ -127,11 +159,11 @@ async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.Heal
 
 
 def create_server(
-    store: AvailabilityStore, address: str
+    store: AvailabilityStore, hub: WatchHub, address: str
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A server with the three services, bound to ``address`` (not started)."""
     server = grpc.aio.server()
-    pb_grpc.add_AvailabilityServiceServicer_to_server(AvailabilityService(store), server)
+    pb_grpc.add_AvailabilityServiceServicer_to_server(AvailabilityService(store, hub), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -143,7 +175,8 @@ def create_server(
 
 async def serve(settings: Settings) -> None:
     store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
-    server, health_servicer, port = create_server(store, f"{HOST}:{settings.grpc_port}")
+    hub = WatchHub(store, settings.grpc_max_watches)
+    server, health_servicer, port = create_server(store, hub, f"{HOST}:{settings.grpc_port}")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     stop = asyncio.Event()
@@ -164,6 +197,9 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await health_servicer.enter_graceful_shutdown()
+        # Watches never end by themselves: end them now, so clients reconnect to
+        # another replica instead of waiting for the grace period.
+        await hub.close("the server is shutting down; reconnect")
         await server.stop(SHUTDOWN_GRACE)
         await store.close()
         log.info("stopped")

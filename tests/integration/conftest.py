@@ -25,6 +25,7 @@ import pytest
 
 from dev.stack import DevBroker, create_topics, ensure_redis, stop_process
 from services.config import Settings
+from tests.integration.grpc_support import apis as apis  # the fixture, for the gRPC tests
 from tests.integration.support import (
     ENV_PREFIX,
     ProcessHandle,

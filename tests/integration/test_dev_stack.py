@@ -12,7 +12,7 @@ from tests.integration.support import consume_all, produce, settings_env, topic_
 
 
 async def test_topics_exist_with_configured_partitions(settings: Settings) -> None:
-    for topic in (*settings.input_topics, settings.dlq_topic, settings.rekey_topic):
+    for topic in settings.partitioned_topics:
         assert await topic_partitions(settings, topic) == set(range(settings.partitions)), topic
     assert await topic_partitions(settings, settings.rules_topic) == {0}
     assert await create_topics(settings) == []  # idempotent

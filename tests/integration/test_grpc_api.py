@@ -1,127 +1,23 @@
-"""The gRPC API (contract section 7) as a real process (``python -m services.grpc``),
-compared with the HTTP API (``python -m services.http``) over the same Redis records.
-
-Records are seeded the way the stream processor writes them: domain events folded
-with ``availability.state``, ``build_availability`` with a ``RuleBook`` that has
-channel buffers, ``AvailabilityStore.write_records``.
-"""
+"""The gRPC API's unary calls (contract section 7) as a real process, compared with
+the HTTP API over the same Redis records (``tests.integration.grpc_support``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import httpx
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from availability.ats import SkuAvailability, build_availability
-from availability.events import event_from_dict
-from availability.identifiers import parse_timestamp
-from availability.rules import RuleBook, parse_rule
-from availability.state import SkuState, fold
 from services.config import Settings
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import availability_dict, batch_dict
-from services.store import AvailabilityStore
 from tests.integration.conftest import StartService
-from tests.integration.scenario import at_minute, seed_events
-from tests.integration.support import ProcessHandle, free_port, wait_http_ready
-
-NOW = parse_timestamp("2026-11-22T12:00:00Z")
-SKU = "AB/12-x.y:z"  # '/' and ':' are valid in a SKU
-OTHER_SKU = "SKU-2"
-SERVICE = "availability.v1.AvailabilityService"
-
-
-def stock_events() -> list[dict[str, Any]]:
-    """S1 (sale, damaged return, reservation), W1 ships to S2, S2; N1 sold below zero."""
-    return [
-        *seed_events(),
-        {"type": "pos.sale", "event_id": "e8", "location_id": "N1", "quantity": 2,
-         "occurred_at": at_minute(9)},
-    ]  # fmt: skip
-
-
-RULES = RuleBook(
-    [
-        parse_rule("global", {"safety_stock": 1, "channel_buffers": {"marketplace": 2}}),
-        parse_rule("s2", {"sku": SKU, "location_id": "S2", "channel_buffers": {"marketplace": 3}}),
-    ]
-)
-
-
-def availability_of(sku: str, events: Sequence[Mapping[str, Any]]) -> SkuAvailability:
-    state = SkuState(sku)
-    for event in events:
-        fold(state, event_from_dict({**event, "sku": sku}))
-    return build_availability(state, RULES, NOW)
-
-
-@dataclass
-class Apis:
-    stub: pb_grpc.AvailabilityServiceStub
-    channel: grpc.aio.Channel
-    http: httpx.AsyncClient
-    store: AvailabilityStore
-    grpc_process: ProcessHandle
-
-
-async def wait_serving(
-    channel: grpc.aio.Channel, process: ProcessHandle, timeout: float = 30
-) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            answer = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        assert process.running, f"grpc server exited:\n{process.tail()}"
-        assert time.monotonic() < deadline, f"gRPC not SERVING in {timeout} s:\n{process.tail()}"
-        await asyncio.sleep(0.1)
-
-
-@pytest.fixture
-async def apis(settings: Settings, start_service: StartService) -> AsyncIterator[Apis]:
-    grpc_process = start_service("services.grpc", settings)
-    http_process = start_service("services.http", settings)
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
-    try:
-        await wait_serving(channel, grpc_process)
-        await wait_http_ready(settings.http_port, path="/healthz", process=http_process)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20
-        ) as http:
-            await store.write_records(
-                [
-                    availability_of(SKU, stock_events()),
-                    availability_of(OTHER_SKU, stock_events()[:2]),
-                ]
-            )
-            yield Apis(pb_grpc.AvailabilityServiceStub(channel), channel, http, store, grpc_process)
-    finally:
-        await channel.close()
-        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
-        if keys:
-            await store.client.delete(*keys)
-        await store.close()
-
-
-async def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value.code(), info.value.details() or ""
-
+from tests.integration.grpc_support import OTHER_SKU, SERVICE, SKU, Apis, status_of
+from tests.integration.support import free_port
 
 # --------------------------------------------------------------------------- answers
 

@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 
 from availability.identifiers import parse_timestamp
 from availability.state import state_from_data
 from services.config import Settings
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
+from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.store import AvailabilityStore
 from streams.kafka import partition_for
 from tests.integration.conftest import StartService
+from tests.integration.grpc_support import Stream, wait_serving, watch
 from tests.integration.scenario import Delivery, mixed_stream, stamp, topic_of
 from tests.integration.support import SKU_KEY, consume_all, produce, wait_http_ready
 from tests.reference import recompute
@@ -79,6 +86,67 @@ async def until_equal(
         await asyncio.sleep(0.25)
 
 
+async def feed_by_sku(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """The change feed's records per SKU, in the order of their partition."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for record in await consume_all(settings, settings.changes_topic, timeout=10, idle=0.5):
+        assert record.key is not None and record.value is not None
+        sku = record.key.decode()
+        assert record.partition == partition_for(record.key, settings.partitions)
+        value = orjson.loads(record.value)
+        assert value["sku"] == sku
+        records.setdefault(sku, []).append(value)
+    return records
+
+
+def feed_answer(record: dict[str, Any], channel: str = "online") -> dict[str, Any]:
+    """A change-feed record as the HTTP answer for ``channel`` (README "Change feed")."""
+    locations = []
+    for loc in record["locations"]:
+        buffer = loc["buffers"].get(channel, 0)
+        ats = max(0, loc["on_hand"] - loc["reserved"] - loc["safety_stock"] - buffer)
+        fields = ("location_id", "on_hand", "reserved", "in_transit", "damaged", "safety_stock")
+        locations.append({**{f: loc[f] for f in fields}, "buffer": buffer, "ats": ats})
+    return {
+        "sku": record["sku"],
+        "channel": channel,
+        "ats": sum(loc["ats"] for loc in locations),
+        "locations": locations,
+    }
+
+
+async def until_feed_complete(
+    settings: Settings, expected: dict[str, Any], timeout: float, *, strictly: bool = True
+) -> dict[str, list[dict[str, Any]]]:
+    """Wait until the change feed's latest record of every SKU is the serving record's
+    version and figures; versions never go back (with ``strictly``: never repeat)."""
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            feed = await feed_by_sku(settings)
+            stored = {sku: await store.client.hget(store.sku_key(sku), "v") for sku in expected}
+            latest = {sku: records[-1] for sku, records in feed.items()}
+            behind = [
+                sku for sku in expected
+                if sku not in latest or latest[sku]["version"] != int(stored[sku] or 0)
+            ]  # fmt: skip
+            if not behind:
+                break
+            assert time.monotonic() < deadline, f"{len(behind)} SKUs behind, e.g. {behind[0]}"
+            await asyncio.sleep(0.5)
+    finally:
+        await store.close()
+    for sku, records in feed.items():
+        versions = [r["version"] for r in records]
+        pairs = list(pairwise(versions))
+        assert all(a < b if strictly else a <= b for a, b in pairs), (sku, versions)
+    for sku, answer in expected.items():
+        assert feed_answer(latest[sku]) == answer, sku
+    assert set(feed) == set(expected)
+    return feed
+
+
 async def start_stack(
     start_service: StartService, settings: Settings, workers: int = 1
 ) -> httpx.AsyncClient:
@@ -87,6 +155,25 @@ async def start_stack(
     api = start_service("services.http", settings, name="api")
     await wait_http_ready(settings.http_port, timeout=90, process=api)
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def grpc_api(
+    start_service: StartService, settings: Settings
+) -> AsyncIterator[pb_grpc.AvailabilityServiceStub]:
+    process = start_service("services.grpc", settings, name="grpc")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+        await wait_serving(channel, process)
+        yield pb_grpc.AvailabilityServiceStub(channel)
+
+
+async def watch_until(stream: Stream, ats: int, within: float) -> pb.WatchAvailabilityResponse:
+    """The first message showing ``ats``, which must come within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        message = await stream.read(timeout=max(0.0, deadline - time.monotonic()))
+        if message.availability.ats == ats:
+            return message
 
 
 async def test_mixed_stream_read_back_equals_a_recomputation(
@@ -112,6 +199,8 @@ async def test_mixed_stream_read_back_equals_a_recomputation(
         single = await client.get(f"/v1/availability/{one}")
         assert single.status_code == 200
         assert single.json() == expected[one]
+        # The change feed carries each SKU's changes in order, ending at its figures.
+        await until_feed_complete(settings, expected, timeout=30)
     # The table's changelog is keyed by the SKU's bytes on the SKU's own partition,
     # the one its events arrive on: what makes recovery land on the right worker.
     changelog = await consume_all(settings, f"{settings.faust_app_id}-sku-state-changelog")
@@ -220,6 +309,9 @@ async def test_worker_killed_mid_stream_ends_in_the_same_state(
         client = await start_stack(start_service, settings, workers=0)
         async with client:
             await until_equal(client, expected, timeout=150)
+        # No change is missing from the feed: a version written before the kill and
+        # not yet published is published after the restart (perhaps twice).
+        await until_feed_complete(settings, expected, timeout=30, strictly=False)
     finally:
         await store.close()
 
@@ -252,9 +344,12 @@ async def test_rule_change_shows_in_reads_within_one_second(
         "as_of": "2026-11-22T09:00:00Z",
     }
     client = await start_stack(start_service, settings)
-    async with client:
+    async with client, grpc_api(start_service, settings) as stub:
+        stream = watch(stub, ["SKU-R"])
+        await stream.read_initial(1)
         await produce(settings, settings.erp_topic, [balance])
         await until_equal(client, recompute([balance], now_micros()), timeout=30)
+        await watch_until(stream, 50, within=5)
 
         rule = {
             "sku": None,
@@ -268,6 +363,7 @@ async def test_rule_change_shows_in_reads_within_one_second(
         while (await client.get("/v1/availability/SKU-R")).json()["ats"] != 42:
             assert time.monotonic() - started < 1.0, "rule change not visible within one second"
             await asyncio.sleep(0.02)
+        await watch_until(stream, 42, within=1.0 - (time.monotonic() - started))
         expected = recompute([balance], now_micros(), rules=[rule])
         await until_equal(client, expected, timeout=1)
         assert (await client.get("/v1/availability/SKU-R", params={"channel": "store"})).json()[
@@ -279,6 +375,12 @@ async def test_rule_change_shows_in_reads_within_one_second(
         while (await client.get("/v1/availability/SKU-R")).json()["ats"] != 50:
             assert time.monotonic() - started < 1.0, "rule removal not visible within one second"
             await asyncio.sleep(0.02)
+        await watch_until(stream, 50, within=1.0 - (time.monotonic() - started))
+        await stream.close()
+    # The rule changes are in the change feed too: 50, then 42, then 50.
+    feed = await until_feed_complete(settings, recompute([balance], now_micros()), timeout=10)
+    # The feed's ats has no channel buffer: 50 - 5 safety stock; "online" is in buffers.
+    assert [record["ats"] for record in feed["SKU-R"]] == [50, 45, 50]
 
 
 async def test_rules_and_state_survive_a_restart_of_every_process(
@@ -334,18 +436,25 @@ async def test_a_reservation_expires_by_itself(
             "expires_at": stamp(now + timedelta(seconds=4)),
         },
     ]
-    async with client:
+    async with client, grpc_api(start_service, settings) as stub:
+        stream = watch(stub, ["SKU-E"])
+        await stream.read_initial(1)
         await produce(settings, settings.reservations_topic, events[1:])
         await produce(settings, settings.erp_topic, events[:1])
         before = recompute(events, now_micros())
         assert before["SKU-E"]["ats"] == 6
         await until_equal(client, before, timeout=30)
+        await watch_until(stream, 6, within=2)
         expiry = parse_timestamp(events[1]["expires_at"])
         while now_micros() < expiry:
             await asyncio.sleep(0.1)
         # No event arrives; the reservation releases itself.
         await until_equal(client, recompute(events, now_micros()), timeout=2)
         assert (await client.get("/v1/availability/SKU-E")).json()["ats"] == 10
+        await watch_until(stream, 10, within=2)
+        await stream.close()
+    feed = await until_feed_complete(settings, recompute(events, now_micros()), timeout=10)
+    assert feed["SKU-E"][-1]["ats"] == 10 and feed["SKU-E"][-2]["ats"] == 6
 
 
 async def test_worker_refuses_topics_with_another_partition_count(

@@ -32,6 +32,26 @@ class BatchGetAvailabilityResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[Availability]
     def __init__(self, channel: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Availability, _Mapping]]] = ...) -> None: ...
 
+class WatchAvailabilityRequest(_message.Message):
+    __slots__ = ("skus", "channel", "location_ids")
+    SKUS_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    skus: _containers.RepeatedScalarFieldContainer[str]
+    channel: str
+    location_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, skus: _Optional[_Iterable[str]] = ..., channel: _Optional[str] = ..., location_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WatchAvailabilityResponse(_message.Message):
+    __slots__ = ("availability", "version", "initial")
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    availability: Availability
+    version: int
+    initial: bool
+    def __init__(self, availability: _Optional[_Union[Availability, _Mapping]] = ..., version: _Optional[int] = ..., initial: _Optional[bool] = ...) -> None: ...
+
 class Availability(_message.Message):
     __slots__ = ("sku", "channel", "ats", "locations")
     SKU_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class AvailabilityServiceStub:
                 request_serializer=availability_dot_v1_dot_availability__pb2.BatchGetAvailabilityRequest.SerializeToString,
                 response_deserializer=availability_dot_v1_dot_availability__pb2.BatchGetAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.WatchAvailability = channel.unary_stream(
+                '/availability.v1.AvailabilityService/WatchAvailability',
+                request_serializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityRequest.SerializeToString,
+                response_deserializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityResponse.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
@@ -70,6 +75,31 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAvailability(self, request, context):
+        """Live figures for up to 500 SKUs on one channel, optionally narrowed to some
+        locations. First one message per requested SKU with its current figures
+        (initial = true; a SKU never seen has version 0, ats 0 and no locations), then
+        one message each time what the watch shows of a SKU changes.
+
+        Every message carries the SKU's complete figures as the watch shows them, never
+        a difference, so the latest message of a SKU is always its current state. Its
+        version increases strictly within a watch. Consecutive versions mean no change
+        of the SKU's record came in between; a gap means changes came in between that
+        did not alter what this watch shows (another location), or that were coalesced
+        into the later figures because the client read more slowly than they came.
+        The server holds at most the latest unsent figures per SKU for a watch, never
+        a queue.
+
+        The stream ends with UNAVAILABLE when the server stops or loses its connection
+        to the store; reconnect and take the new initial figures as they are, whatever
+        their version. INVALID_ARGUMENT for no SKU, more than 500 distinct SKUs or a
+        malformed field (named, e.g. "skus[3]", "location_ids[0]"); RESOURCE_EXHAUSTED
+        when the server holds its maximum number of watches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +112,11 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     servicer.BatchGetAvailability,
                     request_deserializer=availability_dot_v1_dot_availability__pb2.BatchGetAvailabilityRequest.FromString,
                     response_serializer=availability_dot_v1_dot_availability__pb2.BatchGetAvailabilityResponse.SerializeToString,
+            ),
+            'WatchAvailability': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAvailability,
+                    request_deserializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityRequest.FromString,
+                    response_serializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +174,33 @@ class AvailabilityService:
             '/availability.v1.AvailabilityService/BatchGetAvailability',
             availability_dot_v1_dot_availability__pb2.BatchGetAvailabilityRequest.SerializeToString,
             availability_dot_v1_dot_availability__pb2.BatchGetAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/availability.v1.AvailabilityService/WatchAvailability',
+            availability_dot_v1_dot_availability__pb2.WatchAvailabilityRequest.SerializeToString,
+            availability_dot_v1_dot_availability__pb2.WatchAvailabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,321 @@
+"""Live availability for ``WatchAvailability``: one Redis subscription per process.
+
+The stream processor's write script announces every change of a serving record on
+the SKU's sharded pub/sub channel (``AvailabilityStore.change_channel``) as
+``<version> <record>``. A ``WatchHub`` holds one pub/sub connection for the whole
+process and subscribes to a SKU's channel while at least one watch wants it, so N
+watches of one SKU cost one subscription, and a change is decoded once however
+many watches show it.
+
+A ``Watch`` keeps, per SKU, only the latest figures not yet sent: a client that
+reads slowly gets the newest figures when it reads again (with a version gap),
+and the server's memory per watch is bounded by its SKU count. gRPC's flow control
+holds the handler at ``yield`` while the client does not read; changes arriving
+meanwhile overwrite each other here.
+
+Ordering: a watch subscribes first and reads the SKUs' current records after Redis
+confirmed the subscriptions, so a change is either in what it read or arrives
+later on the channel; versions tell which, and older ones are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.exceptions
+from redis.asyncio.client import PubSub
+
+from availability.ats import SkuAvailability, watched_view
+from services.store import AvailabilityStore
+
+log = logging.getLogger(__name__)
+
+#: Seconds the reader waits for a message before checking that it should go on.
+READ_TIMEOUT = 1.0
+
+
+class WatchClosed(Exception):
+    """The hub can no longer feed the watch; the message says why."""
+
+
+class TooManyWatches(Exception):
+    pass
+
+
+class ConnectionLost(RuntimeError):
+    """Not a ``ConnectionError``: redis-py would retry that, and reconnect again."""
+
+
+class ChangeSubscription(PubSub):
+    """A pub/sub connection that fails instead of silently reconnecting.
+
+    redis-py reconnects a lost pub/sub connection by itself and subscribes again,
+    but what was published in between is gone. A watch must then start over from
+    the records, so the hub ends every watch (``WatchHub._read``).
+    """
+
+    connects = 0
+
+    async def on_connect(self, connection: Any) -> None:
+        self.connects += 1
+        if self.connects > 1:
+            raise ConnectionLost("the subscription connection to the store was lost")
+        await super().on_connect(connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    sku: str
+    version: int
+    answer: dict[str, Any]  # what the watch shows: availability.ats.watched_view
+    initial: bool
+
+
+class Watch:
+    """One ``WatchAvailability`` stream's state: what it showed and what is new."""
+
+    def __init__(self, skus: Sequence[str], channel: str, location_ids: Collection[str] | None):
+        self.skus = list(dict.fromkeys(skus))
+        self.channel = channel
+        self.location_ids = frozenset(location_ids) if location_ids else None
+        self._versions: dict[str, int] = dict.fromkeys(self.skus, -1)  # shown or dropped
+        self._shown: dict[str, dict[str, Any]] = {}
+        self._latest: dict[str, tuple[int, SkuAvailability | None]] = {}
+        self._initial: list[tuple[str, int, SkuAvailability | None]] | None = None
+        self._wake = asyncio.Event()
+        self.closed: str | None = None
+        self.coalesced = 0  # changes superseded before they were sent
+
+    def offer(self, sku: str, version: int, availability: SkuAvailability | None) -> None:
+        """A change of ``sku``'s record; keeps only the newest unsent one."""
+        waiting = self._latest.get(sku)
+        if waiting is not None:
+            if waiting[0] >= version:
+                return
+            self.coalesced += 1
+        self._latest[sku] = (version, availability)
+        self._wake.set()
+
+    def start(self, current: Sequence[tuple[int, SkuAvailability | None]]) -> None:
+        """The records as read after subscribing, one per SKU in ``skus`` order."""
+        self._initial = [
+            (sku, version, availability)
+            for sku, (version, availability) in zip(self.skus, current, strict=True)
+        ]
+        self._wake.set()
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self._wake.set()
+
+    def _show(self, sku: str, version: int, availability: SkuAvailability | None) -> dict[str, Any]:
+        answer = watched_view(sku, availability, self.channel, self.location_ids)
+        self._versions[sku] = version
+        self._shown[sku] = answer
+        return answer
+
+    async def updates(self) -> AsyncIterator[Update]:
+        """The initial figures, then changes, until the watch is closed."""
+        while self._initial is None:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.closed is not None:
+                raise WatchClosed(self.closed)
+        initial, self._initial = self._initial, []
+        for sku, version, availability in initial:
+            yield Update(sku, version, self._show(sku, version, availability), True)
+        while True:
+            if self.closed is not None:
+                raise WatchClosed(self.closed)
+            if not self._latest:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            sku, (version, availability) = next(iter(self._latest.items()))
+            del self._latest[sku]
+            if version <= self._versions[sku]:
+                continue  # already in what was shown
+            before = self._shown.get(sku)
+            answer = self._show(sku, version, availability)
+            if answer != before:
+                yield Update(sku, version, answer, False)
+
+
+class WatchHub:
+    """The process's subscriptions to the change channels of the SKUs watched."""
+
+    def __init__(self, store: AvailabilityStore, max_watches: int) -> None:
+        self.store = store
+        self.max_watches = max_watches
+        self._pubsub: ChangeSubscription | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watches: dict[bytes, set[Watch]] = {}  # channel -> watches of it
+        self._sku_of: dict[bytes, str] = {}
+        # Per channel: subscribe commands sent, and confirmations received. Replies
+        # come back in command order, so the n-th confirmation answers the n-th.
+        self._sent: dict[bytes, int] = {}
+        self._confirmed: dict[bytes, int] = {}
+        self._confirmation = asyncio.Condition()
+        self._open: set[Watch] = set()
+        self._closing: str | None = None
+
+    @property
+    def watches(self) -> int:
+        return len(self._open)
+
+    @property
+    def channels(self) -> int:
+        return len(self._watches)
+
+    async def open(
+        self, skus: Sequence[str], channel: str, location_ids: Collection[str] | None
+    ) -> Watch:
+        """A started watch: subscribed, with its initial figures read.
+
+        Raises ``TooManyWatches``, ``WatchClosed`` (shutting down) or a Redis error.
+        """
+        if self._closing is not None:
+            raise WatchClosed(self._closing)
+        if len(self._open) >= self.max_watches:
+            raise TooManyWatches(f"this server holds its maximum of {self.max_watches} watches")
+        watch = Watch(skus, channel, location_ids)
+        self._open.add(watch)
+        try:
+            await self._subscribe(watch)
+            watch.start(await self.store.read_versions(watch.skus))
+        except BaseException:
+            await self.release(watch)
+            raise
+        return watch
+
+    async def release(self, watch: Watch) -> None:
+        """Forget a watch (ended, cancelled or failed); drop subscriptions nobody needs."""
+        if watch not in self._open:
+            return
+        self._open.discard(watch)
+        unused = []
+        for sku in watch.skus:
+            name = self.store.change_channel(sku)
+            watchers = self._watches.get(name)
+            if watchers is None:
+                continue
+            watchers.discard(watch)
+            if not watchers:
+                del self._watches[name]
+                del self._sku_of[name]
+                unused.append(name)
+        if unused and self._pubsub is not None:
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await self._pubsub.sunsubscribe(*unused)
+
+    async def close(self, reason: str) -> None:
+        """End every watch with ``reason`` and refuse new ones (server shutdown)."""
+        self._closing = reason
+        self._fail_all(reason)
+        await self._stop_reader()
+
+    async def _subscribe(self, watch: Watch) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            pubsub = self._pubsub = self._new_pubsub()
+        new: list[bytes] = []
+        targets: dict[bytes, int] = {}
+        for sku in watch.skus:
+            name = self.store.change_channel(sku)
+            watchers = self._watches.get(name)
+            if watchers is None:
+                watchers = self._watches[name] = set()
+                self._sku_of[name] = sku
+                self._sent[name] = self._sent.get(name, 0) + 1
+                new.append(name)
+            watchers.add(watch)
+            # A channel another watch subscribed to may not be confirmed yet: wait for
+            # its confirmation too, or a change could predate the initial read.
+            targets[name] = self._sent[name]
+        if new:
+            await pubsub.ssubscribe(*new)  # its replies are the reader task's to read
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(pubsub))
+        async with self._confirmation:
+            await self._confirmation.wait_for(
+                lambda: (
+                    watch.closed is not None
+                    or all(self._confirmed.get(name, 0) >= n for name, n in targets.items())
+                )
+            )
+        if watch.closed is not None:
+            raise WatchClosed(watch.closed)
+
+    def _new_pubsub(self) -> ChangeSubscription:
+        self._sent.clear()
+        self._confirmed.clear()
+        return ChangeSubscription(self.store.client.connection_pool)
+
+    async def _read(self, pubsub: ChangeSubscription) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=READ_TIMEOUT)
+                if message is None:
+                    continue
+                kind = message["type"]
+                if kind == "smessage":
+                    self._dispatch(message["channel"], message["data"])
+                elif kind == "ssubscribe":
+                    name = message["channel"]
+                    self._confirmed[name] = self._confirmed.get(name, 0) + 1
+                    async with self._confirmation:
+                        self._confirmation.notify_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection is gone: every watch must reconnect
+            log.warning("watch hub: subscription connection lost: %r", exc)
+            self._fail_all("the server lost its connection to the store; reconnect")
+            if self._pubsub is pubsub:
+                self._pubsub = None
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        watchers = self._watches.get(channel)
+        if not watchers:
+            return
+        version, _, record = data.partition(b" ")
+        try:
+            availability = SkuAvailability.from_data(orjson.loads(record))
+            number = int(version)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.error("watch hub: unreadable change on %r: %r", channel, exc)
+            return
+        sku = self._sku_of[channel]
+        for watch in watchers:
+            watch.offer(sku, number, availability)
+
+    def _fail_all(self, reason: str) -> None:
+        for watch in list(self._open):
+            watch.close(reason)
+        self._watches.clear()
+        self._sku_of.clear()
+        # Wake opens waiting for confirmations that will never come.
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._confirmation:
+            self._confirmation.notify_all()
+
+    async def _stop_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
