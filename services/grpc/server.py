@@ -4,10 +4,13 @@ Reads go through ``AvailabilityStore`` exactly as the HTTP API's do, so both API
 give the same answers: ``GetAvailability`` reads the stored answer tail (or, with a
 ``location_id``, the SKU's record narrowed by ``availability.ats.view``);
 ``BatchGetAvailability`` reads every tail in one round trip and answers an unknown
-SKU with ``availability.ats.unknown_sku_view``.
+SKU with ``availability.ats.unknown_sku_view``. ``WatchAvailability`` streams are fed
+by the process's ``WatchHub`` (``services.grpc.watch``).
 
 Status codes: INVALID_ARGUMENT for a bad field (the message names it), NOT_FOUND for
-a SKU never seen, UNAVAILABLE when Redis cannot be reached. Deadlines and client
+a SKU never seen, UNAVAILABLE when Redis cannot be reached (and, for a watch, when
+its subscription is lost or the server stops), RESOURCE_EXHAUSTED past the watch
+limit. Deadlines and client
 cancellation are honoured by ``grpc.aio``, which cancels the handler's task (and so
 its Redis call) when either happens.
 
