@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Seconds the reader waits for a message before checking that it should go on.
 READ_TIMEOUT = 1.0
+LOST_MESSAGE = "the server lost its connection to the store (Redis); reconnect"
 
 
 class WatchClosed(Exception):
@@ -165,6 +166,7 @@ class WatchHub:
         self._confirmation = asyncio.Condition()
         self._open: set[Watch] = set()
         self._closing: str | None = None
+        self._notifying: asyncio.Task[None] | None = None
 
     @property
     def watches(self) -> int:
@@ -240,7 +242,11 @@ class WatchHub:
             # its confirmation too, or a change could predate the initial read.
             targets[name] = self._sent[name]
         if new:
-            await pubsub.ssubscribe(*new)  # its replies are the reader task's to read
+            try:
+                await pubsub.ssubscribe(*new)  # its replies are the reader task's to read
+            except (redis.exceptions.RedisError, OSError, ConnectionLost) as exc:
+                await self._drop(pubsub, exc)
+                raise WatchClosed(LOST_MESSAGE) from exc
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(pubsub))
         async with self._confirmation:
@@ -275,12 +281,16 @@ class WatchHub:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the connection is gone: every watch must reconnect
-            log.warning("watch hub: subscription connection lost: %r", exc)
-            self._fail_all("the server lost its connection to the store; reconnect")
-            if self._pubsub is pubsub:
-                self._pubsub = None
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._drop(pubsub, exc)
+
+    async def _drop(self, pubsub: ChangeSubscription, exc: BaseException) -> None:
+        """The subscription connection failed: end every watch, start afresh next time."""
+        log.warning("watch hub: subscription connection lost: %r", exc)
+        self._fail_all(LOST_MESSAGE)
+        if self._pubsub is pubsub:
+            self._pubsub = None
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         watchers = self._watches.get(channel)
@@ -303,7 +313,7 @@ class WatchHub:
         self._watches.clear()
         self._sku_of.clear()
         # Wake opens waiting for confirmations that will never come.
-        asyncio.get_running_loop().create_task(self._notify())
+        self._notifying = asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
         async with self._confirmation:

@@ -16,7 +16,7 @@ from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import availability_dict, batch_dict
 from tests.integration.conftest import StartService
-from tests.integration.grpc_support import OTHER_SKU, SERVICE, SKU, Apis, status_of
+from tests.integration.grpc_support import OTHER_SKU, SERVICE, SKU, Apis, Stream, status_of
 from tests.integration.support import free_port
 
 # --------------------------------------------------------------------------- answers
@@ -137,6 +137,12 @@ async def test_redis_down_is_unavailable(settings: Settings, start_service: Star
             stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU]), timeout=10),
         ):
             code, message = await status_of(call)
+            assert code == grpc.StatusCode.UNAVAILABLE and "Redis" in message
+        for _ in range(2):  # the second time on a fresh subscription attempt
+            watch = Stream(
+                stub.WatchAvailability(pb.WatchAvailabilityRequest(skus=[SKU]), timeout=20)
+            )
+            code, message = await watch.status(timeout=25)
             assert code == grpc.StatusCode.UNAVAILABLE and "Redis" in message
         # Bad input is still INVALID_ARGUMENT, not UNAVAILABLE.
         code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="a b")))
