@@ -48,6 +48,7 @@ PUBLISH_BATCH = 2000
 RETRY_DELAY = 1.0
 
 Send = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
+Change = tuple[str, int, bytes]  # sku, version, the record's JSON
 
 
 def change_record(availability: SkuAvailability, version: int, computed_at: int) -> bytes:
@@ -101,7 +102,7 @@ class ChangeFeed:
         self._owns = owns
         self._clock = clock
         self.max_pending = max_pending
-        self._outbox: list[tuple[str, int, bytes]] = []
+        self._outbox: list[Change] = []
         # Versions queued and not yet marked in Redis: a rewrite in between answers
         # "the feed still needs v" and must not queue v twice.
         self._queued: dict[str, int] = {}
@@ -149,7 +150,7 @@ class ChangeFeed:
             await self._has_work.wait()
             batch = self._outbox[:PUBLISH_BATCH]
             try:
-                await self._publish(batch)
+                sent = await self._publish(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker is away: keep the order, try again
@@ -163,30 +164,36 @@ class ChangeFeed:
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             del self._outbox[: len(batch)]
-            await self._mark(batch)
+            await self._mark(sent)
+            for sku, version, _ in batch:
+                if self._queued.get(sku) == version:
+                    del self._queued[sku]
             if len(self._outbox) < self.max_pending:
                 self._room.set()
             if not self._outbox:
                 self._has_work.clear()
                 self._idle.set()
 
-    async def _publish(self, batch: Sequence[tuple[str, int, bytes]]) -> None:
+    async def _publish(self, batch: Sequence[Change]) -> list[Change]:
+        """Send the batch; returns what was sent (and acknowledged)."""
         acks = []
-        for sku, _version, value in batch:
-            # A SKU this worker no longer owns is republished by its new owner,
-            # which rewrites every SKU it recovers (see the module docstring).
-            if self._owns(sku):
-                acks.append(await self._send(sku.encode(), value))
+        sent = []
+        for change in batch:
+            # A SKU this worker no longer owns is left unmarked: its owner publishes
+            # it, as it rewrites every SKU it recovers (see the module docstring).
+            if self._owns(change[0]):
+                acks.append(await self._send(change[0].encode(), change[2]))
+                sent.append(change)
         if acks:
             await asyncio.gather(*acks)
         self.published += len(acks)
+        return sent
 
-    async def _mark(self, batch: Sequence[tuple[str, int, bytes]]) -> None:
+    async def _mark(self, sent: Sequence[Change]) -> None:
+        if not sent:
+            return
         try:
-            await self.store.mark_published((sku, version) for sku, version, _ in batch)
+            await self.store.mark_published((sku, version) for sku, version, _ in sent)
         except (RedisError, OSError) as exc:
             # Harmless: an unmarked version is published once more after a restart.
-            log.warning("change feed: marking %d versions failed: %s", len(batch), exc)
-        for sku, version, _ in batch:
-            if self._queued.get(sku) == version:
-                del self._queued[sku]
+            log.warning("change feed: marking %d versions failed: %s", len(sent), exc)

@@ -118,6 +118,7 @@ async def test_skus_no_longer_owned_are_left_to_their_new_owner() -> None:
     feed.add([(stock("A", 1), 1), (stock("B", 1), 1)])
     await run_until_drained(feed)
     assert [key for key, _ in broker.records] == [b"A"]
+    assert store.marked == [("A", 1)]  # B stays unmarked: its owner publishes it
 
 
 async def test_a_full_outbox_holds_writers_back() -> None:
