@@ -8,6 +8,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 RUN_ARGS ?=
+BENCH_ARGS ?=
 ifneq ($(filter 1 yes true,$(SAMPLE)),)
 RUN_ARGS += --sample-data
 endif
@@ -34,7 +35,7 @@ define gen_protos
 		-exec sed -i -E 's/^(from|import) availability\./\1 $(GEN_PACKAGE).availability./' {} +
 endef
 
-.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check
+.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench-grpc
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -63,6 +64,9 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench-grpc: $(STAMP) ## benchmark the gRPC API (watch delivery, Get latency); BENCH_ARGS=--quick
+	$(VPY) -m loadtests.bench_grpc $(BENCH_ARGS)
 
 protos: $(STAMP) ## regenerate the gRPC code in services/grpc/gen from proto/
 	$(call gen_protos,$(GEN_DIR))

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=1, le=65535)
     grpc_port: int = Field(default=50051, ge=1, le=65535)
     topic_prefix: str = ""
+    # Redis connections per process; calls beyond wait up to 5 s for a free one.
+    redis_max_connections: int = Field(default=200, ge=1)
     # Open WatchAvailability streams one gRPC server holds; more get RESOURCE_EXHAUSTED.
     grpc_max_watches: int = Field(default=10_000, ge=1)
 

@@ -96,13 +96,20 @@ class AvailabilityStore:
         self._counters_key = f"{prefix}:counters"
 
     @classmethod
-    def from_url(cls, url: str, prefix: str) -> AvailabilityStore:
+    def from_url(cls, url: str, prefix: str, max_connections: int = 200) -> AvailabilityStore:
         # Timeouts so that an unreachable Redis fails a call instead of hanging it;
-        # the URL's own socket_timeout=... parameters take precedence.
-        client = aioredis.from_url(
-            url, decode_responses=False, socket_timeout=5.0, socket_connect_timeout=2.0
+        # the URL's own socket_timeout=... parameters take precedence. A burst of
+        # calls beyond max_connections waits for a free connection (up to 5 s)
+        # instead of failing at once, as redis-py's default pool would.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=5.0,
+            socket_connect_timeout=2.0,
+            max_connections=max_connections,
+            timeout=5.0,
         )
-        return cls(client, prefix)
+        return cls(aioredis.Redis.from_pool(pool), prefix)
 
     async def close(self) -> None:
         await self.client.aclose()

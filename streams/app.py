@@ -44,6 +44,7 @@ from streams.serving import ServingWriter, now_micros
 log = logging.getLogger(__name__)
 
 FEED_DRAIN_ON_STOP = 5.0  # seconds the change feed gets to publish what it holds
+OWNED_CACHE_SECONDS = 0.1  # how long the set of owned partitions is reused
 PROGRESS_LOG_INTERVAL = 10.0  # seconds between progress lines while busy
 IDLE_LOG_INTERVAL = 300.0  # ... and while idle
 
@@ -139,10 +140,9 @@ class Processor:
         self.dlq_topic = app.topic(
             settings.dlq_topic, key_serializer="raw", value_serializer="raw", internal=False
         )
-        self.changes_topic = app.topic(
-            settings.changes_topic, key_serializer="raw", value_serializer="raw", internal=False
+        self.store = AvailabilityStore.from_url(
+            settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
         )
-        self.store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
         self.rules = RulesLog(settings, on_change=self._on_rule_change)
         self.feed = ChangeFeed(self.store, self._send_change, owns=self.owns, clock=now_micros)
         self.writer = ServingWriter(
@@ -159,6 +159,7 @@ class Processor:
         self._paused_seen: set[TP] = set()
         self.gap_reader = RangeReader(settings.bootstrap_servers, f"{settings.faust_app_id}-gaps")
         self.recovered = False
+        self._owned: tuple[float, frozenset[int]] | None = None
         self._wire()
 
     # --- wiring into Faust ---
@@ -201,6 +202,8 @@ class Processor:
             self.recovered = True
             log.info("table recovered: %d SKUs on this worker", len(self.states))
 
+        app.on_partitions_revoked.connect(self._forget_owned)
+        app.on_partitions_assigned.connect(self._forget_owned)
         app.processor = self
 
     async def drain_feed(self) -> None:
@@ -233,16 +236,37 @@ class Processor:
         self.writer.rules_ready.set()
 
     async def _send_change(self, key: bytes, value: bytes) -> Awaitable[Any]:
-        sent: Awaitable[Any] = await self.changes_topic.send(
-            key=key, value=value, partition=partition_for(key, self.partitions), force=True
+        # Straight to the producer: the records are bytes already, and a topic's send
+        # path (serializers, pending-message objects) cost more than the fold itself.
+        sent: Awaitable[Any] = await self.app.producer.send(
+            self.settings.changes_topic,
+            key,
+            value,
+            partition=partition_for(key, self.partitions),
+            timestamp=None,
+            headers=None,
         )
         return sent
 
     # --- the fold ---
 
     def owns(self, sku: str) -> bool:
-        partition = partition_for(sku.encode(), self.partitions)
-        return TP(self.settings.erp_topic, partition) in self.app.consumer.assignment()
+        return partition_for(sku.encode(), self.partitions) in self._owned_partitions()
+
+    def _owned_partitions(self) -> frozenset[int]:
+        # The consumer builds its assignment set anew on every call, which cost 7% of
+        # the fold when asked per SKU; a rebalance drops the cached one at once.
+        now = time.monotonic()
+        if self._owned is None or now - self._owned[0] > OWNED_CACHE_SECONDS:
+            topic = self.settings.erp_topic
+            owned = frozenset(
+                tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic
+            )
+            self._owned = (now, owned)
+        return self._owned[1]
+
+    def _forget_owned(self, *args: Any, **kwargs: Any) -> None:
+        self._owned = None
 
     async def process(self, batch: Sequence[EventT[Any]]) -> None:
         """Fold one batch. Returns once everything it wrote to Kafka is acknowledged.

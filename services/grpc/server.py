@@ -177,7 +177,9 @@ def create_server(
 
 
 async def serve(settings: Settings) -> None:
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.from_url(
+        settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
+    )
     hub = WatchHub(store, settings.grpc_max_watches)
     server, health_servicer, port = create_server(store, hub, f"{HOST}:{settings.grpc_port}")
     for name in ("", SERVICE_NAME):

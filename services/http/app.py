@@ -40,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = AvailabilityStore.from_url(cfg.redis_url, cfg.redis_key_prefix)
+        store = AvailabilityStore.from_url(
+            cfg.redis_url, cfg.redis_key_prefix, cfg.redis_max_connections
+        )
         rules = RulesConnection(RulesLog(cfg))
         try:
             await rules.start(wait=RULES_STARTUP_WAIT)
