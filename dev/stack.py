@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -67,6 +67,45 @@ class StackError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+ENV_PREFIX: Final[str] = str(Settings.model_config.get("env_prefix", "AVAILABILITY_"))
+
+
+def dev_field_overrides() -> dict[str, str]:
+    """:data:`DEV_OVERRIDES` as ``Settings`` field names (values as strings)."""
+    return {
+        key.removeprefix(ENV_PREFIX).lower(): value
+        for key, value in DEV_OVERRIDES.items()
+        if key.startswith(ENV_PREFIX)
+    }
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return json.dumps(value)  # pydantic-settings parses complex fields as JSON
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every field of ``settings`` as ``AVAILABILITY_*`` variables, so that a child
+    process sees exactly the same configuration."""
+    return {
+        f"{ENV_PREFIX}{name.upper()}": _env_value(getattr(settings, name))
+        for name in type(settings).model_fields
+    }
+
+
+def process_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``os.environ`` without stray ``AVAILABILITY_*`` variables, plus
+    :func:`settings_env`, unbuffered Python output and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(settings_env(settings))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
 
 def dev_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

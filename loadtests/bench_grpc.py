@@ -76,7 +76,15 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from grpc_health.v1 import health_pb2
 
-from dev.stack import DEV_OVERRIDES, DevBroker, create_topics, ensure_redis, popen_child
+from dev.stack import (
+    DEV_OVERRIDES,
+    ENV_PREFIX,
+    DevBroker,
+    create_topics,
+    ensure_redis,
+    popen_child,
+    process_env,
+)
 from dev.stack import stop_process as stop_child_process
 from services.config import Settings
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
@@ -87,7 +95,6 @@ log = logging.getLogger("bench.grpc")
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT: Final[Path] = REPO_ROOT / "bench-results" / "grpc.json"
-ENV_PREFIX: Final[str] = str(Settings.model_config.get("env_prefix", "AVAILABILITY_"))
 SERVICE_NAME: Final[str] = pb.DESCRIPTOR.services_by_name["AvailabilityService"].full_name
 
 CHANNEL: Final[str] = "online"
@@ -609,24 +616,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    return json.dumps(value)  # pydantic-settings parses complex fields as JSON
-
-
-def service_env(settings: Settings) -> dict[str, str]:
-    """The environment of a service process: ours without stray ``AVAILABILITY_*``
-    variables, plus every field of ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    for name in type(settings).model_fields:
-        env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(getattr(settings, name))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def bench_settings(
     broker_url: str,
     redis_url: str,
@@ -686,7 +675,7 @@ class Stack:
         log_file = log_path.open("ab")
         proc = popen_child(
             [sys.executable, "-m", module],
-            env=service_env(settings),
+            env=process_env(settings),
             stdout=log_file,
             cwd=REPO_ROOT,
         )
@@ -776,23 +765,31 @@ async def publish_catalogue(settings: Settings, skus: int, locations: int, run_i
         max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         client_id="bench-seed",
     )
+    balances = (
+        {
+            "type": "erp.balance",
+            "event_id": f"{run_id}-erp-{i}-{j}",
+            "sku": sku_name(i),
+            "location_id": location_name(j),
+            "on_hand": INITIAL_ON_HAND,
+            "as_of": ERP_AS_OF,
+        }
+        for i in range(skus)
+        for j in range(locations)
+    )
+    await send_all(producer, settings.erp_topic, balances)
+
+
+async def send_all(
+    producer: AIOKafkaProducer, topic: str, events: Iterable[dict[str, Any]]
+) -> None:
+    """Start ``producer``, send ``events`` keyed by SKU, wait for every ack, stop it."""
     await producer.start()
     try:
-        deliveries = []
-        for i in range(skus):
-            sku = sku_name(i)
-            for j in range(locations):
-                balance = {
-                    "type": "erp.balance",
-                    "event_id": f"{run_id}-erp-{i}-{j}",
-                    "sku": sku,
-                    "location_id": location_name(j),
-                    "on_hand": INITIAL_ON_HAND,
-                    "as_of": ERP_AS_OF,
-                }
-                deliveries.append(
-                    await producer.send(settings.erp_topic, orjson.dumps(balance), key=sku.encode())
-                )
+        deliveries = [
+            await producer.send(topic, orjson.dumps(event), key=event["sku"].encode())
+            for event in events
+        ]
         await producer.flush()
         await asyncio.gather(*deliveries)
     finally:
@@ -1325,27 +1322,19 @@ async def publish_sales_burst(settings: Settings, params: Params, count: int, ru
         linger_ms=5,
         client_id="bench-burst",
     )
-    await producer.start()
-    try:
-        deliveries = []
-        occurred_at = rfc3339_now()
-        for n in range(count):
-            sku = sku_name(n % params.skus)
-            sale = {
-                "type": "pos.sale",
-                "event_id": f"{run_id}-burst-{n}",
-                "sku": sku,
-                "location_id": location_name((n // params.skus) % params.locations),
-                "quantity": 1,
-                "occurred_at": occurred_at,
-            }
-            deliveries.append(
-                await producer.send(settings.pos_topic, orjson.dumps(sale), key=sku.encode())
-            )
-        await producer.flush()
-        await asyncio.gather(*deliveries)
-    finally:
-        await producer.stop()
+    occurred_at = rfc3339_now()
+    sales = (
+        {
+            "type": "pos.sale",
+            "event_id": f"{run_id}-burst-{n}",
+            "sku": sku_name(n % params.skus),
+            "location_id": location_name((n // params.skus) % params.locations),
+            "quantity": 1,
+            "occurred_at": occurred_at,
+        }
+        for n in range(count)
+    )
+    await send_all(producer, settings.pos_topic, sales)
 
 
 def catch_up(

@@ -8,7 +8,7 @@ fresh topics per test, and service processes that are stopped after the test.
   broker and Redis, the development overrides, 4 partitions, ``data_dir`` and free
   HTTP/gRPC ports; its topics are created.
 - ``start_service`` (function): ``start_service("streams", settings)`` starts
-  ``python -m streams`` with :func:`support.subprocess_env` and returns a
+  ``python -m streams`` with :func:`dev.stack.process_env` and returns a
   :class:`support.ProcessHandle`; all are terminated after the test, and their log
   tails printed if the test failed.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from dev.stack import DevBroker, create_topics, ensure_redis, stop_process
+from dev.stack import DevBroker, create_topics, ensure_redis, process_env, stop_process
 from services.config import Settings
 from tests.integration.grpc_support import apis as apis  # the fixture, for the gRPC tests
 from tests.integration.support import (
@@ -31,7 +31,6 @@ from tests.integration.support import (
     ProcessHandle,
     dev_field_overrides,
     free_port,
-    subprocess_env,
 )
 
 _HERE = Path(__file__).resolve().parent
@@ -132,7 +131,7 @@ class StartService:
         while unique in taken:
             n += 1
             unique = f"{base}-{n}"
-        handle = ProcessHandle(unique, module, subprocess_env(settings, extra_env), self.logs, args)
+        handle = ProcessHandle(unique, module, process_env(settings, extra_env), self.logs, args)
         self.handles.append(handle.start())
         return handle
 

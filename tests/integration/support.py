@@ -1,6 +1,6 @@
 """Reusable parts of the integration tests (the fixtures are in ``conftest.py``).
 
-- :func:`free_port`, :func:`dev_field_overrides`, :func:`settings_env`, :func:`subprocess_env`
+- :func:`free_port`; :func:`dev_field_overrides` and :func:`settings_env` (from ``dev.stack``)
 - :func:`produce`, :func:`consume_all`, :func:`topic_partitions`, :func:`wait_until`
 - :class:`ProcessHandle`: ``python -m streams`` / ``python -m services.http`` as subprocesses
 """
@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import socket
 import subprocess
@@ -24,10 +22,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
-from dev.stack import DEV_OVERRIDES, http_status, popen_child, stop_process
+from dev.stack import ENV_PREFIX as ENV_PREFIX
+from dev.stack import dev_field_overrides as dev_field_overrides
+from dev.stack import http_status, popen_child, stop_process
+from dev.stack import settings_env as settings_env
 from services.config import Settings
 
-ENV_PREFIX: Final[str] = str(Settings.model_config.get("env_prefix", "AVAILABILITY_"))
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
 
 
@@ -36,42 +36,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def dev_field_overrides() -> dict[str, str]:
-    """:data:`dev.stack.DEV_OVERRIDES` as ``Settings`` field names (values as strings)."""
-    return {
-        key.removeprefix(ENV_PREFIX).lower(): value
-        for key, value in DEV_OVERRIDES.items()
-        if key.startswith(ENV_PREFIX)
-    }
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    return json.dumps(value)  # pydantic-settings parses complex fields as JSON
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Every field of ``settings`` as ``AVAILABILITY_*`` variables, so that a subprocess
-    sees exactly the same configuration."""
-    return {
-        f"{ENV_PREFIX}{name.upper()}": _env_value(getattr(settings, name))
-        for name in type(settings).model_fields
-    }
-
-
-def subprocess_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``os.environ`` without stray ``AVAILABILITY_*`` variables, plus
-    :func:`settings_env`, unbuffered Python output and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update(settings_env(settings))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 
 # --------------------------------------------------------------------------- Kafka
