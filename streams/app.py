@@ -27,11 +27,12 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP, EventT
 
 from availability.events import InvalidEvent, event_type, parse_event
 from availability.rules import Rule
-from availability.state import SkuState, fold
+from availability.state import SkuState, fold, state_to_data
 from services.config import Settings
 from services.rules_log import RulesLog
 from services.store import AvailabilityStore
@@ -79,13 +80,33 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
             return SkuStateCodec()
         return super()._serializer_from_type(typ)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, partitions: int, **kwargs: Any) -> None:
+        super().__init__(*args, partitions=partitions, **kwargs)
+        self.partition_count = partitions
         self._unconfirmed: list[Awaitable[Any]] = []
 
     def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
         sent = super().send_changelog(*args, **kwargs)
         self._unconfirmed.append(sent)
+        return sent
+
+    async def put(self, sku: str, state: SkuState) -> Awaitable[Any]:
+        """``table[sku] = state``, its changelog record handed straight to the producer.
+
+        The same record (raw SKU key, the codec's value, the partitioner's partition)
+        as Faust's own path, which (key-set hooks, pending messages, its producer
+        buffer) cost more per SKU than the fold itself. Returns the broker's ack.
+        """
+        self.data[sku] = state
+        key = sku.encode()
+        sent: Awaitable[Any] = await self.app.producer.send(
+            self.changelog_topic.get_topic_name(),
+            key,
+            orjson.dumps(state_to_data(state)),
+            partition=partition_for(key, self.partition_count),
+            timestamp=None,
+            headers=None,
+        )
         return sent
 
     def take_unconfirmed(self) -> list[Awaitable[Any]]:
@@ -322,7 +343,7 @@ class Processor:
             for parsed in events:
                 touched = fold(state, parsed) or touched
             if touched or new:
-                self.states[sku] = state
+                sent.append(await self.states.put(sku, state))
                 changed.append(sku)
         sent.extend(self.states.take_unconfirmed())
         if sent:
