@@ -168,14 +168,6 @@ class WatchHub:
         self._closing: str | None = None
         self._notifying: asyncio.Task[None] | None = None
 
-    @property
-    def watches(self) -> int:
-        return len(self._open)
-
-    @property
-    def channels(self) -> int:
-        return len(self._watches)
-
     async def open(
         self, skus: Sequence[str], channel: str, location_ids: Collection[str] | None
     ) -> Watch:
@@ -213,6 +205,11 @@ class WatchHub:
                 del self._watches[name]
                 del self._sku_of[name]
                 unused.append(name)
+                if self._confirmed.get(name) == self._sent.get(name):
+                    # Nothing in flight: forget the counts (else a late confirmation
+                    # would answer a future subscription too early).
+                    self._confirmed.pop(name, None)
+                    self._sent.pop(name, None)
         if unused and self._pubsub is not None:
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 await self._pubsub.sunsubscribe(*unused)
