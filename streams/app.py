@@ -27,17 +27,16 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import faust
-import orjson
-from faust.types import TP, EventT
+from faust.types import TP, AppT, EventT
 
 from availability.events import InvalidEvent, event_type, parse_event
 from availability.rules import Rule
-from availability.state import SkuState, fold, state_to_data
+from availability.state import SkuState, fold
 from services.config import Settings
 from services.rules_log import RulesLog
 from services.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
-from streams.codec import SkuStateCodec
+from streams.codec import SkuStateCodec, encode_state
 from streams.dead_letters import dead_letter_record
 from streams.kafka import RangeReader, Transport, partition_for
 from streams.serving import ServingWriter, now_micros
@@ -65,6 +64,22 @@ class AvailabilityApp(faust.App):
             await self.processor.close()
 
 
+async def send_keyed(
+    app: AppT, topic: str, key: bytes, value: bytes, partitions: int
+) -> Awaitable[Any]:
+    """Hand a record straight to the producer, on the key's default partition;
+    returns the broker's ack.
+
+    For records that are bytes already: a topic's send path (serializers,
+    pending-message objects, Faust's producer buffer) cost more per record than the
+    fold itself.
+    """
+    sent: Awaitable[Any] = await app.producer.send(
+        topic, key, value, partition=partition_for(key, partitions), timestamp=None, headers=None
+    )
+    return sent
+
+
 class SkuStateTable(faust.Table):  # type: ignore[type-arg]
     """SKU -> ``SkuState``, changelogged with the SKU's bytes as the key.
 
@@ -83,36 +98,21 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
     def __init__(self, *args: Any, partitions: int, **kwargs: Any) -> None:
         super().__init__(*args, partitions=partitions, **kwargs)
         self.partition_count = partitions
-        self._unconfirmed: list[Awaitable[Any]] = []
-
-    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        sent = super().send_changelog(*args, **kwargs)
-        self._unconfirmed.append(sent)
-        return sent
 
     async def put(self, sku: str, state: SkuState) -> Awaitable[Any]:
-        """``table[sku] = state``, its changelog record handed straight to the producer.
+        """``table[sku] = state``; returns the ack of its changelog record.
 
         The same record (raw SKU key, the codec's value, the partitioner's partition)
-        as Faust's own path, which (key-set hooks, pending messages, its producer
-        buffer) cost more per SKU than the fold itself. Returns the broker's ack.
+        as Faust's own path, but sent by ``send_keyed``.
         """
         self.data[sku] = state
-        key = sku.encode()
-        sent: Awaitable[Any] = await self.app.producer.send(
+        return await send_keyed(
+            self.app,
             self.changelog_topic.get_topic_name(),
-            key,
-            orjson.dumps(state_to_data(state)),
-            partition=partition_for(key, self.partition_count),
-            timestamp=None,
-            headers=None,
+            sku.encode(),
+            encode_state(state),
+            self.partition_count,
         )
-        return sent
-
-    def take_unconfirmed(self) -> list[Awaitable[Any]]:
-        """Changelog writes not yet known to be acknowledged by the broker."""
-        unconfirmed, self._unconfirmed = self._unconfirmed, []
-        return unconfirmed
 
 
 class Processor:
@@ -257,17 +257,7 @@ class Processor:
         self.writer.rules_ready.set()
 
     async def _send_change(self, key: bytes, value: bytes) -> Awaitable[Any]:
-        # Straight to the producer: the records are bytes already, and a topic's send
-        # path (serializers, pending-message objects) cost more than the fold itself.
-        sent: Awaitable[Any] = await self.app.producer.send(
-            self.settings.changes_topic,
-            key,
-            value,
-            partition=partition_for(key, self.partitions),
-            timestamp=None,
-            headers=None,
-        )
-        return sent
+        return await send_keyed(self.app, self.settings.changes_topic, key, value, self.partitions)
 
     # --- the fold ---
 
@@ -345,7 +335,6 @@ class Processor:
             if touched or new:
                 sent.append(await self.states.put(sku, state))
                 changed.append(sku)
-        sent.extend(self.states.take_unconfirmed())
         if sent:
             await asyncio.gather(*sent)
         if changed:

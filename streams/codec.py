@@ -10,10 +10,17 @@ from faust.serializers import codecs
 from availability.state import SkuState, state_from_data, state_to_data
 
 
+def encode_state(state: SkuState) -> bytes:
+    """A changelog record's value (``SkuStateTable.put`` writes them)."""
+    return orjson.dumps(state_to_data(state))
+
+
 class SkuStateCodec(codecs.Codec):
+    """Reads the changelog back into ``SkuState`` when Faust recovers the table."""
+
     def _dumps(self, obj: Any) -> bytes:
         assert isinstance(obj, SkuState)
-        return orjson.dumps(state_to_data(obj))
+        return encode_state(obj)
 
     def _loads(self, s: bytes) -> Any:
         return state_from_data(orjson.loads(s))
