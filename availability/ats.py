@@ -12,11 +12,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from availability.rules import RuleBook
+from availability.rules import NO_RULES, RuleBook
 from availability.state import SkuState
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass costs four times as much to build, and one is built
+# per SKU and location on every change. Treat instances as immutable all the same.
+@dataclass(slots=True)
 class LocationAvailability:
     location_id: str
     on_hand: int
@@ -52,8 +54,8 @@ class LocationAvailability:
         return cls(data[0], data[1], data[2], data[3], data[4], data[5], data[6])
 
 
-@dataclass(frozen=True, slots=True)
-class SkuAvailability:
+@dataclass(slots=True)
+class SkuAvailability:  # treat as immutable (see LocationAvailability)
     sku: str
     locations: tuple[LocationAvailability, ...]  # sorted by location_id
     next_expiry: int | None  # when a reservation of this SKU next expires, if any
@@ -82,33 +84,70 @@ def reserved_by_location(state: SkuState, now: int) -> tuple[dict[str, int], int
     reserved: dict[str, int] = {}
     next_expiry: int | None = None
     for line in state.reservations.values():
-        if not line.active(now):
-            continue
         hold = line.hold
-        assert hold is not None
+        if hold is None or line.closed:
+            continue
+        expires_at = hold.expires_at
+        if expires_at is not None:
+            if expires_at <= now:
+                continue
+            if next_expiry is None or expires_at < next_expiry:
+                next_expiry = expires_at
         reserved[hold.location_id] = reserved.get(hold.location_id, 0) + hold.quantity
-        if hold.expires_at is not None and (next_expiry is None or hold.expires_at < next_expiry):
-            next_expiry = hold.expires_at
     return reserved, next_expiry
 
 
 def build_availability(state: SkuState, rules: RuleBook, now: int) -> SkuAvailability:
-    reserved, next_expiry = reserved_by_location(state, now)
+    # Runs for every changed SKU and each of its locations: written for speed, with
+    # SkuState.locations and on_hand, reserved_by_location and RuleBook.resolve
+    # inlined or skipped where they can be.
+    baselines = state.baselines
+    deltas = state.deltas
+    transit = state.transit
+    damaged = state.damaged
+    found = set(baselines)
+    found.update(deltas)
+    found.update(damaged)
+    found.update(transit)
+    reserved: dict[str, int] = {}
+    next_expiry: int | None = None
+    for line in state.reservations.values():
+        hold = line.hold
+        if hold is None:
+            continue
+        found.add(hold.location_id)
+        if line.closed:
+            continue
+        expires_at = hold.expires_at
+        if expires_at is not None:
+            if expires_at <= now:
+                continue
+            if next_expiry is None or expires_at < next_expiry:
+                next_expiry = expires_at
+        reserved[hold.location_id] = reserved.get(hold.location_id, 0) + hold.quantity
+    sku = state.sku
+    resolve = rules.resolve if len(rules) else None
     locations = []
-    for location_id in state.locations():
-        resolved = rules.resolve(state.sku, location_id)
+    for location_id in sorted(found):
+        baseline = baselines.get(location_id)
+        on_hand = 0 if baseline is None else baseline.on_hand
+        at_location = deltas.get(location_id)
+        if at_location:
+            for _, quantity in at_location.values():
+                on_hand += quantity
+        resolved = NO_RULES if resolve is None else resolve(sku, location_id)
         locations.append(
             LocationAvailability(
-                location_id=location_id,
-                on_hand=state.on_hand(location_id),
-                reserved=reserved.get(location_id, 0),
-                in_transit=max(0, state.transit.get(location_id, 0)),
-                damaged=state.damaged.get(location_id, 0),
-                safety_stock=resolved.safety_stock,
-                channel_buffers=resolved.channel_buffers,
+                location_id,
+                on_hand,
+                reserved.get(location_id, 0),
+                max(0, transit.get(location_id, 0)),
+                damaged.get(location_id, 0),
+                resolved.safety_stock,
+                resolved.channel_buffers,
             )
         )
-    return SkuAvailability(state.sku, tuple(locations), next_expiry)
+    return SkuAvailability(sku, tuple(locations), next_expiry)
 
 
 def location_view(location: LocationAvailability, channel: str) -> dict[str, Any]:

@@ -236,16 +236,15 @@ def fold_all(sku: str, events: list[Event] | tuple[Event, ...]) -> SkuState:
 
 
 def state_to_data(state: SkuState) -> dict[str, Any]:
-    """A JSON-ready form. Key order is deterministic so equal states encode equally."""
+    """A JSON-ready form; encode it with sorted keys (``orjson.OPT_SORT_KEYS``) so that
+    equal states encode equally. Runs for every changed SKU: the deltas, damaged and
+    transit maps go in as they are (tuples encode as arrays), not copied."""
     return {
         "sku": state.sku,
-        "b": {loc: [b.as_of, b.event_id, b.on_hand] for loc, b in sorted(state.baselines.items())},
-        "d": {
-            loc: {eid: [occ, qty] for eid, (occ, qty) in sorted(entries.items())}
-            for loc, entries in sorted(state.deltas.items())
-        },
-        "dm": dict(sorted(state.damaged.items())),
-        "t": dict(sorted(state.transit.items())),
+        "b": {loc: [b.as_of, b.event_id, b.on_hand] for loc, b in state.baselines.items()},
+        "d": state.deltas,
+        "dm": state.damaged,
+        "t": state.transit,
         "a": sorted(state.applied),
         "r": {
             rid: [
@@ -261,7 +260,7 @@ def state_to_data(state: SkuState) -> dict[str, Any]:
                 ],
                 line.closed,
             ]
-            for rid, line in sorted(state.reservations.items())
+            for rid, line in state.reservations.items()
         },
     }
 

@@ -26,7 +26,7 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 
-from availability.ats import SkuAvailability, view
+from availability.ats import SkuAvailability
 
 DEFAULT_FIELD = b"*"
 
@@ -65,13 +65,55 @@ return 0
 
 
 def _answer_tail(availability: SkuAvailability, channel: str) -> bytes:
-    answer = view(availability, channel)
-    return orjson.dumps({"ats": answer["ats"], "locations": answer["locations"]})[1:]
+    # view() spelled out: this runs for every changed SKU, channel and location.
+    locations = []
+    total = 0
+    for loc in availability.locations:
+        buffer = loc.channel_buffers.get(channel, 0) if loc.channel_buffers else 0
+        ats = loc.on_hand - loc.reserved - loc.safety_stock - buffer
+        if ats < 0:
+            ats = 0
+        total += ats
+        locations.append(
+            {
+                "location_id": loc.location_id,
+                "on_hand": loc.on_hand,
+                "reserved": loc.reserved,
+                "in_transit": loc.in_transit,
+                "damaged": loc.damaged,
+                "safety_stock": loc.safety_stock,
+                "buffer": buffer,
+                "ats": ats,
+            }
+        )
+    return orjson.dumps({"ats": total, "locations": locations})[1:]
+
+
+def _canonical(availability: SkuAvailability) -> bytes:
+    """``d``: ``SkuAvailability.to_data`` as JSON, keys sorted (equal figures, equal bytes)."""
+    return orjson.dumps(
+        {
+            "sku": availability.sku,
+            "locations": [
+                [
+                    loc.location_id,
+                    loc.on_hand,
+                    loc.reserved,
+                    loc.in_transit,
+                    loc.damaged,
+                    loc.safety_stock,
+                    dict(loc.channel_buffers) if loc.channel_buffers else {},
+                ]
+                for loc in availability.locations
+            ],
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
 
 
 def encode_record(availability: SkuAvailability) -> list[bytes]:
     """``[d, field, tail, field, tail, ...]``: the arguments of the write script."""
-    args = [orjson.dumps(availability.to_data(), option=orjson.OPT_SORT_KEYS)]
+    args = [_canonical(availability)]
     for channel in availability.channels():
         args.append(b"c:" + channel.encode())
         args.append(_answer_tail(availability, channel))

@@ -51,12 +51,21 @@ Send = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
 Change = tuple[str, int, bytes]  # sku, version, the record's JSON
 
 
-def change_record(availability: SkuAvailability, version: int, computed_at: int) -> bytes:
-    """The feed's JSON value for a record at ``version`` (``computed_at`` in µs)."""
+def format_computed_at(computed_at: int) -> str:
+    """``computed_at`` (µs since the epoch) as RFC 3339 UTC with microseconds."""
+    stamp = datetime.fromtimestamp(computed_at / 1_000_000, UTC)
+    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def change_record(availability: SkuAvailability, version: int, computed_at: int | str) -> bytes:
+    """The feed's JSON value for a record at ``version`` (``computed_at`` in µs, or
+    already formatted by ``format_computed_at``)."""
     locations = []
     total = 0
     for loc in availability.locations:
-        ats = loc.ats("")  # "" is no channel name: the figure with buffer 0
+        ats = loc.on_hand - loc.reserved - loc.safety_stock  # with buffer 0
+        if ats < 0:
+            ats = 0
         total += ats
         locations.append(
             {
@@ -66,16 +75,17 @@ def change_record(availability: SkuAvailability, version: int, computed_at: int)
                 "in_transit": loc.in_transit,
                 "damaged": loc.damaged,
                 "safety_stock": loc.safety_stock,
-                "buffers": dict(sorted(loc.channel_buffers.items())),
+                "buffers": dict(sorted(loc.channel_buffers.items())) if loc.channel_buffers else {},
                 "ats": ats,
             }
         )
-    stamp = datetime.fromtimestamp(computed_at / 1_000_000, UTC)
+    if not isinstance(computed_at, str):
+        computed_at = format_computed_at(computed_at)
     return orjson.dumps(
         {
             "sku": availability.sku,
             "version": version,
-            "computed_at": stamp.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "computed_at": computed_at,
             "ats": total,
             "locations": locations,
         }
@@ -119,7 +129,7 @@ class ChangeFeed:
         return len(self._outbox)
 
     def add(self, changes: Sequence[tuple[SkuAvailability, int]]) -> None:
-        now = self._clock()
+        now = format_computed_at(self._clock())
         for availability, version in changes:
             if self._queued.get(availability.sku, 0) >= version:
                 continue

@@ -12,7 +12,7 @@ from availability.state import SkuState, state_from_data, state_to_data
 
 def encode_state(state: SkuState) -> bytes:
     """A changelog record's value (``SkuStateTable.put`` writes them)."""
-    return orjson.dumps(state_to_data(state))
+    return orjson.dumps(state_to_data(state), option=orjson.OPT_SORT_KEYS)
 
 
 class SkuStateCodec(codecs.Codec):
