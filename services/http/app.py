@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services.config import Settings, get_settings
 from services.http import routes_availability, routes_ops, routes_rules
 from services.http.errors import install_error_handlers
+from services.http.hot_reads import HotReads
 from services.http.metrics import Metrics, MetricsMiddleware
 from services.http.resources import RulesConnection, Services
 from services.rules_log import RulesLog
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HotReads, metrics=metrics)  # outermost: see services.http.hot_reads
     install_error_handlers(app)
     app.include_router(routes_availability.router)
     app.include_router(routes_rules.router)

@@ -154,6 +154,29 @@ async def test_known_sku_answer_is_the_view_byte_for_byte(api: Api) -> None:
     assert body["ats"] == sum(loc["ats"] for loc in body["locations"])
 
 
+@pytest.mark.parametrize("channel", ["online", "marketplace"])
+async def test_hot_path_and_the_route_answer_alike(api: Api, channel: str) -> None:
+    # services.http.hot_reads answers a plain ?channel= itself; a percent-escaped
+    # channel name (the same name) goes on to the FastAPI route.
+    record = availability_of(SKU, stock_events(SKU))
+    await seed(api.store, record)
+    escaped = "%" + channel[0].encode().hex() + channel[1:]
+
+    hot = await api.client.get(f"/v1/availability/{SKU}", params={"channel": channel})
+    routed = await api.client.get(f"/v1/availability/{SKU}?channel={escaped}")
+    metrics = (await api.client.get("/metrics")).text
+
+    assert hot.status_code == routed.status_code == 200
+    assert hot.content == routed.content == orjson.dumps(view(record, channel))
+    assert hot.headers.items() - {("date", hot.headers["date"])} == routed.headers.items() - {
+        ("date", routed.headers["date"])
+    }
+    assert (
+        'availability_http_requests_total{method="GET",route="/v1/availability/{sku}",'
+        'status="200"} 2.0'
+    ) in metrics
+
+
 async def test_channel_with_a_buffer_differs_from_the_default_channel(api: Api) -> None:
     record = availability_of(SKU, stock_events(SKU))
     await seed(api.store, record)
