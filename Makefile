@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 
 RUN_ARGS ?=
 BENCH_ARGS ?=
+LOAD_ARGS ?=
 ifneq ($(filter 1 yes true,$(SAMPLE)),)
 RUN_ARGS += --sample-data
 endif
@@ -35,7 +36,7 @@ define gen_protos
 		-exec sed -i -E 's/^(from|import) availability\./\1 $(GEN_PACKAGE).availability./' {} +
 endef
 
-.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench-grpc
+.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -64,6 +65,14 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench: $(STAMP) ## benchmarks: HTTP reads, fold vs its floor, freshness, memory; BENCH_ARGS=--quick
+	@command -v wrk >/dev/null || { echo "installing wrk (Debian package) for the read benchmark"; \
+		apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk; }
+	$(VPY) -m loadtests.bench $(BENCH_ARGS)
+
+load: $(STAMP) ## headless flash-sale load test with Locust (oversell, errors); LOAD_ARGS=--quick
+	$(VPY) -m loadtests.load $(LOAD_ARGS)
 
 bench-grpc: $(STAMP) ## benchmark the gRPC API (watch delivery, Get latency); BENCH_ARGS=--quick
 	$(VPY) -m loadtests.bench_grpc $(BENCH_ARGS)

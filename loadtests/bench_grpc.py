@@ -86,6 +86,7 @@ from dev.stack import (
     process_env,
 )
 from dev.stack import stop_process as stop_child_process
+from loadtests.workload import location_name, sku_name
 from services.config import Settings
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
@@ -125,14 +126,6 @@ class BenchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- names
-
-
-def sku_name(index: int) -> str:
-    return f"BENCH-{index:05d}"
-
-
-def location_name(index: int) -> str:
-    return f"L{index:02d}"
 
 
 def watch_slices(skus: int, watches: int) -> list[list[str]]:

@@ -1,0 +1,159 @@
+"""The flash-sale scenario's bookkeeping, without Locust: the catalogue, the ledger of
+what the simulated shoppers and stores took, and the oversell it adds up to.
+
+**Oversell** (what ``make load`` reports). Every SKU and location starts with the stock
+of its ERP balance (``Catalogue.stock``), and nothing restocks during the run. A
+*claim* is a unit taken from a location: a ``pos.sale`` a store terminal published,
+or a ``reservation.created`` a checkout published. Both claim only after the service
+showed enough available to sell (a checkout: online ATS at the location it reserves
+at; a store: its own location's ATS over gRPC). For each SKU and location,
+
+    oversold = max(0, units claimed - stock)
+
+and the run's oversell is the sum over all SKU-locations: the units promised to
+customers that did not exist. A service whose figures were always fresh would give 0;
+every unit above that was sold on figures that lagged behind the events.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtests.workload import location_name
+
+Slot = tuple[str, str]  # (sku, location_id)
+
+
+def hot_sku_name(index: int) -> str:
+    return f"FLASH-{index:04d}"
+
+
+def regular_sku_name(index: int) -> str:
+    return f"SKU-{index:06d}"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    hot_skus: tuple[str, ...]
+    regular_skus: tuple[str, ...]
+    locations: tuple[str, ...]
+    stock: Mapping[Slot, int]
+    as_of: str  # of the initial ERP balances
+
+    @classmethod
+    def build(
+        cls,
+        hot: int,
+        regular: int,
+        locations: int,
+        hot_stock: tuple[int, int],
+        regular_stock: tuple[int, int],
+        as_of: str,
+        seed: int = 11,
+    ) -> Catalogue:
+        """``hot`` flash-sale SKUs with ``hot_stock`` (min, max) units per location and
+        ``regular`` SKUs with ``regular_stock``; stock drawn per SKU and location."""
+        if hot < 1 or locations < 1 or regular < 0:
+            raise ValueError("at least one hot SKU and one location")
+        rng = random.Random(seed)
+        hot_skus = tuple(hot_sku_name(i) for i in range(hot))
+        regular_skus = tuple(regular_sku_name(i) for i in range(regular))
+        names = tuple(location_name(j) for j in range(locations))
+        stock: dict[Slot, int] = {}
+        for skus, (low, high) in ((hot_skus, hot_stock), (regular_skus, regular_stock)):
+            for sku in skus:
+                for location in names:
+                    stock[(sku, location)] = rng.randint(low, high)
+        return cls(hot_skus, regular_skus, names, stock, as_of)
+
+    def balances(self, run_id: str) -> Iterator[dict[str, Any]]:
+        """The initial ERP balance of every SKU and location."""
+        for n, ((sku, location), on_hand) in enumerate(self.stock.items()):
+            yield {
+                "type": "erp.balance",
+                "event_id": f"{run_id}-seed-{n}",
+                "sku": sku,
+                "location_id": location,
+                "on_hand": on_hand,
+                "as_of": self.as_of,
+            }
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "hot_skus": list(self.hot_skus),
+            "regular_skus": list(self.regular_skus),
+            "locations": list(self.locations),
+            "stock": [[sku, location, units] for (sku, location), units in self.stock.items()],
+            "as_of": self.as_of,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Catalogue:
+        return cls(
+            tuple(data["hot_skus"]),
+            tuple(data["regular_skus"]),
+            tuple(data["locations"]),
+            {(sku, location): int(units) for sku, location, units in data["stock"]},
+            str(data["as_of"]),
+        )
+
+
+@dataclass
+class Ledger:
+    """What the simulated channels took, per SKU and location."""
+
+    sold: dict[Slot, int] = field(default_factory=lambda: defaultdict(int))
+    reserved: dict[Slot, int] = field(default_factory=lambda: defaultdict(int))
+    # store sales per SKU and location: (occurred_at in µs, quantity)
+    sales: dict[Slot, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+
+    def sale(self, sku: str, location: str, quantity: int, occurred_at_us: int) -> None:
+        self.sold[(sku, location)] += quantity
+        self.sales[(sku, location)].append((occurred_at_us, quantity))
+
+    def reservation(self, sku: str, location: str, quantity: int) -> None:
+        self.reserved[(sku, location)] += quantity
+
+    def sold_until(self, sku: str, location: str, until_us: int) -> int:
+        """Units the stores sold at the SKU and location with ``occurred_at`` at or
+        before ``until_us``: what an ERP balance as of then already contains."""
+        return sum(
+            q for occurred_at, q in self.sales.get((sku, location), ()) if occurred_at <= until_us
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "sold": [[s, loc, n] for (s, loc), n in self.sold.items()],
+            "reserved": [[s, loc, n] for (s, loc), n in self.reserved.items()],
+        }
+
+
+def oversell(stock: Mapping[Slot, int], ledger_data: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's oversell (module docstring) from the stock and ``Ledger.to_data()``."""
+    claimed: dict[Slot, int] = defaultdict(int)
+    sold = reserved = 0
+    for sku, location, units in ledger_data["sold"]:
+        claimed[(sku, location)] += units
+        sold += units
+    for sku, location, units in ledger_data["reserved"]:
+        claimed[(sku, location)] += units
+        reserved += units
+    unknown = sorted(f"{s}@{loc}" for s, loc in claimed if (s, loc) not in stock)
+    if unknown:
+        raise ValueError(f"claims on SKU-locations that have no stock: {unknown[:5]}")
+    over = {slot: units - stock[slot] for slot, units in claimed.items() if units > stock[slot]}
+    return {
+        "units_sold_in_stores": sold,
+        "units_reserved_online": reserved,
+        "units_oversold": sum(over.values()),
+        "sku_locations_oversold": len(over),
+        "sku_locations_claimed": len(claimed),
+        "worst": [
+            {"sku": s, "location_id": loc, "units": n}
+            for (s, loc), n in sorted(over.items(), key=lambda item: (-item[1], item[0]))[:10]
+        ],
+    }

@@ -1,0 +1,275 @@
+"""HTTP load for the benchmark: ``wrk`` runs for the read path, and the freshness
+prober (a load process of ``loadtests.bench_grpc.LoadProcess``).
+
+``wrk`` (Debian package ``wrk``) is the load generator of the read path: a C program
+whose own cost per request is small beside the Python server's, so the figures are
+the server's. Its Lua script picks a random SKU per request (and 100 random SKUs per
+batch) and prints a JSON summary when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import math
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from loadtests.bench_grpc import BenchError, Message, _receive, _start_of
+from loadtests.workload import location_name, sku_name
+
+WRK_THREADS = 1  # one core for the load, the other for the server under test
+
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nWRK-JSON {"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,'
+    .. '"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,'
+    .. '"p99_us":%d,"max_us":%d}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+_WRK_SINGLE = """
+math.randomseed(%(seed)d)
+local skus = %(skus)d
+request = function()
+  return wrk.format("GET", string.format("/v1/availability/SKU-%%06d?channel=online",
+                                         math.random(0, skus - 1)))
+end
+"""
+
+_WRK_BATCH = """
+math.randomseed(%(seed)d)
+local skus = %(skus)d
+local bodies = {}
+for b = 1, 200 do
+  local names = {}
+  for i = 1, %(batch)d do
+    names[i] = string.format('"SKU-%%06d"', math.random(0, skus - 1))
+  end
+  bodies[b] = '{"channel":"online","skus":[' .. table.concat(names, ",") .. ']}'
+end
+local n = 0
+request = function()
+  n = n %% 200 + 1
+  return wrk.format("POST", "/v1/availability:batch",
+                    {["Content-Type"] = "application/json"}, bodies[n])
+end
+"""
+
+_WRK_DELAY = """
+delay = function()
+  return %(delay_ms)d
+end
+"""
+
+
+def wrk_binary() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise BenchError("wrk is not installed: apt-get install wrk (make bench does)")
+    return found
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 2),
+            "requests_per_second": round(self.rate),
+            "errors": self.errors,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "max_ms": self.max_ms,
+        }
+
+
+def run_wrk(
+    url: str,
+    *,
+    kind: str,
+    skus: int,
+    connections: int,
+    seconds: float,
+    seed: int,
+    batch: int = 100,
+    delay_ms: int | None = None,
+) -> WrkResult:
+    """One ``wrk`` run against ``url``: ``kind`` is ``single`` or ``batch``; with
+    ``delay_ms`` each connection pauses that long between requests (a fixed rate of
+    about ``connections / delay`` requests/s)."""
+    script = _WRK_SINGLE if kind == "single" else _WRK_BATCH
+    text = script % {"seed": seed, "skus": skus, "batch": batch}
+    if delay_ms is not None:
+        text += _WRK_DELAY % {"delay_ms": delay_ms}
+    text += _WRK_DONE
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(text)
+        script_path = handle.name
+    try:
+        command = [
+            wrk_binary(),
+            f"-t{WRK_THREADS}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "-s",
+            script_path,
+            url,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        Path(script_path).unlink(missing_ok=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK-JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed (exit {done.returncode}): {done.stderr or done.stdout}")
+    data = json.loads(line.removeprefix("WRK-JSON "))
+    errors = sum(
+        data[k]
+        for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
+    )
+    return WrkResult(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        errors=errors,
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+    )
+
+
+# --------------------------------------------------------------------------- freshness
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    """Follows the schedule of ``bench_grpc.run_producer`` (event n at start + n / rate,
+    a sale of 1 unit at SKU ``n % skus``, location ``(n // skus) % locations``)."""
+
+    base_url: str
+    skus: int
+    locations: int
+    rate: float
+    duration: float
+    probes_per_second: float
+    poll_interval: float
+    timeout: float
+    seed: int
+
+
+@dataclass
+class ProbeResult:
+    events: array[int]  # the probed event numbers
+    seen: array[float]  # time.time() of the first answer showing the event; NaN if never
+    requests: int
+    errors: int
+    cpu_seconds: float
+
+
+def _on_hand_at(body: bytes, location_id: str) -> int | None:
+    for location in orjson.loads(body)["locations"]:
+        if location["location_id"] == location_id:
+            return int(location["on_hand"])
+    return None
+
+
+async def run_http_prober(job: ProbeJob, conn: Connection[Message, Message]) -> None:
+    """For a sample of the producer's events, polls ``GET /v1/availability/{sku}`` from
+    the event's scheduled publish time until the answer shows it (its location's
+    ``on_hand`` at or below what the event leads to)."""
+    total = round(job.rate * job.duration)
+    step = max(1, round(job.rate / job.probes_per_second))
+    rng = random.Random(job.seed)
+    sampled = [n for n in range(rng.randrange(step), total, step)]
+    slots = job.skus * job.locations
+    counters = {"requests": 0, "errors": 0}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def get(sku: str) -> bytes | None:
+            counters["requests"] += 1
+            try:
+                async with session.get(f"{job.base_url}/v1/availability/{sku}") as answer:
+                    body = await answer.read()
+                    if answer.status != 200:
+                        counters["errors"] += 1
+                        return None
+                    return body
+            except aiohttp.ClientError:
+                counters["errors"] += 1
+                return None
+
+        # What each probed slot shows before the first sale: the sales count from there.
+        baseline: dict[int, int] = {}
+        for n in sampled:
+            slot = (n % job.skus) * job.locations + (n // job.skus) % job.locations
+            if slot in baseline:
+                continue
+            body = await get(sku_name(n % job.skus))
+            shown = None if body is None else _on_hand_at(body, location_name(slot % job.locations))
+            if shown is None:
+                raise BenchError(f"no baseline for {sku_name(n % job.skus)}")
+            baseline[slot] = shown
+        counters.update(requests=0, errors=0)
+        gc.collect()
+        gc.freeze()
+        conn.send(("ready", None))
+        start = _start_of(await _receive(conn, "go"))
+        cpu_before = time.process_time()
+        seen = array("d", [math.nan]) * len(sampled)
+
+        async def probe(index: int, n: int) -> None:
+            sku_i, location_j = n % job.skus, (n // job.skus) % job.locations
+            slot = sku_i * job.locations + location_j
+            expected = baseline[slot] - (n // slots) - 1
+            await asyncio.sleep(max(0.0, start + n / job.rate - time.perf_counter()))
+            give_up = time.perf_counter() + job.timeout
+            while time.perf_counter() < give_up:
+                body = await get(sku_name(sku_i))
+                if body is not None:
+                    shown = _on_hand_at(body, location_name(location_j))
+                    if shown is not None and shown <= expected:
+                        seen[index] = time.time()
+                        return
+                await asyncio.sleep(job.poll_interval)
+
+        await asyncio.gather(*(probe(i, n) for i, n in enumerate(sampled)))
+        result = ProbeResult(
+            events=array("q", sampled),
+            seen=seen,
+            requests=counters["requests"],
+            errors=counters["errors"],
+            cpu_seconds=time.process_time() - cpu_before,
+        )
+    conn.send(("result", result))

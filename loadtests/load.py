@@ -1,0 +1,372 @@
+"""``python -m loadtests.load`` (``make load``): the flash-sale load test, headless.
+
+Starts a stack of its own on this machine (a development broker on a free port, Redis
+at ``--redis-url`` or one it starts, a stream worker, the HTTP API and the gRPC API,
+under a unique topic and key prefix), seeds the flash-sale catalogue
+(``loadtests.flash_sale``: ``--hot-skus`` SKUs with little stock that most shoppers
+want, ``--regular-skus`` with more, at ``--locations`` locations), waits until it is
+served, then runs ``loadtests/locustfile.py`` with Locust, headless, for
+``--duration`` seconds with ``--users`` users.
+
+Afterwards it waits until the worker has folded everything and checks the service
+against the ledger of what the users took: every claimed SKU-location's ``on_hand``
+must be its stock minus the units sold in stores, and its ``reserved`` the units
+reserved online. It prints Locust's summary, the oversell (its definition is in
+``loadtests.flash_sale``) and that check, and writes Locust's CSV and HTML report and
+``load.json`` to ``--output-dir`` (default ``bench-results/load``).
+
+Exit code: 0 when every request succeeded and the service agrees with the ledger;
+1 otherwise (a failed request, a disagreement, or a step that failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import orjson
+import redis
+from aiokafka import AIOKafkaProducer
+
+from dev.stack import DevBroker, create_topics, ensure_redis
+from loadtests.bench_grpc import BenchError, Stack, bench_settings, free_port, wait_serving
+from loadtests.flash_sale import Catalogue, oversell
+from services.config import Settings
+
+log = logging.getLogger("load")
+
+REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT: Final[Path] = REPO_ROOT / "bench-results" / "load"
+LOCUSTFILE: Final[Path] = Path(__file__).with_name("locustfile.py")
+CATALOGUE_AS_OF: Final[str] = "2026-01-01T00:00:00Z"
+BATCH_READ: Final[int] = 500
+
+
+@dataclass(frozen=True)
+class Params:
+    users: int
+    spawn_rate: float
+    duration: float
+    hot_skus: int
+    regular_skus: int
+    locations: int
+    hot_stock: tuple[int, int]
+    regular_stock: tuple[int, int]
+    redis_url: str
+    partitions: int
+    seed: int
+
+
+async def publish_balances(settings: Settings, catalogue: Catalogue, run_id: str) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=5, client_id="load-seed"
+    )
+    await producer.start()
+    try:
+        deliveries = [
+            await producer.send(settings.erp_topic, orjson.dumps(event), key=event["sku"].encode())
+            for event in catalogue.balances(run_id)
+        ]
+        await producer.flush()
+        await asyncio.gather(*deliveries)
+        return len(deliveries)
+    finally:
+        await producer.stop()
+
+
+def read_batch(base_url: str, skus: Sequence[str]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for start in range(0, len(skus), BATCH_READ):
+        body = orjson.dumps({"skus": list(skus[start : start + BATCH_READ]), "channel": "online"})
+        request = urllib.request.Request(
+            f"{base_url}/v1/availability:batch",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            items.extend(orjson.loads(answer.read())["items"])
+    return items
+
+
+def figures(base_url: str, skus: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(sku, location) -> the location's figures, as the HTTP API shows them."""
+    shown: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in read_batch(base_url, skus):
+        for location in item["locations"]:
+            shown[(item["sku"], location["location_id"])] = location
+    return shown
+
+
+def wait_served(base_url: str, catalogue: Catalogue, stack: Stack, timeout: float) -> None:
+    skus = [*catalogue.hot_skus, *catalogue.regular_skus]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            shown = figures(base_url, skus)
+            if all(shown.get(slot, {}).get("on_hand") == n for slot, n in catalogue.stock.items()):
+                return
+            missing = sum(1 for slot in catalogue.stock if slot not in shown)
+        except OSError as exc:
+            missing = len(catalogue.stock)
+            log.info("not served yet (%s)", exc)
+        stack.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"catalogue not served within {timeout:.0f} s ({missing} missing)")
+        time.sleep(1.0)
+
+
+def wait_folded(settings: Settings, stack: Stack, timeout: float = 120.0) -> None:
+    """Until every worker reports a lag of 0 twice in a row."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        zero_seen = 0
+        while zero_seen < 2:
+            time.sleep(1.0)
+            stack.check_alive()
+            raw = client.hgetall(f"{settings.redis_key_prefix}:workers")
+            statuses = [json.loads(value) for value in raw.values()]
+            lag = sum(int(status.get("lag", 0)) for status in statuses)
+            zero_seen = zero_seen + 1 if statuses and lag == 0 else 0
+            if time.monotonic() > deadline:
+                raise BenchError(f"the worker still lags by {lag} events after {timeout:.0f} s")
+    finally:
+        client.close()
+
+
+def agreement(
+    catalogue: Catalogue, ledger: Mapping[str, Any], shown: Mapping[tuple[str, str], Any]
+) -> dict[str, Any]:
+    """Does the service show what the ledger says? (on_hand and reserved per slot)"""
+    sold = {(s, loc): n for s, loc, n in ledger["sold"]}
+    reserved = {(s, loc): n for s, loc, n in ledger["reserved"]}
+    wrong = []
+    for slot in set(sold) | set(reserved):
+        expected_on_hand = catalogue.stock[slot] - sold.get(slot, 0)
+        figures_ = shown.get(slot)
+        got = None if figures_ is None else (figures_["on_hand"], figures_["reserved"])
+        if got != (expected_on_hand, reserved.get(slot, 0)):
+            wrong.append(
+                {
+                    "sku": slot[0],
+                    "location_id": slot[1],
+                    "expected_on_hand_reserved": [expected_on_hand, reserved.get(slot, 0)],
+                    "shown_on_hand_reserved": got,
+                }
+            )
+    return {"sku_locations_checked": len(set(sold) | set(reserved)), "disagree": wrong[:20]}
+
+
+def run_locust(params: Params, config_path: Path, output: Path, host: str) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "--users",
+        str(params.users),
+        "--spawn-rate",
+        str(params.spawn_rate),
+        "--run-time",
+        f"{round(params.duration)}s",
+        "--stop-timeout",
+        "10",
+        "--csv",
+        str(output / "locust"),
+        "--html",
+        str(output / "locust.html"),
+        "--only-summary",
+        "--exit-code-on-error",
+        "1",
+    ]
+    env = {**os.environ, "LOAD_CONFIG": str(config_path), "PYTHONPATH": str(REPO_ROOT)}
+    log.info("locust: %d users for %.0f s", params.users, params.duration)
+    return subprocess.run(command, env=env, cwd=REPO_ROOT, timeout=params.duration + 300).returncode
+
+
+def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], int]:
+    stack = Stack(log_dir)
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        stack.broker = DevBroker(free_port(), log_dir).start()
+        stack.redis_proc = ensure_redis(params.redis_url, log_dir)
+        settings = bench_settings(
+            stack.broker.url, params.redis_url, log_dir / "worker", params.partitions, None
+        )
+        stack.settings = settings
+        asyncio.run(create_topics(settings))
+        stack.start_service("worker", "streams", settings)
+        stack.start_service("http", "services.http", settings)
+        stack.start_service("grpc", "services.grpc", settings)
+        grpc_target = f"127.0.0.1:{settings.grpc_port}"
+        asyncio.run(wait_serving(grpc_target, stack.check_alive, 60))
+        catalogue = Catalogue.build(
+            params.hot_skus,
+            params.regular_skus,
+            params.locations,
+            params.hot_stock,
+            params.regular_stock,
+            CATALOGUE_AS_OF,
+            params.seed,
+        )
+        seeded = asyncio.run(publish_balances(settings, catalogue, run_id))
+        base_url = f"http://127.0.0.1:{settings.http_port}"
+        log.info("seed: %d ERP balances published; waiting until served", seeded)
+        wait_served(base_url, catalogue, stack, timeout=300)
+        ledger_path = output / "ledger.json"
+        config = {
+            "run_id": run_id,
+            "seed": params.seed,
+            "bootstrap_servers": settings.bootstrap_servers,
+            "grpc_target": grpc_target,
+            "topics": {
+                "erp": settings.erp_topic,
+                "pos": settings.pos_topic,
+                "reservations": settings.reservations_topic,
+            },
+            "catalogue": catalogue.to_data(),
+            "ledger_path": str(ledger_path),
+        }
+        config_path = log_dir / "load-config.json"
+        config_path.write_text(json.dumps(config))
+        code = run_locust(params, config_path, output, base_url)
+        ledger = json.loads(ledger_path.read_text())
+        log.info("locust exited with %d; waiting until the worker has folded everything", code)
+        wait_folded(settings, stack)
+        skus = sorted({s for s, _, _ in ledger["sold"]} | {s for s, _, _ in ledger["reserved"]})
+        check = agreement(catalogue, ledger, figures(base_url, skus))
+        report = {
+            "parameters": asdict(params),
+            "locust_exit_code": code,
+            "oversell": oversell(catalogue.stock, ledger),
+            "agreement": check,
+            "stats": _locust_stats(output / "locust_stats.csv"),
+        }
+        failed = code != 0 or bool(check["disagree"])
+        return report, 1 if failed else 0
+    finally:
+        stack.shutdown()
+
+
+def _locust_stats(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    import csv
+
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def render(report: Mapping[str, Any]) -> str:
+    over = report["oversell"]
+    check = report["agreement"]
+    lines = ["", "request                              count  fails  p50 ms  p99 ms  req/s"]
+    for row in report["stats"]:
+        name = f"{row['Type']} {row['Name']}"[:36]
+        lines.append(
+            f"  {name:<36} {row['Request Count']:>6} {row['Failure Count']:>6}"
+            f" {row['50%']:>7} {row['99%']:>7} {float(row['Requests/s']):>6.0f}"
+        )
+    lines += [
+        "",
+        f"units sold in stores {over['units_sold_in_stores']}, reserved online"
+        f" {over['units_reserved_online']}",
+        f"oversell: {over['units_oversold']} units at {over['sku_locations_oversold']} of"
+        f" {over['sku_locations_claimed']} SKU-locations claimed",
+        f"service agrees with the ledger at {check['sku_locations_checked']} SKU-locations: "
+        + ("yes" if not check["disagree"] else f"NO ({len(check['disagree'])} shown differ)"),
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.load", description=__doc__)
+    parser.add_argument("--users", type=int, default=60)
+    parser.add_argument("--spawn-rate", type=float, default=20.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--hot-skus", type=int, default=50)
+    parser.add_argument("--regular-skus", type=int, default=2000)
+    parser.add_argument("--locations", type=int, default=20)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--quick", action="store_true", help="20 users for 20 s (a smoke run)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.users, args.duration, args.regular_skus = 20, 20.0, 200
+    for name in ("users", "hot_skus", "locations", "partitions"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.duration <= 0 or args.spawn_rate <= 0 or args.regular_skus < 0:
+        parser.error("--duration and --spawn-rate must be positive, --regular-skus >= 0")
+    params = Params(
+        users=args.users,
+        spawn_rate=args.spawn_rate,
+        duration=args.duration,
+        hot_skus=args.hot_skus,
+        regular_skus=args.regular_skus,
+        locations=args.locations,
+        hot_stock=(1, 6),
+        regular_stock=(20, 200),
+        redis_url=args.redis_url,
+        partitions=args.partitions,
+        seed=args.seed,
+    )
+    return params, args.output_dir
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    params, output = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="[load %(asctime)s] %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _terminate)
+    output.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="load-"))
+    code = 1
+    try:
+        report, code = run(params, output, log_dir)
+    except BenchError as exc:
+        log.error("load test failed: %s (logs in %s)", exc, log_dir)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted (logs in %s)", log_dir)
+        return 130
+    finally:
+        if code == 0:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    (output / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(render(report), flush=True)
+    log.info("reports in %s%s", output, "" if code == 0 else f"; logs kept in {log_dir}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

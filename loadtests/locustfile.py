@@ -1,0 +1,246 @@
+"""The flash-sale load test (``make load`` runs it headless; see ``loadtests.load``).
+
+Four kinds of users at once against a running service:
+
+- ``Shopper`` (HTTP): product pages (a single read, mostly of the flash-sale SKUs),
+  collection pages (a batch read of 24 SKUs) and checkouts: read the SKU, and if a
+  location shows online ATS, reserve one unit there (a ``reservation.created`` event:
+  the contract has no reserve API yet).
+- ``StoreTerminal`` (gRPC, a POS till at one store): ``GetAvailability`` of a SKU at
+  its store and, if the store shows ATS, sell one unit (a ``pos.sale`` event).
+- ``ErpFeed``: a storm of ERP balances (``erp.balance``, as of a moment ago, with
+  the stock minus the store sales before that moment: what an ERP that has the
+  tills' sales would send).
+
+Events are published with ``kafka-python`` (blocking sockets, which gevent makes
+cooperative); each publish counts as a request of type ``KAFKA``, so a failed one
+fails the run like a failed HTTP or gRPC call. The run's configuration is the JSON
+file named by ``LOAD_CONFIG`` (written by ``loadtests.load``); at the end the ledger
+of claims goes to its ``ledger_path`` for the oversell count
+(``loadtests.flash_sale``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.experimental.gevent as grpc_gevent
+import orjson
+from kafka import KafkaProducer
+from locust import FastHttpUser, User, between, constant_pacing, events, task
+
+from loadtests.flash_sale import Catalogue, Ledger
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
+from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
+
+grpc_gevent.init_gevent()
+logging.getLogger("kafka").setLevel(logging.WARNING)
+
+CONFIG: dict[str, Any] = json.loads(Path(os.environ["LOAD_CONFIG"]).read_text())
+CATALOGUE = Catalogue.from_data(CONFIG["catalogue"])
+LEDGER = Ledger()
+HOT_SHARE = 0.8  # of product-page views and checkouts that are for a flash-sale SKU
+COLLECTION_SIZE = 24
+ERP_BATCH = 20  # balances per ERP feed round
+# An ERP balance is as of this long ago: every store sale that happened before then
+# has been acknowledged by the broker (and is in the ledger) by the time it is sent.
+ERP_LAG_SECONDS = 2.0
+_RNG = random.Random(CONFIG.get("seed", 5))
+_PRODUCER: KafkaProducer | None = None
+_counter = [0]
+
+
+def producer() -> KafkaProducer:
+    global _PRODUCER
+    if _PRODUCER is None:
+        _PRODUCER = KafkaProducer(
+            bootstrap_servers=CONFIG["bootstrap_servers"],
+            acks=1,
+            linger_ms=2,
+            key_serializer=str.encode,
+        )
+    return _PRODUCER
+
+
+def now_rfc3339(offset: float = 0.0) -> str:
+    moment = datetime.fromtimestamp(time.time() + offset, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_id(kind: str) -> str:
+    _counter[0] += 1
+    return f"{CONFIG['run_id']}-{kind}-{os.getpid()}-{_counter[0]}"
+
+
+def publish(topic: str, event: dict[str, Any]) -> bool:
+    """Publish and wait for the broker's ack; reported to Locust as a KAFKA request."""
+    started = time.perf_counter()
+    failure: Exception | None = None
+    try:
+        producer().send(topic, orjson.dumps(event), key=event["sku"]).get(timeout=10)
+    except Exception as exc:  # reported as a failed request below
+        failure = exc
+    events.request.fire(  # type: ignore[no-untyped-call]
+        request_type="KAFKA",
+        name=event["type"],
+        response_time=(time.perf_counter() - started) * 1000,
+        response_length=0,
+        exception=failure,
+        context={},
+    )
+    return failure is None
+
+
+def pick_sku(rng: random.Random) -> str:
+    if rng.random() < HOT_SHARE or not CATALOGUE.regular_skus:
+        return rng.choice(CATALOGUE.hot_skus)
+    return rng.choice(CATALOGUE.regular_skus)
+
+
+class Shopper(FastHttpUser):
+    weight = 8
+    wait_time = between(0.05, 0.3)
+
+    @task(6)
+    def product_page(self) -> None:
+        sku = pick_sku(_RNG)
+        self.client.get(f"/v1/availability/{sku}?channel=online", name="product page")
+
+    @task(2)
+    def collection_page(self) -> None:
+        skus = [pick_sku(_RNG) for _ in range(COLLECTION_SIZE)]
+        self.client.post(
+            "/v1/availability:batch",
+            json={"skus": skus, "channel": "online"},
+            name="collection page",
+        )
+
+    @task(2)
+    def checkout(self) -> None:
+        sku = _RNG.choice(CATALOGUE.hot_skus)
+        with self.client.get(
+            f"/v1/availability/{sku}?channel=online", name="checkout: read", catch_response=True
+        ) as answer:
+            if answer.status_code != 200:
+                answer.failure(f"status {answer.status_code}")
+                return
+            locations = answer.json()["locations"]
+        open_ = [loc for loc in locations if loc["ats"] >= 1]
+        if not open_:
+            return  # sold out online: the shopper leaves
+        location = max(open_, key=lambda loc: loc["ats"])["location_id"]
+        reservation = {
+            "type": "reservation.created",
+            "event_id": event_id("res"),
+            "sku": sku,
+            "reservation_id": event_id("order"),
+            "location_id": location,
+            "quantity": 1,
+            "occurred_at": now_rfc3339(),
+            "channel": "online",
+        }
+        if publish(CONFIG["topics"]["reservations"], reservation):
+            LEDGER.reservation(sku, location, 1)
+
+
+class GrpcUser(User):
+    """A Locust user with a gRPC channel whose calls are reported as requests."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        self.channel = grpc.insecure_channel(CONFIG["grpc_target"])
+        self.stub = pb_grpc.AvailabilityServiceStub(self.channel)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def call(self, name: str, method: Callable[..., Any], request: Any) -> Any:
+        started = time.perf_counter()
+        failure: Exception | None = None
+        answer = None
+        try:
+            answer = method(request, timeout=5)
+        except grpc.RpcError as exc:
+            failure = exc
+        events.request.fire(  # type: ignore[no-untyped-call]
+            request_type="gRPC",
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0 if answer is None else answer.ByteSize(),
+            exception=failure,
+            context={},
+        )
+        return answer
+
+
+class StoreTerminal(GrpcUser):
+    weight = 3
+    wait_time = between(0.1, 0.5)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.store = _RNG.choice(CATALOGUE.locations)
+
+    @task
+    def ring_up(self) -> None:
+        sku = pick_sku(_RNG)
+        request = pb.GetAvailabilityRequest(sku=sku, channel="store", location_id=self.store)
+        answer = self.call("GetAvailability (till)", self.stub.GetAvailability, request)
+        if answer is None or answer.ats < 1:
+            return
+        occurred = time.time()
+        sale = {
+            "type": "pos.sale",
+            "event_id": event_id("sale"),
+            "sku": sku,
+            "location_id": self.store,
+            "quantity": 1,
+            "occurred_at": datetime.fromtimestamp(occurred, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        if publish(CONFIG["topics"]["pos"], sale):
+            LEDGER.sale(sku, self.store, 1, int(occurred * 1_000_000))
+
+
+class ErpFeed(User):
+    weight = 1
+    fixed_count = 1
+    wait_time = constant_pacing(0.05)  # ERP_BATCH balances 20 times a second
+
+    @task
+    def balances(self) -> None:
+        as_of = time.time() - ERP_LAG_SECONDS
+        as_of_text = datetime.fromtimestamp(as_of, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for _ in range(ERP_BATCH):
+            sku = pick_sku(_RNG)
+            location = _RNG.choice(CATALOGUE.locations)
+            on_hand = CATALOGUE.stock[(sku, location)] - LEDGER.sold_until(
+                sku, location, int(as_of * 1_000_000)
+            )
+            publish(
+                CONFIG["topics"]["erp"],
+                {
+                    "type": "erp.balance",
+                    "event_id": event_id("erp"),
+                    "sku": sku,
+                    "location_id": location,
+                    "on_hand": on_hand,
+                    "as_of": as_of_text,
+                },
+            )
+
+
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]
+def write_ledger(**_: Any) -> None:
+    if _PRODUCER is not None:
+        _PRODUCER.flush(timeout=10)
+    Path(CONFIG["ledger_path"]).write_text(json.dumps(LEDGER.to_data()))

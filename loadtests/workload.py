@@ -1,0 +1,159 @@
+"""The benchmark's workload: a catalogue of ERP balances and a realistic event mix.
+
+Pure and deterministic (a seeded generator): the same arguments give the same events,
+so that the fold, its floor and every worker count see exactly the same input.
+
+The mix, per 100 events after the catalogue (``MIX``): 50 store sales, 5 returns
+(one in five damaged), 20 reservations created (half of them for the online channel,
+one in four with an expiry an hour ahead), 10 reservations closed (released or partly
+fulfilled, always one created earlier), 7 transfers (shipped, then received for most
+of them later in the stream) and 8 fresh ERP balances (a later ``as_of``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+Event = dict[str, Any]
+
+#: Every sale and balance of the mix happens after this instant.
+ERP_AS_OF: Final[str] = "2026-01-01T00:00:00Z"
+CATALOGUE_ON_HAND: Final[int] = 1_000_000
+#: Reservations that expire do so after any run: the figures stay deterministic.
+RESERVATION_EXPIRES_AT: Final[str] = "2030-01-01T00:00:00Z"
+
+#: (kind, weight in percent); ``close`` is a release or a fulfilment, ``transfer`` a
+#: shipment (later received).
+MIX: Final[tuple[tuple[str, int], ...]] = (
+    ("sale", 50),
+    ("return", 5),
+    ("reserve", 20),
+    ("close", 10),
+    ("transfer", 7),
+    ("balance", 8),
+)
+
+
+def sku_name(index: int) -> str:
+    return f"SKU-{index:06d}"
+
+
+def location_name(index: int) -> str:
+    return f"LOC-{index:03d}"
+
+
+def catalogue(run_id: str, skus: int, locations: int) -> Iterator[Event]:
+    """One ERP balance of ``CATALOGUE_ON_HAND`` units per SKU and location, SKU by SKU."""
+    for i in range(skus):
+        sku = sku_name(i)
+        for j in range(locations):
+            yield {
+                "type": "erp.balance",
+                "event_id": f"{run_id}-erp-{i}-{j}",
+                "sku": sku,
+                "location_id": location_name(j),
+                "on_hand": CATALOGUE_ON_HAND,
+                "as_of": ERP_AS_OF,
+            }
+
+
+@dataclass
+class _Open:
+    sku: str
+    location: str
+    ident: str
+    quantity: int
+
+
+def event_mix(run_id: str, skus: int, locations: int, count: int, seed: int = 7) -> Iterator[Event]:
+    """``count`` events of ``MIX`` over random SKUs and locations, in publish order."""
+    if skus < 1 or locations < 2:
+        raise ValueError("the mix needs at least one SKU and two locations")
+    rng = random.Random(seed)
+    kinds = [kind for kind, _ in MIX]
+    weights = [weight for _, weight in MIX]
+    start = datetime(2026, 6, 1, tzinfo=UTC)
+    reservations: list[_Open] = []
+    in_transit: list[_Open] = []
+    produced = 0
+    while produced < count:
+        moment = start + timedelta(milliseconds=produced)
+        at = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        kind = rng.choices(kinds, weights)[0]
+        sku = sku_name(rng.randrange(skus))
+        location = location_name(rng.randrange(locations))
+        event_id = f"{run_id}-mix-{produced}"
+        event: Event
+        if kind == "sale":
+            event = {"type": "pos.sale", "location_id": location, "quantity": rng.randint(1, 3)}
+            event["occurred_at"] = at
+        elif kind == "return":
+            event = {"type": "pos.return", "location_id": location, "quantity": 1}
+            event["occurred_at"] = at
+            if rng.random() < 0.2:
+                event["disposition"] = "damaged"
+        elif kind == "reserve" or (kind == "close" and not reservations):
+            ident = f"{run_id}-res-{produced}"
+            quantity = rng.randint(1, 4)
+            event = {
+                "type": "reservation.created",
+                "reservation_id": ident,
+                "location_id": location,
+                "quantity": quantity,
+                "occurred_at": at,
+                "channel": "online" if rng.random() < 0.5 else "store",
+            }
+            if rng.random() < 0.25:
+                event["expires_at"] = RESERVATION_EXPIRES_AT
+            reservations.append(_Open(sku, location, ident, quantity))
+        elif kind == "close":
+            line = reservations.pop(rng.randrange(len(reservations)))
+            sku = line.sku
+            event = {"reservation_id": line.ident, "location_id": line.location}
+            if rng.random() < 0.5:
+                event["type"] = "reservation.released"
+            else:
+                event["type"] = "reservation.fulfilled"
+                event["quantity"] = rng.randint(1, line.quantity)
+            event["occurred_at"] = at
+        elif kind == "transfer":
+            if in_transit and rng.random() < 0.45:
+                shipped = in_transit.pop(0)
+                sku = shipped.sku
+                to = location_name((int(shipped.location[4:]) + 1) % locations)
+                event = {
+                    "type": "transfer.received",
+                    "transfer_id": shipped.ident,
+                    "from_location": shipped.location,
+                    "to_location": to,
+                    "quantity": shipped.quantity,
+                    "occurred_at": at,
+                }
+            else:
+                ident = f"{run_id}-tr-{produced}"
+                quantity = rng.randint(1, 10)
+                to = location_name((int(location[4:]) + 1) % locations)
+                event = {
+                    "type": "transfer.shipped",
+                    "transfer_id": ident,
+                    "from_location": location,
+                    "to_location": to,
+                    "quantity": quantity,
+                    "occurred_at": at,
+                }
+                in_transit.append(_Open(sku, location, ident, quantity))
+        else:
+            event = {
+                "type": "erp.balance",
+                "location_id": location,
+                "on_hand": rng.randint(500_000, 1_000_000),
+                "as_of": at,
+            }
+        event["event_id"] = event_id
+        event["sku"] = sku
+        produced += 1
+        yield event

@@ -1,0 +1,64 @@
+"""The load test's bookkeeping: catalogue, ledger and the oversell definition."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtests.flash_sale import Catalogue, Ledger, oversell
+
+
+def catalogue() -> Catalogue:
+    return Catalogue.build(2, 3, 2, (3, 5), (20, 30), "2026-01-01T00:00:00Z", seed=1)
+
+
+def test_catalogue_has_stock_everywhere_and_round_trips() -> None:
+    built = catalogue()
+    assert len(built.stock) == (2 + 3) * 2
+    assert all(
+        3 <= built.stock[(sku, loc)] <= 5 for sku in built.hot_skus for loc in built.locations
+    )
+    assert all(n >= 20 for (sku, _), n in built.stock.items() if sku in built.regular_skus)
+    assert Catalogue.from_data(built.to_data()) == built
+    balances = list(built.balances("r"))
+    assert {(b["sku"], b["location_id"]): b["on_hand"] for b in balances} == built.stock
+    assert len({b["event_id"] for b in balances}) == len(balances)
+
+
+def test_oversell_counts_units_claimed_beyond_stock_per_location() -> None:
+    built = catalogue()
+    sku, other = built.hot_skus
+    here, there = built.locations
+    stock = built.stock[(sku, here)]
+    ledger = Ledger()
+    for _ in range(stock - 1):
+        ledger.sale(sku, here, 1, 0)
+    for _ in range(3):  # two units beyond the stock at (sku, here)
+        ledger.reservation(sku, here, 1)
+    ledger.reservation(other, there, built.stock[(other, there)])  # exactly all of it
+    result = oversell(built.stock, ledger.to_data())
+    assert result["units_sold_in_stores"] == stock - 1
+    assert result["units_reserved_online"] == 3 + built.stock[(other, there)]
+    assert result["units_oversold"] == 2
+    assert result["sku_locations_oversold"] == 1
+    assert result["sku_locations_claimed"] == 2
+    assert result["worst"] == [{"sku": sku, "location_id": here, "units": 2}]
+
+
+def test_nothing_claimed_is_no_oversell_and_unknown_slots_are_refused() -> None:
+    built = catalogue()
+    assert oversell(built.stock, Ledger().to_data())["units_oversold"] == 0
+    ledger = Ledger()
+    ledger.reservation("NOPE", built.locations[0], 1)
+    with pytest.raises(ValueError, match="NOPE"):
+        oversell(built.stock, ledger.to_data())
+
+
+def test_erp_balance_contains_only_sales_up_to_its_as_of() -> None:
+    ledger = Ledger()
+    ledger.sale("A", "L", 2, occurred_at_us=100)
+    ledger.sale("A", "L", 1, occurred_at_us=200)
+    ledger.sale("A", "M", 5, occurred_at_us=50)
+    assert ledger.sold_until("A", "L", 99) == 0
+    assert ledger.sold_until("A", "L", 100) == 2
+    assert ledger.sold_until("A", "L", 1_000) == 3
+    assert ledger.sold_until("B", "L", 1_000) == 0

@@ -1,0 +1,73 @@
+"""The benchmark workload: valid, deterministic, and the mix it promises."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import orjson
+import pytest
+
+from availability.events import parse_event
+from availability.state import SkuState, fold
+from loadtests.workload import CATALOGUE_ON_HAND, MIX, catalogue, event_mix
+
+
+def test_catalogue_is_one_balance_per_sku_and_location() -> None:
+    events = list(catalogue("r", 3, 4))
+    assert len(events) == 12
+    assert {(e["sku"], e["location_id"]) for e in events} == {
+        (f"SKU-{i:06d}", f"LOC-{j:03d}") for i in range(3) for j in range(4)
+    }
+    assert {e["on_hand"] for e in events} == {CATALOGUE_ON_HAND}
+    assert len({e["event_id"] for e in events}) == 12
+
+
+def test_mix_is_deterministic_and_every_event_is_valid() -> None:
+    first = list(event_mix("r", 50, 5, 5_000, seed=3))
+    assert first == list(event_mix("r", 50, 5, 5_000, seed=3))
+    assert first != list(event_mix("r", 50, 5, 5_000, seed=4))
+    assert len({e["event_id"] for e in first}) == len(first) == 5_000
+    for event in first:
+        parsed = parse_event(orjson.dumps(event))
+        assert parsed.sku == event["sku"]
+
+
+def test_mix_has_the_documented_proportions() -> None:
+    events = list(event_mix("r", 200, 10, 20_000))
+    kinds = Counter(e["type"] for e in events)
+    share = {kind: weight / 100 for kind, weight in MIX}
+    assert kinds["pos.sale"] / len(events) == pytest.approx(share["sale"], abs=0.02)
+    assert kinds["pos.return"] / len(events) == pytest.approx(share["return"], abs=0.01)
+    closes = kinds["reservation.released"] + kinds["reservation.fulfilled"]
+    assert (kinds["reservation.created"] + closes) / len(events) == pytest.approx(
+        share["reserve"] + share["close"], abs=0.02
+    )
+    transfers = kinds["transfer.shipped"] + kinds["transfer.received"]
+    assert transfers / len(events) == pytest.approx(share["transfer"], abs=0.01)
+    assert kinds["erp.balance"] / len(events) == pytest.approx(share["balance"], abs=0.01)
+
+
+def test_closes_and_receipts_refer_to_earlier_events_of_the_same_sku() -> None:
+    created: dict[str, str] = {}
+    shipped: dict[str, tuple[str, int]] = {}
+    for event in event_mix("r", 20, 4, 5_000):
+        if event["type"] == "reservation.created":
+            created[event["reservation_id"]] = event["sku"]
+        elif event["type"] in ("reservation.released", "reservation.fulfilled"):
+            assert created.pop(event["reservation_id"]) == event["sku"]
+        elif event["type"] == "transfer.shipped":
+            shipped[event["transfer_id"]] = (event["sku"], event["quantity"])
+        elif event["type"] == "transfer.received":
+            assert shipped.pop(event["transfer_id"]) == (event["sku"], event["quantity"])
+
+
+def test_stock_stays_positive_so_no_figure_is_clamped() -> None:
+    # The catalogue's stock is large enough that the mix never sells a location out:
+    # every event changes a figure, which is what the fold benchmark means to measure.
+    states: dict[str, SkuState] = {}
+    for event in [*catalogue("r", 20, 4), *event_mix("r", 20, 4, 5_000)]:
+        parsed = parse_event(orjson.dumps(event))
+        state = states.setdefault(parsed.sku, SkuState(parsed.sku))
+        fold(state, parsed)
+    for state in states.values():
+        assert all(state.on_hand(location) > 0 for location in state.locations())
