@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     fold_batch_within: float = Field(default=0.01, gt=0)
     expiry_tick: float = Field(default=0.1, gt=0, description="seconds between expiry checks")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="worker status to Redis")
+    # Seconds between gc.freeze() calls in the worker (0: never); see streams.app.
+    gc_freeze_interval: float = Field(default=10.0, ge=0)
     ready_max_lag: int = Field(
         default=1000, ge=0, description="events behind that still count as caught up"
     )

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from availability.ats import SkuAvailability
 
@@ -179,27 +180,44 @@ class AvailabilityStore:
         """
         if not records:
             return []
-        pipe = self.client.pipeline(transaction=False)
         if first_version is None:
             first_version = time.time_ns() // 1000
         seed = str(first_version).encode()
+        calls = []
         for record in records:
             data, *fields = encode_record(record)
-            await self._write(
-                keys=[self.sku_key(record.sku)],
-                args=[data, self.change_channel(record.sku), seed, *fields],
-                client=pipe,
-            )
-        return [int(v) for v in await pipe.execute()]
+            key = self.sku_key(record.sku)
+            calls.append((key, data, self.change_channel(record.sku), seed, *fields))
+        return [int(v) for v in await self._run_script(self._write, calls)]
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
         """Note that the change feed holds these (sku, version) pairs."""
-        pipe = self.client.pipeline(transaction=False)
-        for sku, version in versions:
-            await self._mark_published(
-                keys=[self.sku_key(sku)], args=[str(version).encode()], client=pipe
-            )
-        await pipe.execute()
+        calls = [(self.sku_key(sku), str(version).encode()) for sku, version in versions]
+        if calls:
+            await self._run_script(self._mark_published, calls)
+
+    async def _run_script(self, script: Any, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run a one-key script once per call (key first, then its arguments) in one
+        pipeline.
+
+        EVALSHA directly: redis-py's script objects ask SCRIPT EXISTS before every
+        pipeline, a round trip more per batch. Should the server not know the script
+        (a restarted or replaced Redis), it is loaded and the pipeline run again;
+        both scripts may run twice without harm (a rewrite of the same record only
+        reports its pending version again; a mark never moves backwards).
+        """
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for key, *args in calls:
+                pipe.evalsha(script.sha, 1, key, *args)
+            try:
+                results: list[Any] = await pipe.execute()
+                return results
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     # --- reads (the APIs) ---
 

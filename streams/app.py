@@ -18,6 +18,7 @@ has already seen (``availability.state``), so nothing counts twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -212,6 +213,17 @@ class Processor:
         @app.timer(interval=settings.heartbeat_interval)  # type: ignore[untyped-decorator]
         async def report_status() -> None:
             await self.report_status()
+
+        if settings.gc_freeze_interval > 0:
+
+            @app.timer(interval=settings.gc_freeze_interval)  # type: ignore[untyped-decorator]
+            async def freeze_long_lived() -> None:
+                # The table's state is millions of objects that live for as long as the
+                # worker. A full collection walked them all, 150-250 ms with the fold
+                # stopped, and found nothing to free (the state has no cycles).
+                # Frozen, they are left out: a full collection walks only what came
+                # since the last freeze.
+                gc.freeze()
 
         @self.states.on_recover
         async def on_recovered() -> None:

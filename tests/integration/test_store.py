@@ -1,0 +1,45 @@
+"""``AvailabilityStore`` against the real Redis: the write scripts survive a Redis that
+has forgotten them (restarted, replaced or flushed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from availability.ats import LocationAvailability, SkuAvailability
+from services.config import Settings
+from services.store import AvailabilityStore
+
+
+def record(sku: str, on_hand: int) -> SkuAvailability:
+    return SkuAvailability(sku, (LocationAvailability("S1", on_hand, 0, 0, 0, 0, {}),), None)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[AvailabilityStore]:
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    try:
+        yield store
+    finally:
+        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
+        if keys:
+            await store.client.delete(*keys)
+        await store.close()
+
+
+async def test_writes_and_marks_go_on_after_the_script_cache_is_flushed(
+    store: AvailabilityStore,
+) -> None:
+    first = await store.write_records([record("A", 5), record("B", 7)], first_version=100)
+    assert first == [100, 100]
+    await store.client.script_flush()
+
+    again = await store.write_records([record("A", 4), record("B", 7)], first_version=200)
+    assert again == [101, 100]  # A changed; B unchanged but its version never marked
+    await store.client.script_flush()
+    await store.mark_published([("A", 101), ("B", 100)])
+
+    assert await store.write_records([record("A", 4), record("B", 7)]) == [0, 0]
+    assert await store.read_tail("A", "online") is not None
+    assert (await store.read_availability("A")) == record("A", 4)
