@@ -178,6 +178,7 @@ class ProduceJob:
     duration: float
     run_id: str
     max_batch_bytes: int
+    linger_ms: int = 0
 
 
 @dataclass
@@ -481,7 +482,7 @@ async def run_producer(job: ProduceJob, conn: Connection[Message, Message]) -> N
     producer = AIOKafkaProducer(
         bootstrap_servers=job.bootstrap_servers,
         acks=1,
-        linger_ms=0,
+        linger_ms=job.linger_ms,
         max_batch_size=job.max_batch_bytes,
         client_id="bench-producer",
     )

@@ -71,3 +71,18 @@ def test_stock_stays_positive_so_no_figure_is_clamped() -> None:
         fold(state, parsed)
     for state in states.values():
         assert all(state.on_hand(location) > 0 for location in state.locations())
+
+
+def test_zipf_popularity_follows_the_80_20_rule_and_uniform_does_not() -> None:
+    def top_fifth_share(popularity: str) -> float:
+        events = list(event_mix("r", 1_000, 5, 50_000, popularity=popularity))
+        counts = sorted(Counter(e["sku"] for e in events).values(), reverse=True)
+        return sum(counts[:200]) / len(events)
+
+    assert 0.74 < top_fifth_share("zipf") < 0.84  # H(200) / H(1000) = 0.785
+    assert top_fifth_share("uniform") < 0.3
+
+
+def test_unknown_popularity_is_refused() -> None:
+    with pytest.raises(ValueError, match="popularity"):
+        next(event_mix("r", 10, 5, 1, popularity="pareto"))
