@@ -79,27 +79,9 @@ class SkuAvailability:  # treat as immutable (see LocationAvailability)
         )
 
 
-def reserved_by_location(state: SkuState, now: int) -> tuple[dict[str, int], int | None]:
-    """Active reserved units per location, and the next moment one expires."""
-    reserved: dict[str, int] = {}
-    next_expiry: int | None = None
-    for line in state.reservations.values():
-        hold = line.hold
-        if hold is None or line.closed:
-            continue
-        expires_at = hold.expires_at
-        if expires_at is not None:
-            if expires_at <= now:
-                continue
-            if next_expiry is None or expires_at < next_expiry:
-                next_expiry = expires_at
-        reserved[hold.location_id] = reserved.get(hold.location_id, 0) + hold.quantity
-    return reserved, next_expiry
-
-
 def build_availability(state: SkuState, rules: RuleBook, now: int) -> SkuAvailability:
     # Runs for every changed SKU and each of its locations: written for speed, with
-    # SkuState.locations and on_hand, reserved_by_location and RuleBook.resolve
+    # SkuState.locations and on_hand, ReservationLine.active and RuleBook.resolve
     # inlined or skipped where they can be.
     baselines = state.baselines
     deltas = state.deltas

@@ -1629,17 +1629,23 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the cleanup
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    params, output, keep_logs = parse_args(argv)
+def run_cli(
+    log_prefix: str,
+    run_benchmark: Callable[[Path], dict[str, Any]],
+    keep_logs: bool,
+    publish: Callable[[dict[str, Any]], None],
+) -> int:
+    """A benchmark's command line: logging, signals, a log directory (kept on failure
+    or with ``keep_logs``), then ``publish(report)``. Returns the exit code."""
     logging.basicConfig(
         level=logging.INFO, format="[bench %(asctime)s] %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _terminate)
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
+    log_dir = Path(tempfile.mkdtemp(prefix=log_prefix))
     failed = True
     try:
-        report = run(params, log_dir)
+        report = run_benchmark(log_dir)
         failed = False
     except BenchError as exc:
         log.error("benchmark failed: %s", exc)
@@ -1652,11 +1658,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("logs kept in %s", log_dir)
         else:
             shutil.rmtree(log_dir, ignore_errors=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(render_table(report), flush=True)
-    log.info("results written to %s", output)
+    publish(report)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    params, output, keep_logs = parse_args(argv)
+
+    def publish(report: dict[str, Any]) -> None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2) + "\n")
+        print(render_table(report), flush=True)
+        log.info("results written to %s", output)
+
+    return run_cli("bench-grpc-", lambda log_dir: run(params, log_dir), keep_logs, publish)
 
 
 if __name__ == "__main__":

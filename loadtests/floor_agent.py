@@ -18,7 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from services.config import get_settings
-from streams.app import AvailabilityApp
+from streams.app import build_app
 
 FLOOR_FIELD = "decoded"
 
@@ -27,23 +27,9 @@ def floor_key(redis_key_prefix: str) -> str:
     return f"{redis_key_prefix}:floor"
 
 
-def build_app() -> faust.App:
+def build_floor_app() -> faust.App:
     settings = get_settings()
-    # The worker's app class: the same transport and fetch settings.
-    app = AvailabilityApp(
-        f"{settings.faust_app_id}-floor",
-        broker=settings.broker,
-        store="memory://",
-        datadir=settings.data_dir,
-        topic_partitions=settings.partitions,
-        broker_session_timeout=settings.broker_session_timeout,
-        broker_heartbeat_interval=settings.broker_heartbeat_interval,
-        broker_request_timeout=settings.broker_request_timeout,
-        producer_max_batch_size=settings.producer_max_batch_size,
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-    )
-    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app = build_app(settings, f"{settings.faust_app_id}-floor")  # the worker's config
     source = app.topic(*settings.input_topics, key_serializer="raw", value_serializer="raw")
     redis_client = aioredis.Redis.from_url(settings.redis_url)
     key = floor_key(settings.redis_key_prefix)
@@ -70,7 +56,7 @@ def build_app() -> faust.App:
 def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper())
-    app = build_app()
+    app = build_floor_app()
     faust.Worker(app, loglevel=settings.log_level.upper()).execute_from_commandline()
 
 

@@ -65,6 +65,27 @@ class AvailabilityApp(faust.App):
             await self.processor.close()
 
 
+def build_app(settings: Settings, app_id: str) -> AvailabilityApp:
+    """The Faust app of a worker (also the benchmark's floor agent: the same config)."""
+    app = AvailabilityApp(
+        app_id,
+        broker=settings.broker,
+        store="memory://",
+        datadir=settings.data_dir,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_request_timeout=settings.broker_request_timeout,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        table_cleanup_interval=3600.0,
+    )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    return app
+
+
 async def send_keyed(
     app: AppT, topic: str, key: bytes, value: bytes, partitions: int
 ) -> Awaitable[Any]:
@@ -122,22 +143,7 @@ class Processor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
-        app = AvailabilityApp(
-            settings.faust_app_id,
-            broker=settings.broker,
-            store="memory://",
-            datadir=settings.data_dir,
-            topic_partitions=settings.partitions,
-            topic_replication_factor=settings.replication_factor,
-            broker_session_timeout=settings.broker_session_timeout,
-            broker_heartbeat_interval=settings.broker_heartbeat_interval,
-            broker_request_timeout=settings.broker_request_timeout,
-            producer_max_batch_size=settings.producer_max_batch_size,
-            consumer_auto_offset_reset="earliest",
-            web_enabled=False,
-            table_cleanup_interval=3600.0,
-        )
-        app.fetch_max_wait_ms = settings.fetch_max_wait_ms
+        app = build_app(settings, settings.faust_app_id)
         self.app = app
         self.partitions = settings.partitions
         self.states = SkuStateTable(
