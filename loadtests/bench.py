@@ -60,6 +60,7 @@ from dev.sample_data import topic_for
 from dev.stack import DevBroker, create_topics, ensure_redis
 from dev.stack import stop_process as stop_child_process
 from loadtests.bench_grpc import (
+    WORKER_BATCH_BYTES,
     BenchError,
     CpuMeter,
     ProduceJob,
@@ -114,12 +115,6 @@ MEMORY_SAMPLE: Final[int] = 500  # serving records whose MEMORY USAGE is taken
 PRODUCER_LINGER_MS: Final[int] = 5
 # The load producer batches: the broker takes the backlog in seconds.
 LOAD_BATCH_BYTES: Final[int] = 65536
-# The worker batches as in production. The development stack makes it send one record
-# per batch because this broker reports wrong end offsets after batched produce, which
-# only matters when a table recovers from its changelog (shared notes
-# "faust-on-tansu"); nothing restarts during a measurement. One-record batches cost
-# the fold about 15% (``--worker-batch-bytes 1``).
-WORKER_BATCH_BYTES: Final[int] = 16384
 
 
 @dataclass(frozen=True)
