@@ -312,17 +312,18 @@ def measure_fold(
             after(settings, run, services)
         return run
     finally:
-        for service in reversed(stack.services[already_running:]):
-            stop_service(stack, service)
+        stop_services_since(stack, already_running)
         client.close()
         delete_keys(settings)
         stack.settings = None
 
 
-def stop_service(stack: Stack, service: Service) -> None:
-    stop_child_process(service.proc, 10.0)
-    service.log_file.close()
-    stack.services.remove(service)
+def stop_services_since(stack: Stack, already_running: int) -> None:
+    """Stop the services a measurement started (those after the first ``already_running``)."""
+    for service in reversed(stack.services[already_running:]):
+        stop_child_process(service.proc, 10.0)
+        service.log_file.close()
+        stack.services.remove(service)
 
 
 def measure_memory(
@@ -503,8 +504,7 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
             },
         }
     finally:
-        for running in reversed(stack.services[already_running:]):
-            stop_service(stack, running)
+        stop_services_since(stack, already_running)
         delete_keys(settings)
         stack.settings = None
 

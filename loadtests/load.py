@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import os
@@ -45,7 +46,14 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from dev.stack import DevBroker, create_topics, ensure_redis
-from loadtests.bench_grpc import BenchError, Stack, bench_settings, free_port, wait_serving
+from loadtests.bench_grpc import (
+    BenchError,
+    Stack,
+    bench_settings,
+    free_port,
+    send_all,
+    wait_serving,
+)
 from loadtests.flash_sale import Catalogue, oversell
 from services.config import Settings
 
@@ -77,17 +85,8 @@ async def publish_balances(settings: Settings, catalogue: Catalogue, run_id: str
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=5, client_id="load-seed"
     )
-    await producer.start()
-    try:
-        deliveries = [
-            await producer.send(settings.erp_topic, orjson.dumps(event), key=event["sku"].encode())
-            for event in catalogue.balances(run_id)
-        ]
-        await producer.flush()
-        await asyncio.gather(*deliveries)
-        return len(deliveries)
-    finally:
-        await producer.stop()
+    await send_all(producer, settings.erp_topic, catalogue.balances(run_id))
+    return len(catalogue.stock)
 
 
 def read_batch(base_url: str, skus: Sequence[str]) -> list[dict[str, Any]]:
@@ -272,8 +271,6 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
 def _locust_stats(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         return []
-    import csv
-
     with path.open() as handle:
         return list(csv.DictReader(handle))
 

@@ -71,9 +71,9 @@ def producer() -> KafkaProducer:
     return _PRODUCER
 
 
-def now_rfc3339(offset: float = 0.0) -> str:
-    moment = datetime.fromtimestamp(time.time() + offset, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def rfc3339(seconds: float) -> str:
+    """``seconds`` since the epoch as RFC 3339 UTC with microseconds."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def event_id(kind: str) -> str:
@@ -145,7 +145,7 @@ class Shopper(FastHttpUser):
             "reservation_id": event_id("order"),
             "location_id": location,
             "quantity": 1,
-            "occurred_at": now_rfc3339(),
+            "occurred_at": rfc3339(time.time()),
             "channel": "online",
         }
         if publish(CONFIG["topics"]["reservations"], reservation):
@@ -205,7 +205,7 @@ class StoreTerminal(GrpcUser):
             "sku": sku,
             "location_id": self.store,
             "quantity": 1,
-            "occurred_at": datetime.fromtimestamp(occurred, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "occurred_at": rfc3339(occurred),
         }
         if publish(CONFIG["topics"]["pos"], sale):
             LEDGER.sale(sku, self.store, 1, int(occurred * 1_000_000))
@@ -219,7 +219,7 @@ class ErpFeed(User):
     @task
     def balances(self) -> None:
         as_of = time.time() - ERP_LAG_SECONDS
-        as_of_text = datetime.fromtimestamp(as_of, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        as_of_text = rfc3339(as_of)
         for _ in range(ERP_BATCH):
             sku = pick_sku(_RNG)
             location = _RNG.choice(CATALOGUE.locations)
