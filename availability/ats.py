@@ -81,42 +81,27 @@ class SkuAvailability:  # treat as immutable (see LocationAvailability)
 
 def build_availability(state: SkuState, rules: RuleBook, now: int) -> SkuAvailability:
     # Runs for every changed SKU and each of its locations: written for speed, with
-    # SkuState.locations and on_hand, ReservationLine.active and RuleBook.resolve
-    # inlined or skipped where they can be.
+    # SkuState.locations and on_hand and RuleBook.resolve inlined or skipped where
+    # they can be.
     baselines = state.baselines
     deltas = state.deltas
+    moved = state.moved
     transit = state.transit
     damaged = state.damaged
     found = set(baselines)
     found.update(deltas)
     found.update(damaged)
     found.update(transit)
-    reserved: dict[str, int] = {}
-    next_expiry: int | None = None
-    for line in state.reservations.values():
-        hold = line.hold
-        if hold is None:
-            continue
-        found.add(hold.location_id)
-        if line.closed:
-            continue
-        expires_at = hold.expires_at
-        if expires_at is not None:
-            if expires_at <= now:
-                continue
-            if next_expiry is None or expires_at < next_expiry:
-                next_expiry = expires_at
-        reserved[hold.location_id] = reserved.get(hold.location_id, 0) + hold.quantity
+    found.update(state.line_locations)
+    reserved, next_expiry = state.reserved(now)
     sku = state.sku
     resolve = rules.resolve if len(rules) else None
     locations = []
     for location_id in sorted(found):
         baseline = baselines.get(location_id)
-        on_hand = 0 if baseline is None else baseline.on_hand
-        at_location = deltas.get(location_id)
-        if at_location:
-            for _, quantity in at_location.values():
-                on_hand += quantity
+        on_hand = moved.get(location_id, 0)
+        if baseline is not None:
+            on_hand += baseline.on_hand
         resolved = NO_RULES if resolve is None else resolve(sku, location_id)
         locations.append(
             LocationAvailability(
