@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     producer_max_batch_size: int = Field(default=16384, ge=1)
     fold_batch_size: int = Field(default=1000, ge=1)
     fold_batch_within: float = Field(default=0.01, gt=0)
+    fold_batch_max_wait: float = Field(default=0.05, ge=0)
     expiry_tick: float = Field(default=0.1, gt=0, description="seconds between expiry checks")
     heartbeat_interval: float = Field(default=1.0, gt=0, description="worker status to Redis")
     # Seconds between gc.freeze() calls in the worker (0: never); see streams.app.

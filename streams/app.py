@@ -1,8 +1,9 @@
 """The stream processor: folds the input topics into per-SKU table state and
 keeps the Redis serving records in step.
 
-Routing. State lives in a table keyed by SKU whose changelog partition is the
-Kafka default partitioner's choice for the SKU, and every input topic has the
+Routing. State lives in a table keyed by SKU, made durable as a journal of small
+entries per SKU (``availability.journal``) in the table's changelog, on the
+partition Kafka's default partitioner gives the SKU; every input topic has the
 same partition count, so a worker owns a SKU when it owns that partition of the
 input topics. An event whose Kafka key is not its SKU, or that sits on another
 partition (a producer with another partitioner), is forwarded unchanged to the
@@ -10,7 +11,7 @@ internal re-key topic on its SKU's partition and folded there: never mis-routed.
 
 Delivery (at least once). A batch's events are acked, so their offsets can be
 committed, only after the broker has acknowledged every write the batch caused:
-its changelog records, dead letters and forwarded events (``Processor.process``).
+its journal entries, dead letters and forwarded events (``Processor.process``).
 A crash makes Kafka redeliver what was not committed; the fold ignores what it
 has already seen (``availability.state``), so nothing counts twice.
 """
@@ -19,27 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import os
+import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, cast
 
 import faust
-from faust.types import TP, AppT, EventT
+from aiokafka import AIOKafkaProducer
+from faust.types import TP, EventT
 
-from availability.events import InvalidEvent, event_type, parse_event
+from availability.events import Event, InvalidEvent, event_type, parse_event
+from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
-from availability.state import SkuState, fold
+from availability.state import SkuState
 from services.config import Settings
 from services.rules_log import RulesLog
 from services.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
-from streams.codec import SkuStateCodec, encode_state
 from streams.dead_letters import dead_letter_record
-from streams.kafka import RangeReader, Transport, partition_for
+from streams.kafka import HomePartitions, OutgoingRecords, RangeReader, Transport, partition_for
 from streams.serving import ServingWriter, now_micros
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,47 @@ FEED_DRAIN_ON_STOP = 5.0  # seconds the change feed gets to publish what it hold
 OWNED_CACHE_SECONDS = 0.1  # how long the set of owned partitions is reused
 PROGRESS_LOG_INTERVAL = 10.0  # seconds between progress lines while busy
 IDLE_LOG_INTERVAL = 300.0  # ... and while idle
+#: A window that brings this many events or more means events arrive faster than
+#: single windows are folded (see Processor.fold_windows).
+BUSY_WINDOW = 32
+
+
+def _await_chain(awaited: Any) -> list[str]:
+    lines = []
+    while awaited is not None:
+        frame = None
+        for name in ("cr_frame", "gi_frame", "ag_frame"):
+            frame = frame or getattr(awaited, name, None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}")
+        else:
+            lines.append(f"  {awaited!r}")
+        following = None
+        for name in ("cr_await", "gi_yieldfrom", "ag_await"):
+            following = following or getattr(awaited, name, None)
+        awaited = following
+    return lines
+
+
+def log_task_stacks() -> None:
+    """Log where the worker waits: every asyncio task's chain of awaits, and that of
+    every suspended coroutine of the service's own code (a framework may run one
+    behind a wrapper that hides it from its task)."""
+    lines = []
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        lines.append(f"task {task.get_name()}:")
+        lines.extend(_await_chain(task.get_coro()))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = tuple(os.path.join(root, package) + os.sep for package in ("streams", "services"))
+    gc.unfreeze()  # frozen objects are invisible to get_objects; the timer freezes again
+    for obj in gc.get_objects():
+        frame = getattr(obj, "cr_frame", None) if inspect.iscoroutine(obj) else None
+        if frame is not None and frame.f_code.co_filename.startswith(ours):
+            lines.append(f"coroutine {frame.f_code.co_name}:")
+            lines.extend(_await_chain(obj))
+    log.warning("%d tasks:\n%s", len(tasks), "\n".join(lines))
 
 
 class AvailabilityApp(faust.App):
@@ -86,55 +131,65 @@ def build_app(settings: Settings, app_id: str) -> AvailabilityApp:
     return app
 
 
-async def send_keyed(
-    app: AppT, topic: str, key: bytes, value: bytes, partitions: int
-) -> Awaitable[Any]:
-    """Hand a record straight to the producer, on the key's default partition;
-    returns the broker's ack.
-
-    For records that are bytes already: a topic's send path (serializers,
-    pending-message objects, Faust's producer buffer) cost more per record than the
-    fold itself.
-    """
-    sent: Awaitable[Any] = await app.producer.send(
-        topic, key, value, partition=partition_for(key, partitions), timestamp=None, headers=None
-    )
-    return sent
-
-
 class SkuStateTable(faust.Table):  # type: ignore[type-arg]
-    """SKU -> ``SkuState``, changelogged with the SKU's bytes as the key.
+    """SKU -> ``SkuState``, made durable as a journal (``availability.journal``) in
+    the table's changelog topic.
 
-    Faust picks a table's serializers from its key and value types (JSON by
-    default). The changelog key must be the SKU's raw bytes, exactly as in the input
-    topics, so that the partitioner puts a SKU's state on its events' partition.
+    Every entry of a SKU goes to the SKU's partition (Kafka's default partitioner on
+    the SKU's bytes), which is the partition of its events in the input topics, so
+    a worker recovers the state of exactly the SKUs it is assigned. Faust's own
+    table writes (one record per key, the whole value) are not used: the worker
+    sends the entries in batches (``Processor.process``), and recovery folds them
+    back (``apply_changelog_batch``).
     """
 
     def _serializer_from_type(self, typ: Any) -> Any:
-        if typ is str:
-            return "raw"
-        if typ is None:
-            return SkuStateCodec()
-        return super()._serializer_from_type(typ)
+        return "raw"  # keys and values are the journal's own bytes
 
     def __init__(self, *args: Any, partitions: int, **kwargs: Any) -> None:
         super().__init__(*args, partitions=partitions, **kwargs)
         self.partition_count = partitions
+        self.corrupt_entries = 0
 
-    async def put(self, sku: str, state: SkuState) -> Awaitable[Any]:
-        """``table[sku] = state``; returns the ack of its changelog record.
+    @property
+    def by_sku(self) -> dict[str, SkuState]:
+        """The states, as a plain dict (the table's mapping interface is slower)."""
+        return cast(dict[str, SkuState], self.data.data)
 
-        The same record (raw SKU key, the codec's value, the partitioner's partition)
-        as Faust's own path, but sent by ``send_keyed``.
-        """
-        self.data[sku] = state
-        return await send_keyed(
-            self.app,
-            self.changelog_topic.get_topic_name(),
-            sku.encode(),
-            encode_state(state),
-            self.partition_count,
-        )
+    @property
+    def journal_topic(self) -> str:
+        return self.changelog_topic.get_topic_name()
+
+    def adopt(self, sku: str, state: SkuState, partition: int) -> None:
+        """Hold a SKU's state created by the fold (its journal is written apart)."""
+        self.by_sku[sku] = state
+        # The memory store forgets the SKUs of partitions it no longer owns after a
+        # rebalance, by this map.
+        self.data._key_partition[sku] = partition  # type: ignore[attr-defined]
+
+    def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
+        """Recovery: fold journal entries back into the states."""
+        states = self.by_sku
+        key_partition = self.data._key_partition  # type: ignore[attr-defined]
+        for event in batch:
+            message = event.message
+            try:
+                if message.key is None:
+                    raise CorruptEntry("an entry without a key")
+                sku = restore(states, message.key.decode(), message.value)
+            except (CorruptEntry, UnicodeDecodeError) as exc:
+                # Not written by this code. Faust would log and drop the whole rest of
+                # the batch; one entry is dropped here, loudly.
+                self.corrupt_entries += 1
+                log.error(
+                    "journal %s[%d]@%d: skipping an entry: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+                continue
+            key_partition[sku] = message.partition
 
 
 class Processor:
@@ -146,6 +201,7 @@ class Processor:
         app = build_app(settings, settings.faust_app_id)
         self.app = app
         self.partitions = settings.partitions
+        self.home = HomePartitions(settings.partitions)
         self.states = SkuStateTable(
             app,
             name="sku-state",
@@ -172,11 +228,11 @@ class Processor:
             settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
         )
         self.rules = RulesLog(settings, on_change=self._on_rule_change)
-        self.feed = ChangeFeed(self.store, self._send_change, owns=self.owns, clock=now_micros)
+        self.feed = ChangeFeed(self.store, self._send_changes, owns=self.owns, clock=now_micros)
         self.writer = ServingWriter(
             self.store,
             rules=lambda: self.rules.book,
-            state_of=self.states.get,
+            state_of=self.states.by_sku.get,
             owns=self.owns,
             feed=self.feed,
         )
@@ -197,14 +253,16 @@ class Processor:
 
         @app.agent(self.source, name="fold-events")
         async def fold_events(stream: Any) -> None:
-            async for batch in stream.take_events(
-                settings.fold_batch_size, within=settings.fold_batch_within
-            ):
-                await self.process(batch)
+            await self.fold_windows(stream)
 
         @app.task  # type: ignore[untyped-decorator]
         async def start_rules() -> None:
             await self.start_rules()
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def dump_tasks_on_signal() -> None:
+            # For an operator asking a stuck worker where it waits: kill -USR1 <pid>.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
 
         @app.task  # type: ignore[untyped-decorator]
         async def publish_changes() -> None:
@@ -237,9 +295,9 @@ class Processor:
             self.processed.clear()
             # Whatever Redis holds (perhaps nothing, perhaps records from before a
             # crash), rewrite every owned SKU from the recovered state.
-            self.writer.mark(list(self.states.keys()))
+            self.writer.mark(list(self.states.by_sku))
             self.recovered = True
-            log.info("table recovered: %d SKUs on this worker", len(self.states))
+            log.info("table recovered: %d SKUs on this worker", len(self.states.by_sku))
 
         app.on_partitions_revoked.connect(self._forget_owned)
         app.on_partitions_assigned.connect(self._forget_owned)
@@ -274,13 +332,21 @@ class Processor:
         log.info("rules log caught up: %d rules", len(self.rules.book))
         self.writer.rules_ready.set()
 
-    async def _send_change(self, key: bytes, value: bytes) -> Awaitable[Any]:
-        return await send_keyed(self.app, self.settings.changes_topic, key, value, self.partitions)
+    def _producer(self) -> AIOKafkaProducer:
+        # Faust's producer wraps aiokafka's; batches are built with aiokafka's own API
+        # (streams.kafka.OutgoingRecords).
+        return cast(AIOKafkaProducer, self.app.producer._ensure_producer())  # type: ignore[attr-defined]
+
+    async def _send_changes(self, changes: Sequence[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+        records = OutgoingRecords(self._producer(), self.settings.changes_topic)
+        for key, value in changes:
+            records.add(partition_for(key, self.partitions), key, value)
+        return await records.send()
 
     # --- the fold ---
 
     def owns(self, sku: str) -> bool:
-        return partition_for(sku.encode(), self.partitions) in self._owned_partitions()
+        return self.home(sku) in self._owned_partitions()
 
     def _owned_partitions(self) -> frozenset[int]:
         # The consumer builds its assignment set anew on every call, which cost 7% of
@@ -297,6 +363,59 @@ class Processor:
     def _forget_owned(self, *args: Any, **kwargs: Any) -> None:
         self._owned = None
 
+    async def fold_windows(self, stream: Any) -> None:
+        """Fold the stream's events, a batch at a time, acking them after ``process``.
+
+        Events come in windows of ``AVAILABILITY_FOLD_BATCH_WITHIN`` seconds (at most
+        ``AVAILABILITY_FOLD_BATCH_SIZE`` events). A batch's cost is mostly per changed
+        SKU, so while events arrive faster than single windows are folded (a window
+        brought ``BUSY_WINDOW`` events or more: a backlog, a burst), the windows that
+        come within ``AVAILABILITY_FOLD_BATCH_MAX_WAIT`` seconds are folded as one
+        batch, writing each busy SKU once for many events. Sparse traffic is folded
+        window by window, so gathering adds no latency to it.
+        """
+        settings = self.settings
+        windows = stream.noack_take(settings.fold_batch_size, within=settings.fold_batch_within)
+        next_window: asyncio.Future[list[EventT[Any]]] | None = None
+        gathered: list[EventT[Any]] = []
+        since = 0.0
+        try:
+            while True:
+                if next_window is None:
+                    next_window = asyncio.ensure_future(anext(windows))
+                if gathered:
+                    remaining = settings.fold_batch_max_wait - (time.monotonic() - since)
+                    await asyncio.wait({next_window}, timeout=max(0.0, remaining))
+                    if not next_window.done():
+                        # Nothing more came in time. The window being gathered goes on
+                        # filling meanwhile; it is taken next round.
+                        await self._fold_and_ack(stream, gathered)
+                        gathered = []
+                        continue
+                events = await next_window
+                # The next window fills while this one is folded: Faust delivers events
+                # whenever the fold waits for Redis or the broker.
+                next_window = asyncio.ensure_future(anext(windows))
+                if not gathered:
+                    since = time.monotonic()
+                gathered.extend(events)
+                if (
+                    len(events) >= BUSY_WINDOW
+                    and len(gathered) < settings.fold_batch_size
+                    and time.monotonic() - since < settings.fold_batch_max_wait
+                ):
+                    continue
+                await self._fold_and_ack(stream, gathered)
+                gathered = []
+        finally:
+            if next_window is not None:
+                next_window.cancel()
+
+    async def _fold_and_ack(self, stream: Any, events: list[EventT[Any]]) -> None:
+        await self.process(events)
+        for event in events:
+            await stream.ack(event)
+
     async def process(self, batch: Sequence[EventT[Any]]) -> None:
         """Fold one batch. Returns once everything it wrote to Kafka is acknowledged.
 
@@ -308,7 +427,7 @@ class Processor:
         writes its event caused. The serving records are written meanwhile.
         """
         self.counts["batches"] += 1
-        by_sku: dict[str, list[Any]] = {}
+        by_sku: dict[str, list[tuple[Event, bytes]]] = {}
         rekey_topic = self.settings.rekey_topic
         sent: list[Awaitable[Any]] = []
         gaps: dict[TP, tuple[int, int]] = {}
@@ -323,13 +442,12 @@ class Processor:
             except InvalidEvent as exc:
                 sent.append(await self._dead_letter(message, exc))
                 continue
-            sku_key = parsed.sku.encode()
-            home = partition_for(sku_key, self.partitions)
+            home = self.home(parsed.sku)
             if message.topic != rekey_topic and (
-                message.key != sku_key or message.partition != home
+                message.partition != home or message.key != parsed.sku.encode()
             ):
                 rekeyed = await self.rekey_topic.send(
-                    key=sku_key,
+                    key=parsed.sku.encode(),
                     value=message.value,
                     partition=home,
                     force=True,  # now, not attached to the offset commit (see process)
@@ -337,23 +455,28 @@ class Processor:
                 sent.append(rekeyed)
                 self.counts["rekeyed"] += 1
                 continue
-            by_sku.setdefault(parsed.sku, []).append(parsed)
+            # A parsed event had a value: parse_event refuses None.
+            by_sku.setdefault(parsed.sku, []).append((parsed, cast(bytes, message.value)))
             self.counts[f"folded:{event_type(parsed)}"] += 1
 
         changed = []
+        states = self.states.by_sku
+        journal = OutgoingRecords(self._producer(), self.states.journal_topic)
         for sku, events in by_sku.items():
-            state = self.states.get(sku)
+            state = states.get(sku)
+            new = state is None
             if state is None:
                 state = SkuState(sku)
-                new = True
-            else:
-                new = False
-            touched = False
-            for parsed in events:
-                touched = fold(state, parsed) or touched
-            if touched or new:
-                sent.append(await self.states.put(sku, state))
-                changed.append(sku)
+            entries = journal_batch(state, events)
+            if entries is None:
+                continue
+            partition = self.home(sku)
+            if new:
+                self.states.adopt(sku, state, partition)
+            for entry in entries:
+                journal.add(partition, entry.key.encode(), entry.value)
+            changed.append(sku)
+        sent.extend(await journal.send())
         if changed:
             # Serving records first, while the broker acknowledges the changelog: the
             # figures are visible sooner. Safe in either order: should the worker die
@@ -433,9 +556,10 @@ class Processor:
     def _on_rule_change(self, before: Rule | None, after: Rule | None) -> None:
         skus = {rule.sku for rule in (before, after) if rule is not None}
         if None in skus:
-            self.writer.mark(list(self.states.keys()))
+            self.writer.mark(list(self.states.by_sku))
         else:
-            self.writer.mark(sku for sku in skus if sku is not None and sku in self.states)
+            states = self.states.by_sku
+            self.writer.mark(sku for sku in skus if sku is not None and sku in states)
 
     # --- status ---
 
@@ -456,7 +580,7 @@ class Processor:
             self._progress["rekeyed"],
             now - self._progress_logged,
             sum(lags.values()),
-            len(self.states),
+            len(self.states.by_sku),
             self.writer.pending,
             self.recovered,
         )

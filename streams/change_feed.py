@@ -47,7 +47,9 @@ PUBLISH_BATCH = 2000
 #: Seconds between attempts while the broker refuses the feed's records.
 RETRY_DELAY = 1.0
 
-Send = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
+# Sends (key, value) records, each on its key's partition, in order; returns the
+# broker's acks.
+SendAll = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[Sequence[Awaitable[Any]]]]
 Change = tuple[str, int, bytes]  # sku, version, the record's JSON
 
 
@@ -95,20 +97,21 @@ def change_record(availability: SkuAvailability, version: int, computed_at: int 
 class ChangeFeed:
     """An in-order outbox of record changes and the task that publishes it.
 
-    ``send(key, value)`` puts one record on the topic (on the key's partition) and
-    returns an awaitable that completes when the broker acknowledges it.
+    ``send_all(records)`` puts (key, value) records on the topic, each on its key's
+    partition, and returns awaitables that complete when the broker acknowledges
+    them.
     """
 
     def __init__(
         self,
         store: AvailabilityStore,
-        send: Send,
+        send_all: SendAll,
         owns: Callable[[str], bool],
         clock: Callable[[], int],
         max_pending: int = 50_000,
     ) -> None:
         self.store = store
-        self._send = send
+        self._send_all = send_all
         self._owns = owns
         self._clock = clock
         self.max_pending = max_pending
@@ -186,17 +189,12 @@ class ChangeFeed:
 
     async def _publish(self, batch: Sequence[Change]) -> list[Change]:
         """Send the batch; returns what was sent (and acknowledged)."""
-        acks = []
-        sent = []
-        for change in batch:
-            # A SKU this worker no longer owns is left unmarked: its owner publishes
-            # it, as it rewrites every SKU it recovers (see the module docstring).
-            if self._owns(change[0]):
-                acks.append(await self._send(change[0].encode(), change[2]))
-                sent.append(change)
-        if acks:
-            await asyncio.gather(*acks)
-        self.published += len(acks)
+        # A SKU this worker no longer owns is left unmarked: its owner publishes it, as
+        # it rewrites every SKU it recovers (see the module docstring).
+        sent = [change for change in batch if self._owns(change[0])]
+        if sent:
+            await asyncio.gather(*await self._send_all([(c[0].encode(), c[2]) for c in sent]))
+        self.published += len(sent)
         return sent
 
     async def _mark(self, sent: Sequence[Change]) -> None:

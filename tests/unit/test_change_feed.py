@@ -1,14 +1,14 @@
 """``ChangeFeed``: the outbox that publishes serving-record changes in order.
 
 The broker and Redis are fakes here (``integration/test_stream_processor`` runs the
-real ones): ``FakeBroker.send`` acknowledges or refuses, ``FakeStore`` remembers
+real ones): ``FakeBroker.send_all`` acknowledges or refuses, ``FakeStore`` remembers
 what was marked published.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 import orjson
@@ -39,15 +39,18 @@ class FakeBroker:
         self.records: list[tuple[bytes, dict[str, Any]]] = []
         self.refuse = 0  # refuse this many sends
 
-    async def send(self, key: bytes, value: bytes) -> Awaitable[None]:
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.refuse:
-            self.refuse -= 1
-            ack.set_exception(ConnectionError("broker away"))
-        else:
-            self.records.append((key, orjson.loads(value)))
-            ack.set_result(None)
-        return ack
+    async def send_all(self, records: Sequence[tuple[bytes, bytes]]) -> list[Awaitable[None]]:
+        acks = []
+        for key, value in records:
+            ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self.refuse:
+                self.refuse -= 1
+                ack.set_exception(ConnectionError("broker away"))
+            else:
+                self.records.append((key, orjson.loads(value)))
+                ack.set_result(None)
+            acks.append(ack)
+        return acks
 
 
 def feed_with(
@@ -55,7 +58,7 @@ def feed_with(
 ) -> ChangeFeed:
     return ChangeFeed(
         cast(AvailabilityStore, store),
-        broker.send,
+        broker.send_all,
         owns=lambda sku: owned is None or sku in owned,
         clock=lambda: CLOCK,
         max_pending=max_pending,
