@@ -66,9 +66,11 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## benchmarks: HTTP reads, fold vs its floor, freshness, memory; BENCH_ARGS=--quick
-	@command -v wrk >/dev/null || { echo "installing wrk (Debian package) for the read benchmark"; \
-		apt-get install -y -q wrk >/dev/null 2>&1 || sudo apt-get install -y -q wrk; }
+bench: $(STAMP) ## benchmarks: HTTP and gRPC reads, fold vs its floor, freshness, memory; BENCH_ARGS=--quick
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+		echo "installing wrk and h2load (Debian packages wrk, nghttp2-client) for the read benchmark"; \
+		apt-get install -y -q wrk nghttp2-client >/dev/null 2>&1 || \
+		sudo apt-get install -y -q wrk nghttp2-client; }
 	$(VPY) -m loadtests.bench $(BENCH_ARGS)
 
 load: $(STAMP) ## headless flash-sale load test with Locust (oversell, errors); LOAD_ARGS=--quick

@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import grpc
 import numpy as np
 import orjson
 import redis
@@ -76,7 +77,14 @@ from loadtests.bench_grpc import (
     summarize_ms,
 )
 from loadtests.floor_agent import FLOOR_FIELD, floor_key
-from loadtests.http_load import ProbeJob, ProbeResult, WrkResult, run_http_prober, run_wrk
+from loadtests.http_load import (
+    LoadRun,
+    ProbeJob,
+    ProbeResult,
+    run_h2load_grpc,
+    run_http_prober,
+    run_wrk,
+)
 from loadtests.workload import (
     CATALOGUE_ON_HAND,
     POPULARITIES,
@@ -87,6 +95,7 @@ from loadtests.workload import (
     sku_name,
 )
 from services.config import Settings
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.store import AvailabilityStore
 
 log = logging.getLogger("bench")
@@ -106,6 +115,7 @@ FRESHNESS_TARGET_RATE: Final[float] = 1000.0
 HIGH_RATE_FRACTIONS: Final[tuple[float, ...]] = (0.5, 0.3, 0.2)
 SUSTAINED_P99_MS: Final[float] = 500.0
 SECTIONS: Final[tuple[str, ...]] = ("reads", "fold", "freshness")
+GRPC_GET_METHOD: Final[str] = "/availability.v1.AvailabilityService/GetAvailability"
 POLL_INTERVAL: Final[float] = 0.2
 MEMORY_SAMPLE: Final[int] = 500  # serving records whose MEMORY USAGE is taken
 # The freshness producer lingers as Kafka's producer does by default since 4.0
@@ -393,23 +403,17 @@ def _read_pair(
     params: Params,
     kind: str,
     targets: Mapping[str, tuple[str, Service]],
-    connections: int,
+    run_once: Callable[[str, int], LoadRun],
 ) -> dict[str, Any]:
-    """``params.read_rounds`` rounds of each target in turn (interleaved), same load."""
-    runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
+    """``params.read_rounds`` rounds of each target in turn (interleaved), same load:
+    ``run_once(address, round)`` is one run of the load generator."""
+    runs: dict[str, list[LoadRun]] = {name: [] for name in targets}
     cpu: dict[str, list[float]] = {name: [] for name in targets}
     for round_ in range(params.read_rounds):
-        for name, (url, service) in targets.items():
+        for name, (address, service) in targets.items():
             meter = CpuMeter({"server": service.proc.pid})
             meter.start()
-            result = run_wrk(
-                url,
-                kind=kind,
-                skus=params.skus,
-                connections=connections,
-                seconds=params.read_seconds,
-                seed=params.seed + round_,
-            )
+            result = run_once(address, round_)
             cpu[name].append(meter.stop()["cpu_percent"]["server"])
             runs[name].append(result)
             log.info(
@@ -421,7 +425,7 @@ def _read_pair(
             )
             if result.errors:
                 raise BenchError(f"{name}: {result.errors} failed {kind} requests")
-    summary: dict[str, Any] = {"connections": connections}
+    summary: dict[str, Any] = {"connections": params.read_connections}
     for name, results in runs.items():
         summary[name] = {
             "runs": [r.summary() for r in results],
@@ -434,6 +438,20 @@ def _read_pair(
         summary["service"]["requests_per_second"] / summary["baseline"]["requests_per_second"], 3
     )
     return summary
+
+
+def _wrk_runs(params: Params, kind: str) -> Callable[[str, int], LoadRun]:
+    def run_once(url: str, round_: int) -> LoadRun:
+        return run_wrk(
+            url,
+            kind=kind,
+            skus=params.skus,
+            connections=params.read_connections,
+            seconds=params.read_seconds,
+            seed=params.seed + round_,
+        )
+
+    return run_once
 
 
 def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
@@ -461,8 +479,8 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
         for url, _ in targets.values():
             wait_http(f"{url}/v1/availability/{sku_name(0)}", stack)
             run_wrk(url, kind="single", skus=params.skus, connections=4, seconds=2, seed=0)
-        single = _read_pair(stack, params, "single", targets, params.read_connections)
-        batch = _read_pair(stack, params, "batch", targets, params.read_connections)
+        single = _read_pair(stack, params, "single", targets, _wrk_runs(params, "single"))
+        batch = _read_pair(stack, params, "batch", targets, _wrk_runs(params, "batch"))
         # p99 at half the service's throughput: each connection pauses between requests.
         rate = single["service"]["requests_per_second"] / 2
         delay_ms = 5
@@ -493,6 +511,8 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
         if half.errors:
             raise BenchError(f"service: {half.errors} failed requests at half load")
         log.info("read at half load: %.0f req/s, p99 %.2f ms", half.rate, half.p99_ms)
+        half_cpu = meter.stop()["cpu_percent"]["server"]
+        stop_services_since(stack, already_running)  # the HTTP servers: CPU for gRPC's
         return {
             "single": single,
             "batch": batch,
@@ -500,13 +520,67 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
                 **half.summary(),
                 "target_requests_per_second": round(rate),
                 "connections": connections,
-                "server_cpu_percent": meter.stop()["cpu_percent"]["server"],
+                "server_cpu_percent": half_cpu,
             },
+            "grpc_get": measure_grpc_reads(stack, params, settings),
         }
     finally:
         stop_services_since(stack, already_running)
         delete_keys(settings)
         stack.settings = None
+
+
+def grpc_answer(address: str, request: bytes, stack: Stack, timeout: float = 60.0) -> bytes:
+    """The serialized answer of ``GetAvailability`` at ``address``, once it serves."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(GRPC_GET_METHOD)
+        while True:
+            try:
+                answer: bytes = call(request, timeout=2)
+                return answer
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise BenchError(f"{address}: GetAvailability failed: {exc}") from exc
+            stack.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"gRPC at {address} did not answer within {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+def measure_grpc_reads(stack: Stack, params: Params, settings: Settings) -> dict[str, Any]:
+    """gRPC ``GetAvailability`` of the service against the bare ``grpc.aio`` baseline,
+    loaded by h2load (one SKU: see ``loadtests.http_load``)."""
+    already_running = len(stack.services)
+    try:
+        targets = {}
+        for name, module in (("service", "services.grpc"), ("baseline", "loadtests.baseline_grpc")):
+            own = settings.model_copy(update={"grpc_port": free_port()})
+            server = stack.start_service(f"grpc-{name}", module, own)
+            targets[name] = (f"127.0.0.1:{own.grpc_port}", server)
+        sku = sku_name(params.skus // 2)
+        request = pb.GetAvailabilityRequest(sku=sku).SerializeToString()
+        answers = {
+            name: grpc_answer(address, request, stack) for name, (address, _) in targets.items()
+        }
+        if answers["service"] != answers["baseline"]:
+            raise BenchError("the gRPC service and its baseline answer differently")
+        for address, _ in targets.values():
+            run_h2load_grpc(address, GRPC_GET_METHOD, request, connections=4, seconds=2)
+
+        def run_once(address: str, round_: int) -> LoadRun:
+            return run_h2load_grpc(
+                address,
+                GRPC_GET_METHOD,
+                request,
+                connections=params.read_connections,
+                seconds=params.read_seconds,
+            )
+
+        result = _read_pair(stack, params, "grpc get", targets, run_once)
+        return {**result, "sku": sku, "answer_bytes": len(answers["service"])}
+    finally:
+        stop_services_since(stack, already_running)
 
 
 # --------------------------------------------------------------------------- freshness
@@ -740,11 +814,16 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
+READ_HEADER: Final[str] = (
+    "                          service req/s  p50 ms  p99 ms | baseline req/s  p99 ms | ratio"
+)
+
+
 def _read_lines(reads: Mapping[str, Any]) -> list[str]:
     lines = [
         "",
         f"HTTP reads ({reads['single']['connections']} connections, one uvicorn worker each)",
-        "                          service req/s  p50 ms  p99 ms | baseline req/s  p99 ms | ratio",
+        READ_HEADER,
     ]
     for kind in ("single", "batch"):
         pair = reads[kind]
@@ -764,6 +843,18 @@ def _read_lines(reads: Mapping[str, Any]) -> list[str]:
         f" {half['p99_ms']:.2f} ms (target <= {READ_P99_TARGET_MS:g} ms:"
         f" {_verdict(half['p99_ms'] <= READ_P99_TARGET_MS)})",
     ]
+    grpc_get = reads.get("grpc_get")
+    if grpc_get:
+        service, baseline = grpc_get["service"], grpc_get["baseline"]
+        lines += [
+            "",
+            f"gRPC reads ({grpc_get['connections']} connections, h2load, one SKU)",
+            READ_HEADER,
+            f"  {'GetAvailability':<22} {service['requests_per_second']:>13}"
+            f"  {service['p50_ms']:>6.2f}  {service['p99_ms']:>6.2f}"
+            f" | {baseline['requests_per_second']:>14}  {baseline['p99_ms']:>6.2f}"
+            f" | {grpc_get['ratio']:.0%}",
+        ]
     return lines
 
 

@@ -1,10 +1,17 @@
-"""HTTP load for the benchmark: ``wrk`` runs for the read path, and the freshness
-prober (a load process of ``loadtests.bench_grpc.LoadProcess``).
+"""HTTP load for the benchmark: ``wrk`` runs for the HTTP read path, ``h2load`` runs
+for the gRPC one, and the freshness prober (a load process of
+``loadtests.bench_grpc.LoadProcess``).
 
-``wrk`` (Debian package ``wrk``) is the load generator of the read path: a C program
-whose own cost per request is small beside the Python server's, so the figures are
-the server's. Its Lua script picks a random SKU per request (and 100 random SKUs per
-batch) and prints a JSON summary when done.
+``wrk`` (Debian package ``wrk``) is the load generator of the HTTP read path: a C
+program whose own cost per request is small beside the Python server's, so the
+figures are the server's. Its Lua script picks a random SKU per request (and 100
+random SKUs per batch) and prints a JSON summary when done.
+
+``h2load`` (Debian package ``nghttp2-client``) plays the same part for gRPC, which is
+HTTP/2: it posts one ready-made gRPC frame (``GetAvailability`` of one SKU) over and
+over, and logs every request's latency. It cannot vary the request, so every call
+reads the same SKU; it sees HTTP statuses only, not gRPC's, so the benchmark checks
+the answer to that request itself before it loads a server.
 """
 
 from __future__ import annotations
@@ -88,7 +95,9 @@ def wrk_binary() -> str:
 
 
 @dataclass(frozen=True)
-class WrkResult:
+class LoadRun:
+    """What one run of a load generator (wrk, h2load) measured."""
+
     requests: int
     seconds: float
     errors: int
@@ -124,7 +133,7 @@ def run_wrk(
     seed: int,
     batch: int = 100,
     delay_ms: int | None = None,
-) -> WrkResult:
+) -> LoadRun:
     """One ``wrk`` run against ``url``: ``kind`` is ``single`` or ``batch``; with
     ``delay_ms`` each connection pauses that long between requests (a fixed rate of
     about ``connections / delay`` requests/s)."""
@@ -159,7 +168,7 @@ def run_wrk(
         data[k]
         for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
     )
-    return WrkResult(
+    return LoadRun(
         requests=data["requests"],
         seconds=data["duration_us"] / 1e6,
         errors=errors,
@@ -167,6 +176,73 @@ def run_wrk(
         p90_ms=data["p90_us"] / 1000,
         p99_ms=data["p99_us"] / 1000,
         max_ms=data["max_us"] / 1000,
+    )
+
+
+def h2load_binary() -> str:
+    found = shutil.which("h2load")
+    if found is None:
+        raise BenchError(
+            "h2load is not installed: apt-get install nghttp2-client (make bench does)"
+        )
+    return found
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message (not compressed)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def run_h2load_grpc(
+    address: str, method: str, request: bytes, *, connections: int, seconds: float
+) -> LoadRun:
+    """One ``h2load`` run: ``connections`` clients, each with one call in flight, call
+    ``method`` (``/package.Service/Method``) at ``address`` (host:port) with the
+    serialized ``request`` for ``seconds``."""
+    with tempfile.TemporaryDirectory(prefix="h2load-") as work:
+        body = Path(work) / "request.bin"
+        body.write_bytes(grpc_frame(request))
+        latencies_log = Path(work) / "requests.tsv"
+        command = [
+            h2load_binary(),
+            f"--clients={connections}",
+            "--max-concurrent-streams=1",
+            f"--threads={WRK_THREADS}",
+            f"--duration={max(1, round(seconds))}",
+            "--header=content-type: application/grpc",
+            "--header=te: trailers",
+            f"--data={body}",
+            f"--log-file={latencies_log}",
+            f"http://{address}{method}",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+        if done.returncode != 0 or not latencies_log.exists():
+            raise BenchError(
+                f"h2load failed (exit {done.returncode}): {done.stderr or done.stdout}"
+            )
+        starts, durations, errors = [], [], 0
+        for line in latencies_log.read_text().splitlines():
+            start_us, status, duration_us = line.split("\t")
+            if status != "200":
+                errors += 1
+            starts.append(int(start_us))
+            durations.append(int(duration_us))
+    if not durations:
+        raise BenchError(f"h2load made no request: {done.stdout}")
+    durations.sort()
+
+    def percentile(p: float) -> float:
+        return durations[min(len(durations) - 1, math.ceil(p / 100 * len(durations)) - 1)] / 1000
+
+    elapsed = (max(s + d for s, d in zip(starts, durations, strict=True)) - min(starts)) / 1e6
+    return LoadRun(
+        requests=len(durations),
+        seconds=elapsed,
+        errors=errors,
+        p50_ms=percentile(50),
+        p90_ms=percentile(90),
+        p99_ms=percentile(99),
+        max_ms=durations[-1] / 1000,
     )
 
 
