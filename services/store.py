@@ -19,13 +19,16 @@ read parses nothing.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.ats import SkuAvailability
 
@@ -63,6 +66,11 @@ local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if f < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'f', ARGV[1]) end
 return 0
 """
+
+
+def _pack_command(args: Sequence[bytes]) -> bytes:
+    """A command in RESP, as Redis reads it."""
+    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
 
 
 def _answer_tail(availability: SkuAvailability, channel: str) -> bytes:
@@ -186,38 +194,70 @@ class AvailabilityStore:
         calls = []
         for record in records:
             data, *fields = encode_record(record)
-            key = self.sku_key(record.sku)
+            key = self.sku_key(record.sku).encode()
             calls.append((key, data, self.change_channel(record.sku), seed, *fields))
         return [int(v) for v in await self._run_script(self._write, calls)]
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
         """Note that the change feed holds these (sku, version) pairs."""
-        calls = [(self.sku_key(sku), str(version).encode()) for sku, version in versions]
+        calls = [(self.sku_key(sku).encode(), b"%d" % version) for sku, version in versions]
         if calls:
             await self._run_script(self._mark_published, calls)
 
-    async def _run_script(self, script: Any, calls: Sequence[Sequence[Any]]) -> list[Any]:
+    async def _run_script(self, script: Any, calls: Sequence[Sequence[bytes]]) -> list[Any]:
         """Run a one-key script once per call (key first, then its arguments) in one
-        pipeline.
+        round trip.
 
         EVALSHA directly: redis-py's script objects ask SCRIPT EXISTS before every
         pipeline, a round trip more per batch. Should the server not know the script
-        (a restarted or replaced Redis), it is loaded and the pipeline run again;
-        both scripts may run twice without harm (a rewrite of the same record only
+        (a restarted or replaced Redis), it is loaded and the calls run again; both
+        scripts may run twice without harm (a rewrite of the same record only
         reports its pending version again; a mark never moves backwards).
         """
+        sha = script.sha.encode()
+        payload = b"".join([_pack_command((b"EVALSHA", sha, b"1", *call)) for call in calls])
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for key, *args in calls:
-                pipe.evalsha(script.sha, 1, key, *args)
-            try:
-                results: list[Any] = await pipe.execute()
-                return results
-            except NoScriptError:
-                if attempt == 2:
-                    raise
+            replies = await self._round_trip(payload, len(calls))
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
                 await self.client.script_load(script.script)
+                continue
+            raise errors[0]
         raise AssertionError("unreachable")
+
+    async def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
+        """Send commands packed in RESP and read their ``replies`` (an error reply is
+        returned, not raised).
+
+        The serving writes are the stream processor's hottest Redis calls: redis-py's
+        pipeline spent more CPU per command (packing, a timeout per reply) than the
+        rest of the write, so they are packed here and read under one timeout (the
+        connection's socket timeout).
+        """
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        timeout: float | None = connection.socket_timeout  # the URL's, else from_url's
+        try:
+            await connection.send_packed_command(payload)
+            answers: list[Any] = []
+            try:
+                async with asyncio.timeout(timeout):
+                    for _ in range(replies):
+                        try:
+                            answers.append(await connection.read_response(timeout=math.inf))
+                        except ResponseError as exc:
+                            answers.append(exc)
+            except TimeoutError as exc:
+                raise RedisTimeoutError(f"no reply from Redis within {timeout} s") from exc
+            return answers
+        except BaseException:
+            # A reply may still be on its way: the connection cannot be reused.
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     # --- reads (the APIs) ---
 

@@ -43,7 +43,7 @@ from services.rules_log import RulesLog
 from services.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 from streams.dead_letters import dead_letter_record
-from streams.kafka import HomePartitions, OutgoingRecords, RangeReader, Transport, partition_for
+from streams.kafka import HomePartitions, OutgoingRecords, RangeReader, Transport
 from streams.serving import ServingWriter, now_micros
 
 log = logging.getLogger(__name__)
@@ -337,10 +337,10 @@ class Processor:
         # (streams.kafka.OutgoingRecords).
         return cast(AIOKafkaProducer, self.app.producer._ensure_producer())  # type: ignore[attr-defined]
 
-    async def _send_changes(self, changes: Sequence[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+    async def _send_changes(self, changes: Sequence[tuple[str, bytes]]) -> list[Awaitable[Any]]:
         records = OutgoingRecords(self._producer(), self.settings.changes_topic)
-        for key, value in changes:
-            records.add(partition_for(key, self.partitions), key, value)
+        for sku, value in changes:
+            records.add(self.home(sku), sku.encode(), value)
         return await records.send()
 
     # --- the fold ---
@@ -368,11 +368,12 @@ class Processor:
 
         Events come in windows of ``AVAILABILITY_FOLD_BATCH_WITHIN`` seconds (at most
         ``AVAILABILITY_FOLD_BATCH_SIZE`` events). A batch's cost is mostly per changed
-        SKU, so while events arrive faster than single windows are folded (a window
-        brought ``BUSY_WINDOW`` events or more: a backlog, a burst), the windows that
-        come within ``AVAILABILITY_FOLD_BATCH_MAX_WAIT`` seconds are folded as one
-        batch, writing each busy SKU once for many events. Sparse traffic is folded
-        window by window, so gathering adds no latency to it.
+        SKU, so while events arrive faster than single windows are folded (a burst: a
+        window brought ``BUSY_WINDOW`` events or more; a backlog: a full batch more
+        waits in the partitions), the windows that come within
+        ``AVAILABILITY_FOLD_BATCH_MAX_WAIT`` seconds are folded as one batch, writing
+        each busy SKU once for many events. Sparse traffic is folded window by
+        window, so gathering adds no latency to it.
         """
         settings = self.settings
         windows = stream.noack_take(settings.fold_batch_size, within=settings.fold_batch_within)
@@ -400,9 +401,12 @@ class Processor:
                     since = time.monotonic()
                 gathered.extend(events)
                 if (
-                    len(events) >= BUSY_WINDOW
-                    and len(gathered) < settings.fold_batch_size
+                    len(gathered) < settings.fold_batch_size
                     and time.monotonic() - since < settings.fold_batch_max_wait
+                    and (
+                        len(events) >= BUSY_WINDOW
+                        or self.waiting_events() - len(gathered) >= settings.fold_batch_size
+                    )
                 ):
                     continue
                 await self._fold_and_ack(stream, gathered)
@@ -410,6 +414,16 @@ class Processor:
         finally:
             if next_window is not None:
                 next_window.cancel()
+
+    def waiting_events(self) -> int:
+        """Events in the input partitions beyond those processed (gathered ones too)."""
+        consumer = self.app.consumer
+        waiting = 0
+        for tp, done in self.processed.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None and highwater > done:
+                waiting += highwater - done
+        return waiting
 
     async def _fold_and_ack(self, stream: Any, events: list[EventT[Any]]) -> None:
         await self.process(events)
@@ -428,6 +442,7 @@ class Processor:
         """
         self.counts["batches"] += 1
         by_sku: dict[str, list[tuple[Event, bytes]]] = {}
+        folded: Counter[str] = Counter()
         rekey_topic = self.settings.rekey_topic
         sent: list[Awaitable[Any]] = []
         gaps: dict[TP, tuple[int, int]] = {}
@@ -457,8 +472,10 @@ class Processor:
                 continue
             # A parsed event had a value: parse_event refuses None.
             by_sku.setdefault(parsed.sku, []).append((parsed, cast(bytes, message.value)))
-            self.counts[f"folded:{event_type(parsed)}"] += 1
+            folded[event_type(parsed)] += 1
 
+        for name, count in folded.items():
+            self.counts[f"folded:{name}"] += count
         changed = []
         states = self.states.by_sku
         journal = OutgoingRecords(self._producer(), self.states.journal_topic)

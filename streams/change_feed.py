@@ -47,9 +47,9 @@ PUBLISH_BATCH = 2000
 #: Seconds between attempts while the broker refuses the feed's records.
 RETRY_DELAY = 1.0
 
-# Sends (key, value) records, each on its key's partition, in order; returns the
+# Sends (sku, value) records, keyed and partitioned by the SKU, in order; returns the
 # broker's acks.
-SendAll = Callable[[Sequence[tuple[bytes, bytes]]], Awaitable[Sequence[Awaitable[Any]]]]
+SendAll = Callable[[Sequence[tuple[str, bytes]]], Awaitable[Sequence[Awaitable[Any]]]]
 Change = tuple[str, int, bytes]  # sku, version, the record's JSON
 
 
@@ -97,9 +97,9 @@ def change_record(availability: SkuAvailability, version: int, computed_at: int 
 class ChangeFeed:
     """An in-order outbox of record changes and the task that publishes it.
 
-    ``send_all(records)`` puts (key, value) records on the topic, each on its key's
-    partition, and returns awaitables that complete when the broker acknowledges
-    them.
+    ``send_all(records)`` puts (sku, value) records on the topic, keyed and
+    partitioned by the SKU, and returns awaitables that complete when the broker
+    acknowledges them.
     """
 
     def __init__(
@@ -193,7 +193,7 @@ class ChangeFeed:
         # it rewrites every SKU it recovers (see the module docstring).
         sent = [change for change in batch if self._owns(change[0])]
         if sent:
-            await asyncio.gather(*await self._send_all([(c[0].encode(), c[2]) for c in sent]))
+            await asyncio.gather(*await self._send_all([(c[0], c[2]) for c in sent]))
         self.published += len(sent)
         return sent
 

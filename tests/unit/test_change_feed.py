@@ -39,15 +39,15 @@ class FakeBroker:
         self.records: list[tuple[bytes, dict[str, Any]]] = []
         self.refuse = 0  # refuse this many sends
 
-    async def send_all(self, records: Sequence[tuple[bytes, bytes]]) -> list[Awaitable[None]]:
+    async def send_all(self, records: Sequence[tuple[str, bytes]]) -> list[Awaitable[None]]:
         acks = []
-        for key, value in records:
+        for sku, value in records:
             ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if self.refuse:
                 self.refuse -= 1
                 ack.set_exception(ConnectionError("broker away"))
             else:
-                self.records.append((key, orjson.loads(value)))
+                self.records.append((sku.encode(), orjson.loads(value)))
                 ack.set_result(None)
             acks.append(ack)
         return acks
