@@ -33,6 +33,31 @@ class InvalidEvent(ValueError):
         self.event_id = event_id
         self.sku = sku
 
+    @property
+    def kind(self) -> str:
+        """The reason's category, one of :data:`INVALID_KINDS` (a bounded metric label;
+        the reason itself quotes the offending value)."""
+        return invalid_kind(self.reason)
+
+
+#: Reason prefix -> category, first match wins.
+_KIND_BY_PREFIX = (
+    ("empty message", "empty_message"),
+    ("not valid JSON", "malformed_json"),
+    ("event must be a JSON object", "not_an_object"),
+    ("missing required field", "missing_field"),
+    ("unknown event type", "unknown_type"),
+    ("field ", "invalid_field"),
+)
+INVALID_KINDS = (*(kind for _, kind in _KIND_BY_PREFIX), "invalid")
+
+
+def invalid_kind(reason: str) -> str:
+    for prefix, kind in _KIND_BY_PREFIX:
+        if reason.startswith(prefix):
+            return kind
+    return "invalid"
+
 
 @dataclass(frozen=True, slots=True)
 class ErpBalance:
@@ -300,6 +325,11 @@ _PARSERS: dict[str, Callable[[_Fields], Event]] = {
 
 def event_type(event: Event) -> str:
     return _TYPE_NAMES[type(event)]
+
+
+def event_time(event: Event) -> int:
+    """When the event happened (µs): ``as_of`` of a balance, else ``occurred_at``."""
+    return event.as_of if isinstance(event, ErpBalance) else event.occurred_at
 
 
 _TYPE_NAMES: dict[type, str] = {
