@@ -14,6 +14,10 @@ ifneq ($(filter 1 yes true,$(SAMPLE)),)
 RUN_ARGS += --sample-data
 endif
 
+# Debian packages some targets need (wrk, h2load, promtool): apt-get as root, else sudo.
+APT := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
+APT_INSTALL := $(APT) install -y -q --no-install-recommends
+
 .DEFAULT_GOAL := help
 # gRPC code generation (make protos; CI runs make protos-check). The .proto files live
 # in proto/ (package availability.v1, imported as "availability/v1/...proto"). Generated
@@ -36,7 +40,8 @@ define gen_protos
 		-exec sed -i -E 's/^(from|import) availability\./\1 $(GEN_PACKAGE).availability./' {} +
 endef
 
-.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc
+.PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
+	alerts-check
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -69,8 +74,8 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 bench: $(STAMP) ## benchmarks: HTTP and gRPC reads, fold vs its floor, freshness, memory; BENCH_ARGS=--quick
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
 		echo "installing wrk and h2load (Debian packages wrk, nghttp2-client) for the read benchmark"; \
-		apt-get install -y -q wrk nghttp2-client >/dev/null 2>&1 || \
-		sudo apt-get install -y -q wrk nghttp2-client; }
+		$(APT_INSTALL) wrk nghttp2-client >/dev/null 2>&1 || \
+		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) wrk nghttp2-client; }; }
 	$(VPY) -m loadtests.bench $(BENCH_ARGS)
 
 load: $(STAMP) ## headless flash-sale load test with Locust (oversell, errors); LOAD_ARGS=--quick
@@ -78,6 +83,14 @@ load: $(STAMP) ## headless flash-sale load test with Locust (oversell, errors); 
 
 bench-grpc: $(STAMP) ## benchmark the gRPC API (watch delivery, Get latency); BENCH_ARGS=--quick
 	$(VPY) -m loadtests.bench_grpc $(BENCH_ARGS)
+
+alerts-check: ## check the Prometheus alert rules and run their unit tests (promtool)
+	@command -v promtool >/dev/null || { \
+		echo "installing promtool (Debian package prometheus)"; \
+		$(APT_INSTALL) prometheus >/dev/null 2>&1 || \
+		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) prometheus; }; }
+	promtool check rules ops/prometheus/alerts.yml
+	cd ops/prometheus && promtool test rules alerts.test.yml
 
 protos: $(STAMP) ## regenerate the gRPC code in services/grpc/gen from proto/
 	$(call gen_protos,$(GEN_DIR))

@@ -475,12 +475,10 @@ async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
         settings.replication_factor,
         topic_configs={"cleanup.policy": "compact"},
     )
-    wanted[settings.rules_topic] = NewTopic(
-        settings.rules_topic,
-        1,
-        settings.replication_factor,
-        topic_configs={"cleanup.policy": "compact"},
-    )
+    for name in (settings.rules_topic, settings.dlq_replays_topic):
+        wanted[name] = NewTopic(
+            name, 1, settings.replication_factor, topic_configs={"cleanup.policy": "compact"}
+        )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         client_id="dev-stack-admin",
@@ -786,12 +784,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--sample-data", action="store_true", help="publish a sample catalogue")
     run.add_argument("--ready-timeout", type=float, default=120.0, help="seconds (default 120)")
     sub.add_parser("up", help="broker/Redis if needed and topics only; stays in foreground")
+    sub.add_parser(
+        "topics", help="create the service's topics on AVAILABILITY_BROKER where missing; exit"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[stack] %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     settings = get_settings()
     if args.command == "run":
         return cmd_run(settings, args.sample_data, args.ready_timeout)
+    if args.command == "topics":
+        created = asyncio.run(create_topics(settings))
+        print(f"[stack] {len(created)} topics created", flush=True)
+        return 0
     return cmd_up(settings)
 
 

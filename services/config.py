@@ -8,6 +8,7 @@ stack (``dev.stack``) overrides the few that the development broker needs.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,16 @@ class Settings(BaseSettings):
         default=1000, ge=0, description="events behind that still count as caught up"
     )
     log_level: str = "info"
+    # json: one JSON object per line (event_id and sku where they apply); text: for people.
+    log_format: Literal["json", "text"] = "json"
+    # Prometheus /metrics of a worker and of the gRPC server (0: not served). The HTTP
+    # API serves its own on AVAILABILITY_HTTP_PORT.
+    # The periodic drift check (python -m services.cli drift-job): off while 0 s.
+    drift_interval: float = Field(default=0.0, ge=0)
+    drift_export: str = ""
+    drift_threshold: int = Field(default=0, ge=0)
+    worker_metrics_port: int = Field(default=9180, ge=0, le=65535)
+    grpc_metrics_port: int = Field(default=9181, ge=0, le=65535)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -107,6 +118,17 @@ class Settings(BaseSettings):
     @property
     def dlq_topic(self) -> str:
         return self.topic("availability.dlq")
+
+    @property
+    def dlq_replays_topic(self) -> str:
+        """Which dead letters were replayed (``services.cli dead-letters replay``): one
+        partition, compacted, keyed by the dead letter's ``<partition>:<offset>``."""
+        return self.topic("availability.dlq.replays")
+
+    @property
+    def state_journal_topic(self) -> str:
+        """The worker table's changelog: the journal of every SKU's state."""
+        return f"{self.faust_app_id}-sku-state-changelog"
 
     @property
     def rekey_topic(self) -> str:

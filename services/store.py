@@ -10,6 +10,11 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``*``          the same for every other channel (buffer 0)
 ``{prefix}:workers``  hash worker id -> JSON status (heartbeat, lag, recovered)
 ``{prefix}:counters`` hash counter name -> integer (events folded, dead letters)
+``{prefix}:drift``    JSON of the last drift check's counts (``services.cli drift``)
+``{prefix}:serving``  hash: how complete the serving records are (``streams.rebuild``)
+    ``epoch``      token of the rebuild under way or done since Redis last lost its data
+    ``partitions`` how many partitions the SKUs are spread over
+    ``p:<n>``      the epoch in which partition n's records were all written
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
 
 An answer tail is the JSON of ``{"ats": .., "locations": [..]}`` without its
@@ -22,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -59,6 +66,17 @@ redis.call('HSET', KEYS[1], 'v', version, 'f', string.format('%d', f), 'd', ARGV
 redis.call('SPUBLISH', ARGV[2], version .. ' ' .. ARGV[1])
 return v
 """
+
+# Marks partitions built, only if the epoch they were rebuilt in is still current:
+# should Redis lose its data during a rebuild, the rebuild is not counted.
+_MARK_BUILT = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
+return 1
+"""
+
+#: How long a read that found the serving layer complete trusts that.
+COMPLETE_CACHE_SECONDS = 1.0
 
 # Records that the change feed holds ``version`` (never moving backwards).
 _MARK_PUBLISHED = """
@@ -137,14 +155,39 @@ def render_answer(sku: str, channel: str, tail: bytes) -> bytes:
     return b'{"sku":"' + sku.encode() + b'","channel":"' + channel.encode() + b'",' + tail
 
 
+@dataclass(frozen=True)
+class ServingLayer:
+    """How complete the serving records are: which partitions have all been written
+    since Redis last lost its data (``total`` is None before any worker said)."""
+
+    total: int | None
+    built: frozenset[int]
+
+    @property
+    def complete(self) -> bool:
+        return self.total is not None and self.built >= frozenset(range(self.total))
+
+    def describe(self) -> str:
+        if self.complete:
+            return "complete"
+        if self.total is None:
+            return "not rebuilt yet (Redis lost its data, or no worker has run)"
+        done = len(self.built & frozenset(range(self.total)))
+        return f"being rebuilt: {done} of {self.total} partitions written"
+
+
 class AvailabilityStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._write = client.register_script(_WRITE_RECORD)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
+        self._mark_built = client.register_script(_MARK_BUILT)
         self._workers_key = f"{prefix}:workers"
         self._counters_key = f"{prefix}:counters"
+        self._serving_key = f"{prefix}:serving"
+        self._drift_key = f"{prefix}:drift"
+        self._complete_until = 0.0
 
     @classmethod
     def from_url(cls, url: str, prefix: str, max_connections: int = 200) -> AvailabilityStore:
@@ -293,6 +336,50 @@ class AvailabilityStore:
             return None
         return SkuAvailability.from_data(orjson.loads(raw))
 
+    # --- completeness of the serving layer (streams.rebuild) ---
+
+    async def begin_rebuild(self, partitions: int) -> bytes:
+        """The current rebuild epoch, starting one if Redis has none."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hsetnx(self._serving_key, "epoch", uuid.uuid4().hex)
+        pipe.hset(self._serving_key, "partitions", partitions)
+        pipe.hget(self._serving_key, "epoch")
+        return cast(bytes, (await pipe.execute())[2])
+
+    async def mark_built(self, epoch: bytes, partitions: Iterable[int]) -> bool:
+        """Note that every record of ``partitions`` is written; False (nothing noted) if
+        the epoch is no longer current: Redis lost its data meanwhile."""
+        fields = [b"p:%d" % partition for partition in partitions]
+        done = await self._mark_built(keys=[self._serving_key], args=[epoch, *fields])
+        return bool(done)
+
+    async def serving_layer(self) -> ServingLayer:
+        raw = cast(dict[bytes, bytes], await self.client.hgetall(self._serving_key))
+        epoch = raw.get(b"epoch")
+        total = raw.get(b"partitions")
+        built = frozenset(
+            int(name[2:])
+            for name, value in raw.items()
+            if name.startswith(b"p:") and value == epoch and name[2:].isdigit()
+        )
+        return ServingLayer(int(total) if total is not None else None, built)
+
+    async def incomplete_serving_layer(self) -> str | None:
+        """None if the serving layer is complete, else what it lacks. A read that
+        finds no record asks this (so that a SKU not yet rebuilt is not answered as
+        unknown); a complete answer is trusted for ``COMPLETE_CACHE_SECONDS``."""
+        if time.monotonic() < self._complete_until:
+            return None
+        layer = await self.serving_layer()
+        if layer.complete:
+            self._complete_until = time.monotonic() + COMPLETE_CACHE_SECONDS
+            return None
+        return f"the serving layer is {layer.describe()}; retry shortly"
+
+    async def forget_built(self) -> None:
+        """Have every worker rewrite its serving records (as if Redis had lost them)."""
+        await self.client.delete(self._serving_key)
+
     # --- worker status and counters ---
 
     async def report_worker(self, worker_id: str, status: Mapping[str, Any]) -> None:
@@ -325,6 +412,16 @@ class AvailabilityStore:
         for name, amount in counts.items():
             pipe.hincrby(self._counters_key, name, amount)
         await pipe.execute()
+
+    async def save_drift(self, by_cause: Mapping[str, int], *, rows: int, bad_lines: int) -> None:
+        """The last drift check's counts, for the API's /metrics."""
+        payload = {"checked_at": time.time(), "by_cause": dict(by_cause), "rows": rows}
+        payload["bad_lines"] = bad_lines
+        await self.client.set(self._drift_key, orjson.dumps(payload))
+
+    async def drift(self) -> dict[str, Any] | None:
+        raw = await self.client.get(self._drift_key)
+        return None if raw is None else cast(dict[str, Any], orjson.loads(raw))
 
     async def counts(self) -> dict[str, int]:
         raw = await self.client.hgetall(self._counters_key)

@@ -9,6 +9,7 @@ import sys
 import faust
 
 from services.config import Settings, get_settings
+from services.logs import configure_logging, logging_config
 from streams.app import Processor
 from streams.kafka import topic_problems
 
@@ -23,7 +24,7 @@ def check_topics(settings: Settings) -> list[str]:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(settings)
     problems = check_topics(settings)
     if problems:
         for problem in problems:
@@ -35,7 +36,13 @@ def main() -> None:
         )
         sys.exit(2)
     processor = Processor(settings)
-    worker = faust.Worker(processor.app, loglevel=settings.log_level.upper())
+    if settings.worker_metrics_port:
+        processor.metrics.serve(settings.worker_metrics_port)
+    worker = faust.Worker(
+        processor.app,
+        loglevel=settings.log_level.upper(),
+        logging_config=logging_config(settings),
+    )
     worker.execute_from_commandline()
 
 

@@ -31,10 +31,11 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, cast
 
 import faust
+import numpy as np
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT
 
-from availability.events import Event, InvalidEvent, event_type, parse_event
+from availability.events import Event, InvalidEvent, event_time, event_type, parse_event
 from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
@@ -44,6 +45,8 @@ from services.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 from streams.dead_letters import dead_letter_record
 from streams.kafka import HomePartitions, OutgoingRecords, RangeReader, Transport
+from streams.metrics import WorkerMetrics
+from streams.rebuild import ServingRebuild
 from streams.serving import ServingWriter, now_micros
 
 log = logging.getLogger(__name__)
@@ -187,6 +190,11 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
                     message.partition,
                     message.offset,
                     exc,
+                    extra={
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                    },
                 )
                 continue
             key_partition[sku] = message.partition
@@ -236,6 +244,16 @@ class Processor:
             owns=self.owns,
             feed=self.feed,
         )
+        self.rebuild = ServingRebuild(
+            self.store,
+            self.writer,
+            partitions=settings.partitions,
+            owned=self._owned_partitions,
+            skus_in=self._skus_in,
+        )
+        self.metrics = WorkerMetrics()
+        self._reported_ready = False
+        self._register_readings()
         self.counts: Counter[str] = Counter()
         self._progress: Counter[str] = Counter()
         self._progress_logged = time.monotonic()
@@ -268,6 +286,10 @@ class Processor:
         async def publish_changes() -> None:
             await self.feed.run()
 
+        @app.task  # type: ignore[untyped-decorator]
+        async def keep_serving_layer_complete() -> None:
+            await self.rebuild.run(settings.heartbeat_interval, when=self._settled)
+
         @app.timer(interval=settings.expiry_tick)  # type: ignore[untyped-decorator]
         async def expire_and_flush() -> None:
             self.writer.mark_expired()
@@ -295,7 +317,7 @@ class Processor:
             self.processed.clear()
             # Whatever Redis holds (perhaps nothing, perhaps records from before a
             # crash), rewrite every owned SKU from the recovered state.
-            self.writer.mark(list(self.states.by_sku))
+            self.rebuild.force(range(self.partitions))
             self.recovered = True
             log.info("table recovered: %d SKUs on this worker", len(self.states.by_sku))
 
@@ -343,6 +365,75 @@ class Processor:
             records.add(self.home(sku), sku.encode(), value)
         return await records.send()
 
+    def _register_readings(self) -> None:
+        add = self.metrics.readings.add
+        add(
+            "availability_worker_serving_writes",
+            "Serving records written to Redis",
+            "counter",
+            lambda: self.writer.writes,
+        )
+        add(
+            "availability_worker_serving_write_errors",
+            "Writes of serving records that failed (the records stay pending and are retried)",
+            "counter",
+            lambda: self.writer.errors,
+        )
+        add(
+            "availability_worker_serving_writes_pending",
+            "SKUs whose serving record is waiting to be written",
+            "gauge",
+            lambda: self.writer.pending,
+        )
+        add(
+            "availability_worker_change_feed_published",
+            "Change-feed records the broker acknowledged",
+            "counter",
+            lambda: self.feed.published,
+        )
+        add(
+            "availability_worker_change_feed_errors",
+            "Change-feed sends that failed (retried)",
+            "counter",
+            lambda: self.feed.errors,
+        )
+        add(
+            "availability_worker_serving_records_rebuilt",
+            "Serving records rewritten by a rebuild (Redis lost its data, a new assignment,"
+            " or an operator's request)",
+            "counter",
+            lambda: self.rebuild.records_rewritten,
+        )
+        add(
+            "availability_worker_rebuilding_partitions",
+            "Partitions whose serving records this worker is rewriting now",
+            "gauge",
+            lambda: len(self.rebuild.rebuilding),
+        )
+        add(
+            "availability_worker_skus",
+            "SKUs whose state this worker holds",
+            "gauge",
+            lambda: len(self.states.by_sku),
+        )
+        add(
+            "availability_worker_ready",
+            "1 when the state is recovered, the rules loaded, and no rebalance or rebuild"
+            " is under way",
+            "gauge",
+            # As of the last status report: read from the metrics server's thread.
+            lambda: 1.0 if self._reported_ready else 0.0,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.recovered
+            and self.writer.rules_ready.is_set()
+            and not self.app.rebalancing
+            and not self.rebuild.pending
+        )
+
     # --- the fold ---
 
     def owns(self, sku: str) -> bool:
@@ -362,6 +453,15 @@ class Processor:
 
     def _forget_owned(self, *args: Any, **kwargs: Any) -> None:
         self._owned = None
+
+    def _skus_in(self, partitions: frozenset[int]) -> list[str]:
+        home = self.home
+        return [sku for sku in self.states.by_sku if home(sku) in partitions]
+
+    def _settled(self) -> bool:
+        """The state is recovered and no rebalance is moving partitions."""
+        app = self.app
+        return self.recovered and not app.rebalancing and not app.in_recovery
 
     async def fold_windows(self, stream: Any) -> None:
         """Fold the stream's events, a batch at a time, acking them after ``process``.
@@ -441,7 +541,10 @@ class Processor:
         writes its event caused. The serving records are written meanwhile.
         """
         self.counts["batches"] += 1
+        self.metrics.batches.inc()
         by_sku: dict[str, list[tuple[Event, bytes]]] = {}
+        event_times: list[int] = []
+        publish_times: list[float] = []
         folded: Counter[str] = Counter()
         rekey_topic = self.settings.rekey_topic
         sent: list[Awaitable[Any]] = []
@@ -469,13 +572,18 @@ class Processor:
                 )
                 sent.append(rekeyed)
                 self.counts["rekeyed"] += 1
+                self.metrics.rekeyed.inc()
                 continue
             # A parsed event had a value: parse_event refuses None.
             by_sku.setdefault(parsed.sku, []).append((parsed, cast(bytes, message.value)))
             folded[event_type(parsed)] += 1
+            event_times.append(event_time(parsed))
+            if message.timestamp:
+                publish_times.append(message.timestamp)
 
         for name, count in folded.items():
             self.counts[f"folded:{name}"] += count
+            self.metrics.folded.labels(name).inc(count)
         changed = []
         states = self.states.by_sku
         journal = OutgoingRecords(self._producer(), self.states.journal_topic)
@@ -500,7 +608,14 @@ class Processor:
             # before the acks, the batch's offsets are not committed, and folding it
             # again gives the very state (and records) Redis already shows.
             self.writer.mark(changed)
-            await self.writer.flush()
+            written = await self.writer.flush()
+        else:
+            written = True
+        if written and event_times:
+            now = time.time()
+            latency = self.metrics.fold_latency
+            latency.observe("event_time", now - np.array(event_times) / 1e6)
+            latency.observe("publish_time", now - np.array(publish_times))
         if sent:
             await asyncio.gather(*sent)
 
@@ -551,9 +666,16 @@ class Processor:
             message.partition,
             message.offset,
             exc.reason,
-            extra={"event_id": exc.event_id, "sku": exc.sku},
+            extra={
+                "event_id": exc.event_id,
+                "sku": exc.sku,
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+            },
         )
         self.counts[f"dead_letters:{message.topic}"] += 1
+        self.metrics.dead_letters.labels(message.topic, exc.kind).inc()
         return await self.dlq_topic.send(
             key=message.key,
             value=dead_letter_record(
@@ -649,7 +771,8 @@ class Processor:
             counts, self.counts = self.counts, Counter()
             self._log_progress(counts, lags)
             await self.store.add_counts(counts)
-            ready = self.recovered and self.writer.rules_ready.is_set() and not self.app.rebalancing
+            ready = self._reported_ready = self.ready
+            self.metrics.lag.update(lags)
             await self.store.report_worker(
                 self.worker_id,
                 {
@@ -663,6 +786,8 @@ class Processor:
                     "feed_pending": self.feed.pending,
                     "feed_published": self.feed.published,
                     "feed_errors": self.feed.errors,
+                    "rebuilding": sorted(self.rebuild.rebuilding),
+                    "records_rebuilt": self.rebuild.records_rewritten,
                 },
             )
         except Exception as exc:  # status is best effort; the fold goes on

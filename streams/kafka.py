@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -119,14 +120,65 @@ class RangeReader:
             consumer.assign([tp])
             consumer.seek(tp, start)
             records: list[Any] = []
-            while await consumer.position(tp) < end:
+            while (position := await consumer.position(tp)) < end:
                 batches = await consumer.getmany(tp, timeout_ms=1000)
+                if not batches.get(tp):
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None and position >= highwater:
+                        # Nothing exists past the partition's end: the rest of the
+                        # range is offsets without records.
+                        break
                 records.extend(r for r in batches.get(tp, []) if r.offset < end)
             return records
 
     async def close(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+async def read_topic(
+    bootstrap_servers: str, topic: str, *, timeout: float = 60.0, idle: float = 2.0
+) -> list[Any]:
+    """Every record of ``topic`` (all partitions, outside any consumer group), in
+    partition and offset order. Reads until each partition's end offset (as of the
+    start) is reached, or nothing more came for ``idle`` seconds; TimeoutError after
+    ``timeout``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer.topics()  # refresh the metadata once
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        async with asyncio.timeout(timeout):
+            last_new = time.monotonic()
+            while True:
+                batches = await consumer.getmany(*tps, timeout_ms=200)
+                if any(batches.values()):
+                    for batch in batches.values():
+                        records.extend(batch)
+                    last_new = time.monotonic()
+                    continue
+                positions = [await consumer.position(tp) for tp in tps]
+                reached = all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True))
+                if reached or time.monotonic() - last_new >= idle:
+                    break
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+    finally:
+        await consumer.stop()
 
 
 async def topic_problems(bootstrap_servers: str, expected: dict[str, int]) -> list[str]:

@@ -9,8 +9,9 @@ by the process's ``WatchHub`` (``services.grpc.watch``).
 
 Status codes: INVALID_ARGUMENT for a bad field (the message names it), NOT_FOUND for
 a SKU never seen, UNAVAILABLE when Redis cannot be reached (and, for a watch, when
-its subscription is lost or the server stops), RESOURCE_EXHAUSTED past the watch
-limit. Deadlines and client
+its subscription is lost or the server stops; for a read, when a SKU has no record
+while the serving layer is being rebuilt, see ``streams.rebuild``),
+RESOURCE_EXHAUSTED past the watch limit. Deadlines and client
 cancellation are honoured by ``grpc.aio``, which cancels the handler's task (and so
 its Redis call) when either happens.
 
@@ -24,7 +25,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import orjson
@@ -45,7 +46,9 @@ from services.grpc.messages import (
     parse_watch,
     watch_message,
 )
+from services.grpc.metrics import GrpcMetrics, MetricsInterceptor
 from services.grpc.watch import TooManyWatches, WatchClosed, WatchHub
+from services.logs import configure_logging
 from services.store import AvailabilityStore, render_answer
 
 log = logging.getLogger("services.grpc")
@@ -88,9 +91,13 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
                 availability = await self.store.read_availability(sku)
                 if availability is not None:
                     return availability_message(view(availability, channel, location_id))
+            # No record: unknown, unless it may only not have been rewritten yet.
+            incomplete = await self.store.incomplete_serving_layer()
         except REDIS_DOWN as exc:
             log.warning("redis unavailable during GetAvailability: %r", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        if incomplete is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, incomplete)
         await context.abort(grpc.StatusCode.NOT_FOUND, f"sku {sku!r} has never been seen")
 
     async def BatchGetAvailability(
@@ -102,9 +109,12 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             tails = await self.store.read_tails(skus, channel) if skus else []
+            incomplete = await self.store.incomplete_serving_layer() if None in tails else None
         except REDIS_DOWN as exc:
             log.warning("redis unavailable during BatchGetAvailability: %r", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        if incomplete is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, incomplete)
         answers = [
             unknown_sku_view(sku)
             if tail is None
@@ -162,10 +172,13 @@ async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.Heal
 
 
 def create_server(
-    store: AvailabilityStore, hub: WatchHub, address: str
+    store: AvailabilityStore,
+    hub: WatchHub,
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A server with the three services, bound to ``address`` (not started)."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_AvailabilityServiceServicer_to_server(AvailabilityService(store, hub), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -181,7 +194,16 @@ async def serve(settings: Settings) -> None:
         settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
     )
     hub = WatchHub(store, settings.grpc_max_watches)
-    server, health_servicer, port = create_server(store, hub, f"{HOST}:{settings.grpc_port}")
+    metrics = GrpcMetrics(lambda: hub.open_count)
+    server, health_servicer, port = create_server(
+        store, hub, f"{HOST}:{settings.grpc_port}", [MetricsInterceptor(metrics)]
+    )
+    if settings.grpc_metrics_port:
+        try:
+            metrics.serve(settings.grpc_metrics_port)
+            log.info("gRPC metrics on :%d/metrics", settings.grpc_metrics_port)
+        except OSError as exc:
+            log.warning("gRPC metrics not served: port %d: %s", settings.grpc_metrics_port, exc)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     stop = asyncio.Event()
@@ -212,8 +234,5 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     asyncio.run(serve(settings))

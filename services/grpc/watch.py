@@ -168,6 +168,10 @@ class WatchHub:
         self._closing: str | None = None
         self._notifying: asyncio.Task[None] | None = None
 
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
     async def open(
         self, skus: Sequence[str], channel: str, location_ids: Collection[str] | None
     ) -> Watch:

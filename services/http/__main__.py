@@ -8,7 +8,6 @@ run it behind something that binds loopback.
 from __future__ import annotations
 
 import gc
-import logging
 import socket
 from typing import Any
 
@@ -16,6 +15,7 @@ import uvicorn
 
 from services.config import get_settings
 from services.http.app import create_app
+from services.logs import configure_logging, logging_config
 
 HOST = "0.0.0.0"  # deliberate: see the module docstring
 
@@ -30,10 +30,17 @@ class _Server(uvicorn.Server):
             gc.freeze()
 
 
-def serve(app: Any, port: int, log_level: str, host: str = HOST) -> None:
+def serve(
+    app: Any,
+    port: int,
+    log_level: str,
+    host: str = HOST,
+    log_config: dict[str, Any] | None = None,
+) -> None:
     """Run ``app`` as the service runs (the benchmark's baseline uses it too)."""
     config = uvicorn.Config(
         app,
+        log_config=log_config,
         host=host,
         port=port,
         loop="uvloop",
@@ -48,11 +55,13 @@ def serve(app: Any, port: int, log_level: str, host: str = HOST) -> None:
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(settings)
+    serve(
+        create_app(settings),
+        settings.http_port,
+        settings.log_level,
+        log_config=logging_config(settings),
     )
-    serve(create_app(settings), settings.http_port, settings.log_level)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Every 4xx/5xx answer is ``{"error": {"code": str, "message": str}}``:
 - 405 ``method_not_allowed``: with an ``Allow`` header
 - 409 ``scope_conflict``: another rule holds the rule's (sku, location_id) scope
 - 413 ``payload_too_large``: the request body exceeds 1 MiB
-- 503 ``unavailable``: Redis or the broker cannot be reached
+- 503 ``unavailable``: Redis or the broker cannot be reached, or the serving layer is
+  being rebuilt and the SKU asked for has no record yet (``Retry-After: 1``)
 - 500 ``internal``: anything unexpected (logged; no details in the body)
 """
 
@@ -79,6 +80,11 @@ class ApiError(Exception):
     @classmethod
     def unavailable(cls, message: str) -> ApiError:
         return cls(503, UNAVAILABLE, message)
+
+    @classmethod
+    def rebuilding(cls, message: str) -> ApiError:
+        """A read that cannot be answered until the serving layer is rebuilt."""
+        return cls(503, UNAVAILABLE, message, headers={"Retry-After": "1"})
 
 
 def code_for_status(status_code: int) -> str:

@@ -4,7 +4,9 @@
   ``availability_http_request_duration_seconds{method,route}``, recorded by
   ``MetricsMiddleware`` (pure ASGI); ``route`` is the route template.
 - From Redis at scrape time (``ServingCollector``): events folded per type, dead
-  letters per source topic and consumer lag per worker and partition.
+  letters per source topic and consumer lag per worker and partition (the cluster's
+  totals; the workers' own /metrics have more), and the last drift check's
+  ``availability_drift_sku_locations{cause}`` with its time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ UNMATCHED_ROUTE = "unmatched"
 FOLDED_PREFIX = "folded:"
 DEAD_LETTERS_PREFIX = "dead_letters:"
 
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Seconds, for request latency histograms (HTTP and gRPC).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServingCollector(Collector):
@@ -32,10 +35,17 @@ class ServingCollector(Collector):
     def __init__(self) -> None:
         self._counts: Mapping[str, int] = {}
         self._workers: Mapping[str, Mapping[str, Any]] = {}
+        self._drift: Mapping[str, Any] | None = None
 
-    def update(self, counts: Mapping[str, int], workers: Mapping[str, Mapping[str, Any]]) -> None:
+    def update(
+        self,
+        counts: Mapping[str, int],
+        workers: Mapping[str, Mapping[str, Any]],
+        drift: Mapping[str, Any] | None = None,
+    ) -> None:
         self._counts = dict(counts)
         self._workers = dict(workers)
+        self._drift = drift
 
     def collect(self) -> Iterable[Metric]:
         folded = CounterMetricFamily(
@@ -61,7 +71,25 @@ class ServingCollector(Collector):
             if isinstance(by_partition, Mapping):
                 for partition, value in sorted(by_partition.items()):
                     lag.add_metric([worker_id, str(partition)], float(value))
-        return [folded, dead, lag]
+        families: list[Metric] = [folded, dead, lag]
+        if self._drift is not None:
+            drifted = GaugeMetricFamily(
+                "availability_drift_sku_locations",
+                "SKU-locations whose on-hand differed from the ERP export in the last drift"
+                " check, by likely cause (events_after_as_of is no fault)",
+                labels=["cause"],
+            )
+            by_cause = self._drift.get("by_cause")
+            if isinstance(by_cause, Mapping):
+                for cause, count in sorted(by_cause.items()):
+                    drifted.add_metric([str(cause)], float(count))
+            checked = GaugeMetricFamily(
+                "availability_drift_checked_timestamp_seconds",
+                "When the last drift check ran (Unix time)",
+                value=float(self._drift.get("checked_at", 0.0)),
+            )
+            families += [drifted, checked]
+        return families
 
 
 class Metrics:
@@ -77,7 +105,7 @@ class Metrics:
             "availability_http_request_duration_seconds",
             "Time to answer an HTTP request",
             ["method", "route"],
-            buckets=_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.serving = ServingCollector()

@@ -1,5 +1,6 @@
 """The checks behind ``GET /readyz``: Redis answers, the rules log is caught up with
-the broker, and the stream processor is up and caught up."""
+the broker, the stream processor is up and caught up, and the serving layer is
+complete (not being rebuilt after Redis lost its data: ``streams.rebuild``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def assess_workers(workers: Mapping[str, Mapping[str, Any]], max_lag: int) -> st
         return "no stream-processor worker has reported recently"
     problems: list[str] = []
     for worker_id, status in sorted(workers.items()):
+        rebuilding = status.get("rebuilding")
+        if rebuilding:
+            problems.append(
+                f"worker {worker_id} is rewriting the serving records of partitions {rebuilding}"
+            )
+            continue
         if status.get("recovered") is not True:
             problems.append(f"worker {worker_id} is still recovering its state")
             continue
@@ -46,6 +53,17 @@ async def check_redis(store: AvailabilityStore) -> str:
         return f"Redis did not answer within {CHECK_TIMEOUT:g} s"
     except Exception as exc:
         return f"Redis unreachable ({describe(exc)})"
+
+
+async def check_serving(store: AvailabilityStore) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            layer = await store.serving_layer()
+    except TimeoutError:
+        return "serving layer state unknown: Redis did not answer in time"
+    except Exception as exc:
+        return f"serving layer state unknown ({describe(exc)})"
+    return OK if layer.complete else f"serving layer {layer.describe()}"
 
 
 async def check_broker(rules: RulesConnection) -> str:
@@ -76,7 +94,15 @@ async def check_processor(store: AvailabilityStore, settings: Settings) -> str:
 async def readiness(
     store: AvailabilityStore, rules: RulesConnection, settings: Settings
 ) -> dict[str, str]:
-    redis_state, broker_state, processor_state = await asyncio.gather(
-        check_redis(store), check_broker(rules), check_processor(store, settings)
+    redis_state, broker_state, processor_state, serving_state = await asyncio.gather(
+        check_redis(store),
+        check_broker(rules),
+        check_processor(store, settings),
+        check_serving(store),
     )
-    return {"redis": redis_state, "broker": broker_state, "processor": processor_state}
+    return {
+        "redis": redis_state,
+        "broker": broker_state,
+        "processor": processor_state,
+        "serving": serving_state,
+    }

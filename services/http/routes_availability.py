@@ -26,12 +26,16 @@ from services.http.validation import (
     require_location,
     require_sku,
 )
-from services.store import batch_items, render_answer
+from services.store import AvailabilityStore, batch_items, render_answer
 
 router = APIRouter(prefix="/v1", tags=["availability"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    503: {"model": schemas.ErrorBody, "description": "Redis cannot be reached"},
+    503: {
+        "model": schemas.ErrorBody,
+        "description": "Redis cannot be reached, or a SKU asked for has no record while"
+        " the serving layer is being rebuilt (with `Retry-After`)",
+    },
     "default": {"model": schemas.ErrorBody, "description": "Error"},
 }
 
@@ -66,13 +70,21 @@ async def get_availability(
     if location_id is None:
         tail = await store.read_tail(sku, channel)
         if tail is None:
-            raise ApiError.not_found(f"sku {sku!r} has never been seen")
+            raise await _not_found(store, sku)
         return raw_json(render_answer(sku, channel, tail))
     require_location(location_id)
     availability = await store.read_availability(sku)
     if availability is None:
-        raise ApiError.not_found(f"sku {sku!r} has never been seen")
+        raise await _not_found(store, sku)
     return json_response(view(availability, channel, location_id))
+
+
+async def _not_found(store: AvailabilityStore, sku: str) -> ApiError:
+    """404, unless the SKU may only not have been rewritten yet (streams.rebuild)."""
+    incomplete = await store.incomplete_serving_layer()
+    if incomplete is not None:
+        return ApiError.rebuilding(incomplete)
+    return ApiError.not_found(f"sku {sku!r} has never been seen")
 
 
 @router.post(
@@ -101,4 +113,8 @@ async def get_availability(
 async def batch_availability(request: Request, store: StoreDep) -> Response:
     skus, channel = parse_batch_request(await read_json(request))
     tails = await store.read_tails(skus, channel) if skus else []
+    if None in tails:
+        incomplete = await store.incomplete_serving_layer()
+        if incomplete is not None:
+            raise ApiError.rebuilding(incomplete)
     return raw_json(batch_items(skus, channel, tails))

@@ -65,8 +65,9 @@ async def metrics(services: ServicesDep) -> Response:
         async with asyncio.timeout(CHECK_TIMEOUT):
             counts = await store.counts()
             workers = await store.workers(max_age=worker_max_age(services.settings))
+            drift = await store.drift()
     except Exception as exc:  # Redis down: still serve the process's own metrics
         log.warning("metrics: cannot read Redis (%s)", describe(exc))
-        counts, workers = {}, {}
-    services.metrics.serving.update(counts, workers)
+        counts, workers, drift = {}, {}, None
+    services.metrics.serving.update(counts, workers, drift)
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

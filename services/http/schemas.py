@@ -88,8 +88,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"], description="ready or not_ready")
     checks: dict[str, str] = Field(
-        description='redis, broker, processor: "ok" or why not',
-        examples=[{"redis": "ok", "broker": "ok", "processor": "ok"}],
+        description='redis, broker, processor, serving: "ok" or why not',
+        examples=[{"redis": "ok", "broker": "ok", "processor": "ok", "serving": "ok"}],
     )
 
 

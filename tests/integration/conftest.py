@@ -96,6 +96,8 @@ def make_settings(broker: str, redis_url: str, data_dir: Path, **fields: Any) ->
         data_dir=str(data_dir),
         http_port=free_port(),
         grpc_port=free_port(),
+        worker_metrics_port=free_port(),
+        grpc_metrics_port=free_port(),
     )
     values.update(fields)
     return Settings(**values)

@@ -30,7 +30,7 @@ from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.store import AvailabilityStore
 from tests.integration.scenario import at_minute, seed_events
-from tests.integration.support import ProcessHandle, wait_http_ready
+from tests.integration.support import ProcessHandle, mark_serving_layer_complete, wait_http_ready
 
 if TYPE_CHECKING:  # conftest imports this module for its fixture
     from tests.integration.conftest import StartService
@@ -109,6 +109,7 @@ async def apis(settings: Settings, start_service: StartService) -> AsyncIterator
                     availability_of(OTHER_SKU, stock_events()[:2]),
                 ]
             )
+            await mark_serving_layer_complete(store, settings.partitions)
             yield Apis(pb_grpc.AvailabilityServiceStub(channel), channel, http, store, grpc_process)
     finally:
         await channel.close()

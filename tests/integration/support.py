@@ -27,6 +27,7 @@ from dev.stack import dev_field_overrides as dev_field_overrides
 from dev.stack import http_status, popen_child, stop_process
 from dev.stack import settings_env as settings_env
 from services.config import Settings
+from services.store import AvailabilityStore
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
 
@@ -70,20 +71,21 @@ async def produce(
     key: str | bytes | _SkuKey | None = SKU_KEY,
     *,
     partition: int | None = None,
+    max_batch_size: int = 1,
 ) -> list[RecordMetadata]:
     """Publish ``events`` (dicts are orjson-encoded, bytes sent as they are) in order and
     wait until each is acknowledged (acks=all).
 
     ``key``: default the event's ``sku`` (None when it has none or is not JSON);
     ``None`` for no key; a str/bytes for that key on every event. ``partition`` forces
-    a partition. Batches hold one record each so that end offsets are exact on the
-    development broker.
+    a partition. Batches hold one record each (unless ``max_batch_size`` says more
+    bytes) so that end offsets are exact on the development broker.
     """
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         acks="all",
-        max_batch_size=1,
-        linger_ms=0,
+        max_batch_size=max_batch_size,
+        linger_ms=0 if max_batch_size == 1 else 5,
         client_id="tests-produce",
     )
     await producer.start()
@@ -276,3 +278,10 @@ async def wait_http_ready(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{path} on port {port} not ready within {timeout} s")
         await asyncio.sleep(0.2)
+
+
+async def mark_serving_layer_complete(store: AvailabilityStore, partitions: int) -> None:
+    """What the stream processor does once its records are written (streams.rebuild),
+    for tests that write records themselves."""
+    epoch = await store.begin_rebuild(partitions)
+    assert await store.mark_built(epoch, range(partitions))

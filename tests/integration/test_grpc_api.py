@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -176,3 +177,27 @@ async def test_sigterm_stops_gracefully(apis: Apis) -> None:
     apis.grpc_process.terminate(timeout=15)
     assert apis.grpc_process.returncode == 0, apis.grpc_process.tail()
     assert "stopped" in apis.grpc_process.log_text()
+
+
+async def test_metrics_count_calls_by_method_and_code(apis: Apis, settings: Settings) -> None:
+    stub = apis.stub
+    assert (await stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU))).sku == SKU
+    code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="NOPE")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="bad sku")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    await stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU, OTHER_SKU]))
+
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{settings.grpc_metrics_port}/metrics")
+    assert response.status_code == 200
+    text = response.text
+    for line in (
+        'availability_grpc_requests_total{code="OK",method="GetAvailability"} 1.0',
+        'availability_grpc_requests_total{code="NOT_FOUND",method="GetAvailability"} 1.0',
+        'availability_grpc_requests_total{code="INVALID_ARGUMENT",method="GetAvailability"} 1.0',
+        'availability_grpc_requests_total{code="OK",method="BatchGetAvailability"} 1.0',
+        'availability_grpc_request_duration_seconds_count{method="GetAvailability"} 3.0',
+        "availability_grpc_open_watches 0.0",
+    ):
+        assert line in text, line

@@ -29,7 +29,7 @@ from services.http import create_app
 from services.store import AvailabilityStore
 from tests.integration.conftest import StartService
 from tests.integration.scenario import seed_events
-from tests.integration.support import free_port, wait_until
+from tests.integration.support import free_port, mark_serving_layer_complete, wait_until
 
 NOW = parse_timestamp("2026-11-22T12:00:00Z")
 SKU = "AB/12-x.y:z"  # '/' and ':' are valid in a SKU
@@ -74,6 +74,7 @@ async def _drop_keys(store: AvailabilityStore) -> None:
 async def api(settings: Settings) -> AsyncIterator[Api]:
     server, task = await _serve(settings)
     store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    await mark_serving_layer_complete(store, settings.partitions)
     try:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20
@@ -221,6 +222,46 @@ async def test_unknown_sku_is_404_with_an_error_body(api: Api) -> None:
         error = error_of(response)
         assert error["code"] == "not_found"
         assert "NEVER-SEEN" in error["message"]
+
+
+async def test_reads_while_the_serving_layer_is_rebuilt(api: Api) -> None:
+    """A SKU without a record is not called unknown while records may be missing;
+    the records that are there are served."""
+    record = availability_of(SKU, stock_events(SKU))
+    await seed(api.store, record)
+    await api.store.forget_built()  # as after a flush of Redis, or `services.cli rebuild`
+    epoch = await api.store.begin_rebuild(api.settings.partitions)
+    assert await api.store.mark_built(epoch, [0])
+    await asyncio.sleep(1.1)  # past the time a read trusts an earlier "complete"
+
+    known = await api.client.get(f"/v1/availability/{SKU}")
+    assert known.status_code == 200
+    assert known.json() == view(record, "online")
+    for params in ({}, {"location_id": "S1"}):
+        response = await api.client.get("/v1/availability/NEVER-SEEN", params=params)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        error = error_of(response)
+        assert error["code"] == "unavailable"
+        assert f"1 of {api.settings.partitions} partitions" in error["message"]
+    batch = await api.client.post("/v1/availability:batch", json={"skus": [SKU, "NEVER-SEEN"]})
+    assert batch.status_code == 503
+    assert "rebuilt" in error_of(batch)["message"]
+    whole = await api.client.post("/v1/availability:batch", json={"skus": [SKU]})
+    assert whole.status_code == 200
+    ready = (await api.client.get("/readyz")).json()
+    assert ready["checks"]["serving"] == (
+        f"serving layer being rebuilt: 1 of {api.settings.partitions} partitions written"
+    )
+
+    # A mark of an epoch that Redis has lost since counts for nothing.
+    await api.store.forget_built()
+    assert not await api.store.mark_built(epoch, range(api.settings.partitions))
+    assert not (await api.store.serving_layer()).complete
+
+    await mark_serving_layer_complete(api.store, api.settings.partitions)
+    assert (await api.client.get("/v1/availability/NEVER-SEEN")).status_code == 404
+    assert (await api.client.get("/readyz")).json()["checks"]["serving"] == "ok"
 
 
 @pytest.mark.parametrize(
@@ -512,8 +553,16 @@ async def test_readyz_follows_the_stream_processor(api: Api) -> None:
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
-        "checks": {"redis": "ok", "broker": "ok", "processor": "ok"},
+        "checks": {"redis": "ok", "broker": "ok", "processor": "ok", "serving": "ok"},
     }
+
+    await api.store.report_worker("w-1", {**caught_up_status(), "rebuilding": [0, 2]})
+    rebuilding = await api.client.get("/readyz")
+    assert rebuilding.status_code == 503
+    assert (
+        "rewriting the serving records of partitions [0, 2]"
+        in (rebuilding.json()["checks"]["processor"])
+    )
 
 
 async def test_metrics(api: Api) -> None:
@@ -615,6 +664,7 @@ async def test_python_m_services_http(settings: Settings, start_service: StartSe
         await store.report_worker("w-1", caught_up_status())
         record = availability_of(SKU, stock_events(SKU))
         await seed(store, record)
+        await mark_serving_layer_complete(store, settings.partitions)
         process = start_service("services.http", settings)
         base = f"http://127.0.0.1:{settings.http_port}"
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:

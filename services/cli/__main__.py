@@ -1,0 +1,266 @@
+"""``python -m services.cli COMMAND``: operator commands (``--help`` lists them).
+
+Exit codes: 0 done, 1 the command ran and found a problem (or timed out), 2 bad
+arguments or input that could not be used at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from availability.drift import ExportFormatError
+from services.cli.dead_letters import (
+    Selection,
+    UsageError,
+    list_dead_letters,
+    parse_id,
+    parse_patch,
+    parse_since,
+    replay_dead_letters,
+)
+from services.cli.drift import drift, drift_job
+from services.cli.rebuild import rebuild
+from services.config import Settings, get_settings
+
+T = TypeVar("T")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def fail(text: str) -> None:
+    print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.cli",
+        description="Operator commands of the availability service. Connection settings"
+        " come from the AVAILABILITY_* environment variables (README, Configuration).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rebuild_cmd = commands.add_parser(
+        "rebuild",
+        help="rewrite every serving record in Redis from the stream processor's state",
+        description="Drops the serving layer's completeness marks: every worker rewrites"
+        " the records of its partitions from its state within a heartbeat. Reads go on"
+        " meanwhile (README, Serving layer). Waits until the layer is complete.",
+    )
+    rebuild_cmd.add_argument(
+        "--no-wait", action="store_true", help="return once the rebuild is requested"
+    )
+    rebuild_cmd.add_argument(
+        "--timeout", type=_positive, default=600.0, help="seconds to wait (default 600)"
+    )
+    letters = commands.add_parser(
+        "dead-letters",
+        help="list dead letters, replay them to their source topic",
+        description="Dead letters are events the stream processor refused (README, Dead"
+        " letters). Filters combine: every one given must match.",
+    )
+    letter_commands = letters.add_subparsers(dest="action", required=True, metavar="ACTION")
+    list_cmd = letter_commands.add_parser(
+        "list", help="a table (or JSON lines) of dead letters, oldest first"
+    )
+    _add_filters(list_cmd)
+    list_cmd.add_argument(
+        "--limit", type=_count, default=50, help="show the last N that match (default 50; 0: all)"
+    )
+    list_cmd.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay_cmd = letter_commands.add_parser(
+        "replay",
+        help="publish dead letters again to their source topic (each once, unless --force)",
+        description="Publishes the original message (same key, same bytes; with --patch the"
+        " JSON object with the given fields set) to the topic it came from, and notes the"
+        " replay in the ledger topic availability.dlq.replays. A dead letter already"
+        " replayed is skipped unless --force; the fold ignores an event_id it has applied,"
+        " so even a forced replay changes no figure twice.",
+    )
+    _add_filters(replay_cmd)
+    replay_cmd.add_argument(
+        "--all-matching",
+        action="store_true",
+        help="replay every dead letter the filters match (without --id, required)",
+    )
+    replay_cmd.add_argument(
+        "--patch",
+        type=_patch,
+        metavar="JSON",
+        help='fields to set in each original event, e.g. \'{"location_id": "STORE-001"}\'',
+    )
+    replay_cmd.add_argument("--force", action="store_true", help="replay again if replayed")
+    replay_cmd.add_argument(
+        "--dry-run", action="store_true", help="show what would be published, publish nothing"
+    )
+    drift_cmd = commands.add_parser(
+        "drift",
+        help="compare a full ERP balance export with the service's on-hand",
+        description="Reads the export (CSV with a header, or JSON lines; fields sku,"
+        " location_id, on_hand, as_of), folds the service's state back from the stream"
+        " processor's journal, and reports every SKU-location whose on-hand differs by"
+        " more than the threshold, with its likely cause (README, Drift check). Exit"
+        " code 0: no drift and every line read; 1: drift, or lines that could not be"
+        " read (reported by number; the rest is checked); 2: the file cannot be used.",
+    )
+    drift_cmd.add_argument("export", type=Path, help="the ERP export file")
+    drift_cmd.add_argument(
+        "--format", choices=("csv", "jsonl"), help="default: from the file name's extension"
+    )
+    drift_cmd.add_argument(
+        "--threshold", type=_count, default=0, help="units of difference tolerated (default 0)"
+    )
+    drift_cmd.add_argument("--json", action="store_true", help="print the report as JSON")
+    drift_cmd.add_argument("--output", type=Path, help="also write the JSON report here")
+    drift_cmd.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="do not store the counts for the availability_drift_sku_locations gauge",
+    )
+    commands.add_parser(
+        "drift-job",
+        help="run the drift check every AVAILABILITY_DRIFT_INTERVAL seconds (0: off)",
+        description="The periodic drift check: AVAILABILITY_DRIFT_EXPORT is checked every"
+        " AVAILABILITY_DRIFT_INTERVAL seconds with AVAILABILITY_DRIFT_THRESHOLD, and the"
+        " counts published for Prometheus. Off (exits at once) while the interval is 0.",
+    )
+    return parser
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        type=_id,
+        default=[],
+        metavar="P:O",
+        help="a dead letter's id (its partition:offset in the dead-letter topic); repeatable",
+    )
+    parser.add_argument("--reason", help="the reason contains this text (any case)")
+    parser.add_argument("--topic", help="source topic, with or without AVAILABILITY_TOPIC_PREFIX")
+    parser.add_argument("--sku", help="the event's sku")
+    parser.add_argument(
+        "--since", type=_since, help="dead-lettered at or after this RFC 3339 timestamp"
+    )
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument(
+        "--replayed", dest="replayed", action="store_const", const=True, help="only replayed ones"
+    )
+    state.add_argument(
+        "--not-replayed",
+        dest="replayed",
+        action="store_const",
+        const=False,
+        help="only ones never replayed",
+    )
+
+
+def _argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser raising UsageError (argparse reports it, exit 2)."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+_id = _argument(parse_id)
+_since = _argument(parse_since)
+_patch = _argument(parse_patch)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection(
+        ids=frozenset(args.ids),
+        reason=args.reason,
+        topic=args.topic,
+        sku=args.sku,
+        since=args.since,
+        replayed=args.replayed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    try:
+        return asyncio.run(run(args, settings))
+    except UsageError as exc:
+        parser.error(str(exc))  # exits 2
+    except ExportFormatError as exc:
+        fail(str(exc))
+        return 2
+    except KafkaError as exc:
+        fail(f"the broker at {settings.bootstrap_servers} cannot be used: {exc!r}")
+    except RedisError as exc:
+        fail(f"Redis at {settings.redis_url} cannot be used: {exc}")
+    except TimeoutError:
+        fail("gave up waiting for the broker or Redis")
+    return 1
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "rebuild":
+        return await rebuild(settings, wait=not args.no_wait, timeout=args.timeout, say=say)
+    if args.command == "dead-letters" and args.action == "list":
+        return await list_dead_letters(
+            settings, _selection(args), limit=args.limit, as_json=args.json, say=say
+        )
+    if args.command == "dead-letters" and args.action == "replay":
+        return await replay_dead_letters(
+            settings,
+            _selection(args),
+            patch=args.patch,
+            all_matching=args.all_matching,
+            force=args.force,
+            dry_run=args.dry_run,
+            say=say,
+        )
+    if args.command == "drift":
+        return await drift(
+            settings,
+            args.export,
+            given_format=args.format,
+            threshold=args.threshold,
+            as_json=args.json,
+            output=args.output,
+            publish=not args.no_publish,
+            say=say,
+        )
+    if args.command == "drift-job":
+        return await drift_job(settings, say)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
