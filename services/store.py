@@ -415,8 +415,12 @@ class AvailabilityStore:
 
     async def save_drift(self, by_cause: Mapping[str, int], *, rows: int, bad_lines: int) -> None:
         """The last drift check's counts, for the API's /metrics."""
-        payload = {"checked_at": time.time(), "by_cause": dict(by_cause), "rows": rows}
-        payload["bad_lines"] = bad_lines
+        payload = {
+            "checked_at": time.time(),
+            "by_cause": dict(by_cause),
+            "rows": rows,
+            "bad_lines": bad_lines,
+        }
         await self.client.set(self._drift_key, orjson.dumps(payload))
 
     async def drift(self) -> dict[str, Any] | None:
