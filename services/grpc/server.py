@@ -25,7 +25,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import orjson
@@ -46,7 +46,7 @@ from services.grpc.messages import (
     parse_watch,
     watch_message,
 )
-from services.grpc.metrics import GrpcMetrics, MetricsInterceptor
+from services.grpc.metrics import GrpcMetrics, timed, timed_stream
 from services.grpc.watch import TooManyWatches, WatchClosed, WatchHub
 from services.logs import configure_logging
 from services.store import AvailabilityStore, render_answer
@@ -71,10 +71,14 @@ WatchContext = grpc.aio.ServicerContext[pb.WatchAvailabilityRequest, pb.WatchAva
 
 
 class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
-    def __init__(self, store: AvailabilityStore, hub: WatchHub) -> None:
+    def __init__(
+        self, store: AvailabilityStore, hub: WatchHub, metrics: GrpcMetrics | None = None
+    ) -> None:
         self.store = store
         self.hub = hub
+        self.metrics = metrics
 
+    @timed
     async def GetAvailability(
         self, request: pb.GetAvailabilityRequest, context: GetContext
     ) -> pb.Availability:
@@ -100,6 +104,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, incomplete)
         await context.abort(grpc.StatusCode.NOT_FOUND, f"sku {sku!r} has never been seen")
 
+    @timed
     async def BatchGetAvailability(
         self, request: pb.BatchGetAvailabilityRequest, context: BatchContext
     ) -> pb.BatchGetAvailabilityResponse:
@@ -123,6 +128,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         ]
         return batch_message(channel, answers)
 
+    @timed_stream
     async def WatchAvailability(
         self, request: pb.WatchAvailabilityRequest, context: WatchContext
     ) -> AsyncIterator[pb.WatchAvailabilityResponse]:
@@ -175,11 +181,13 @@ def create_server(
     store: AvailabilityStore,
     hub: WatchHub,
     address: str,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    metrics: GrpcMetrics | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A server with the three services, bound to ``address`` (not started)."""
-    server = grpc.aio.server(interceptors=interceptors)
-    pb_grpc.add_AvailabilityServiceServicer_to_server(AvailabilityService(store, hub), server)
+    server = grpc.aio.server()
+    pb_grpc.add_AvailabilityServiceServicer_to_server(
+        AvailabilityService(store, hub, metrics), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -196,7 +204,7 @@ async def serve(settings: Settings) -> None:
     hub = WatchHub(store, settings.grpc_max_watches)
     metrics = GrpcMetrics(lambda: hub.open_count)
     server, health_servicer, port = create_server(
-        store, hub, f"{HOST}:{settings.grpc_port}", [MetricsInterceptor(metrics)]
+        store, hub, f"{HOST}:{settings.grpc_port}", metrics
     )
     if settings.grpc_metrics_port:
         try:
