@@ -178,6 +178,8 @@ async def read_dead_letters(settings: Settings, say: Say) -> list[DeadLetter]:
                 f"warning: {settings.dlq_topic} {record.partition}:{record.offset}"
                 f" is not a dead letter ({exc}); skipped"
             )
+    # Oldest first across partitions (the timestamps have one format: they sort as text).
+    letters.sort(key=lambda d: (d.dead_lettered_at, d.partition, d.offset))
     return letters
 
 
