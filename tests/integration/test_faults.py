@@ -122,6 +122,19 @@ def balance(sku: str, on_hand: int, at: str = "2026-11-22T09:00:00Z") -> dict[st
     }
 
 
+async def wait_until_drained(store: AvailabilityStore, timeout: float = 60) -> None:
+    """Until the worker reports no serving write and no change-feed record pending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = list((await store.workers(max_age=10)).values())
+        if statuses and all(
+            s.get("pending_writes") == 0 and s.get("feed_pending") == 0 for s in statuses
+        ):
+            return
+        assert time.monotonic() < deadline, statuses
+        await asyncio.sleep(0.5)
+
+
 def rss_bytes(process: ProcessHandle) -> int:
     for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -168,15 +181,19 @@ async def test_a_burst_of_100000_events_does_not_grow_worker_memory(
     try:
         folded = 0
         samples = []
-        for part in (range(0, 5), range(5, 10), range(10, 15), range(15, 20)):
-            events = burst(skus, locations, part)
-            sales = [e for e in events if e["type"] == "pos.sale"]
-            balances = [e for e in events if e["type"] == "erp.balance"]
-            await produce(settings, settings.pos_topic, sales, max_batch_size=65536)
-            await produce(settings, settings.erp_topic, balances, max_batch_size=65536)
-            folded += len(events)
+        for quarter in range(4):
             started = time.monotonic()
+            # A round at a time, its sales before the balances that count them, as
+            # stock moves: what the worker holds between balances stays one round's.
+            for r in range(quarter * 5, quarter * 5 + 5):
+                events = burst(skus, locations, range(r, r + 1))
+                sales = [e for e in events if e["type"] == "pos.sale"]
+                balances = [e for e in events if e["type"] == "erp.balance"]
+                await produce(settings, settings.pos_topic, sales, max_batch_size=65536)
+                await produce(settings, settings.erp_topic, balances, max_batch_size=65536)
+                folded += len(events)
             await wait_until_folded(store, folded, timeout=300)
+            await wait_until_drained(store)
             samples.append((rss_bytes(worker), time.monotonic() - started))
         assert folded == skus * locations * rounds * 4 == 100_000
         print("worker RSS MiB and seconds to fold, per 25,000 events:", [
@@ -184,9 +201,12 @@ async def test_a_burst_of_100000_events_does_not_grow_worker_memory(
         ])  # fmt: skip
         _, settled, _, last = [rss for rss, _ in samples]
         # The state is bounded (each balance settles the sales before it): once the
-        # process has warmed up, memory stays put. Keeping the 50,000 events of the
-        # last two quarters would take more than 10 MiB.
-        assert last <= settled + 6 * 2**20, [rss // 2**20 for rss, _ in samples]
+        # process has warmed up, memory stays about put. The bound, 8 MiB over the
+        # last 50,000 events, is 170 bytes an event: it catches anything that keeps
+        # something per event the size of a message (a Kafka record object is several
+        # hundred bytes), not the allocator's drift (3-5 MiB over 50,000 events here).
+        # That settled sales leave the state is the fold's unit tests' part.
+        assert last <= settled + 8 * 2**20, [rss // 2**20 for rss, _ in samples]
         client = await start_stack(start_service, settings, workers=0)
         async with client:
             answer = (await client.get("/v1/availability/SKU-0007")).json()
