@@ -103,12 +103,13 @@ class ServingRebuild:
             )
             start = logged = time.monotonic()
             for first in range(0, len(skus), REBUILD_CHUNK):
-                self.writer.mark(skus[first : first + REBUILD_CHUNK])
+                chunk = skus[first : first + REBUILD_CHUNK]
+                self.writer.mark(chunk)
                 if not await self.writer.flush():
                     self._forced |= partitions
                     log.warning("serving layer: rebuild interrupted by a Redis failure")
                     return False
-                self.records_rewritten += len(skus[first : first + REBUILD_CHUNK])
+                self.records_rewritten += len(chunk)
                 if time.monotonic() - logged >= PROGRESS_LOG_INTERVAL:
                     logged = time.monotonic()
                     log.info(

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from availability.identifiers import parse_timestamp
+from services.cli.text import table
 from services.config import Settings
 from streams.kafka import read_topic
 
@@ -194,14 +195,6 @@ async def read_replays(settings: Settings) -> dict[str, dict[str, Any]]:
         else:
             replays[record.key.decode()] = orjson.loads(record.value)
     return replays
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
 
 
 async def list_dead_letters(

@@ -19,6 +19,7 @@ import orjson
 from availability.drift import CAUSES, DriftReport, ExportFormatError, compare, read_export
 from availability.journal import CorruptEntry, restore
 from availability.state import SkuState
+from services.cli.text import table
 from services.config import Settings
 from services.store import AvailabilityStore
 from streams.kafka import read_topic
@@ -75,7 +76,7 @@ async def load_states(settings: Settings, say: Say) -> dict[str, SkuState]:
     return states
 
 
-def table(report: DriftReport) -> list[str]:
+def report_lines(report: DriftReport) -> list[str]:
     lines = []
     shown = report.differences[:TABLE_ROWS]
     if shown:
@@ -92,9 +93,7 @@ def table(report: DriftReport) -> list[str]:
             )
             for d in shown
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                  for row in rows]  # fmt: skip
+        lines.append(table(rows))
         if len(report.differences) > len(shown):
             lines.append(f"... {len(report.differences) - len(shown)} more (--json for all)")
     for error in report.line_errors:
@@ -135,7 +134,7 @@ async def drift(
     if as_json:
         say(orjson.dumps(document).decode())
     else:
-        for line in table(report):
+        for line in report_lines(report):
             say(line)
     if publish:
         store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
