@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from services.config import Settings, get_settings
+from infra.config import Settings, get_settings
 
 Event = dict[str, Any]
 

@@ -38,9 +38,9 @@ from types import FrameType, TracebackType
 from typing import IO, Any, Final, TypeVar
 
 from aiokafka import AIOKafkaClient
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.config import Settings, get_settings
+from infra.config import Settings, get_settings
+from infra.topics import TopicError, create_topics
 
 log = logging.getLogger("dev.stack")
 
@@ -458,61 +458,6 @@ def ensure_redis(
     raise StackError(f"redis-server did not answer PING on port {port} in {start_timeout:.0f} s")
 
 
-# --------------------------------------------------------------------------- topics
-
-
-async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
-    """Create the service's topics (idempotent). Returns the names it created."""
-    wanted: dict[str, NewTopic] = {
-        name: NewTopic(name, settings.partitions, settings.replication_factor)
-        for name in settings.partitioned_topics
-    }
-    # The change feed keeps at least each SKU's latest record: a new consumer can
-    # start from the beginning and end up with every SKU's current figures.
-    wanted[settings.changes_topic] = NewTopic(
-        settings.changes_topic,
-        settings.partitions,
-        settings.replication_factor,
-        topic_configs={"cleanup.policy": "compact"},
-    )
-    for name in (settings.rules_topic, settings.dlq_replays_topic):
-        wanted[name] = NewTopic(
-            name, 1, settings.replication_factor, topic_configs={"cleanup.policy": "compact"}
-        )
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id="dev-stack-admin",
-        request_timeout_ms=int(timeout * 1000),
-    )
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [topic for name, topic in wanted.items() if name not in existing]
-        created: list[str] = []
-        if missing:
-            response = await admin.create_topics(missing, timeout_ms=int(timeout * 1000))
-            for error in response.topic_errors:
-                name, code = error[0], error[1]
-                if code == 0:
-                    created.append(name)
-                elif code != 36:  # TOPIC_ALREADY_EXISTS: someone beat us to it
-                    message = error[2] if len(error) > 2 else ""
-                    raise StackError(f"creating topic {name!r} failed: error {code} {message}")
-        for name in created:
-            log.info("created topic %s (%d partitions)", name, wanted[name].num_partitions)
-        for meta in await admin.describe_topics(None):  # None: all topics, names none
-            name = meta["topic"]
-            if name in wanted and name not in created:
-                have, want = len(meta["partitions"]), wanted[name].num_partitions
-                if have != want:
-                    log.warning("topic %s exists with %d partitions, not %d", name, have, want)
-                else:
-                    log.info("topic %s already exists", name)
-        return created
-    finally:
-        await admin.close()
-
-
 # --------------------------------------------------------------------------- HTTP
 
 
@@ -629,7 +574,10 @@ class _Stack:
         print(f"[stack] {where} Redis at {s.redis_url}", flush=True)
         if self.fresh_broker:
             _clear_serving_keys(s)
-        created = asyncio.run(create_topics(s))
+        try:
+            created = asyncio.run(create_topics(s))
+        except TopicError as exc:
+            raise StackError(str(exc)) from exc
         print(
             f"[stack] topics ready ({len(created)} created, "
             f"{len(s.input_topics) + 3 - len(created)} already there)",

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from availability.identifiers import DEFAULT_CHANNEL
-from services.config import get_settings
+from infra.config import get_settings
+from infra.store import AvailabilityStore, batch_items, render_answer
 from services.http.__main__ import serve
-from services.store import AvailabilityStore, batch_items, render_answer
 
 PATH_PREFIX = "/v1/availability/"
 BATCH_PATH = "/v1/availability:batch"

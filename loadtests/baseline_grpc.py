@@ -17,11 +17,11 @@ import grpc
 import orjson
 
 from availability.identifiers import DEFAULT_CHANNEL
-from services.config import get_settings
+from infra.config import get_settings
+from infra.store import AvailabilityStore, render_answer
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.messages import availability_message
 from services.grpc.server import SERVICE_NAME
-from services.store import AvailabilityStore, render_answer
 
 
 def handlers(store: AvailabilityStore) -> grpc.GenericRpcHandler:

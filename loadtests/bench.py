@@ -58,8 +58,11 @@ from aiokafka import AIOKafkaProducer
 
 from availability.ats import LocationAvailability, SkuAvailability
 from dev.sample_data import topic_for
-from dev.stack import DevBroker, create_topics, ensure_redis
+from dev.stack import DevBroker, ensure_redis
 from dev.stack import stop_process as stop_child_process
+from infra.config import Settings
+from infra.store import AvailabilityStore
+from infra.topics import create_topics
 from loadtests.bench_grpc import (
     WORKER_BATCH_BYTES,
     BenchError,
@@ -94,9 +97,7 @@ from loadtests.workload import (
     location_name,
     sku_name,
 )
-from services.config import Settings
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
-from services.store import AvailabilityStore
 
 log = logging.getLogger("bench")
 

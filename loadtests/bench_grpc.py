@@ -80,17 +80,17 @@ from dev.stack import (
     DEV_OVERRIDES,
     ENV_PREFIX,
     DevBroker,
-    create_topics,
     ensure_redis,
     popen_child,
     process_env,
 )
 from dev.stack import stop_process as stop_child_process
+from infra.config import Settings
+from infra.store import AvailabilityStore
+from infra.topics import create_topics
 from loadtests.workload import location_name, sku_name
-from services.config import Settings
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
-from services.store import AvailabilityStore
 
 log = logging.getLogger("bench.grpc")
 

@@ -17,7 +17,7 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 
-from services.config import get_settings
+from infra.config import get_settings
 from streams.app import build_app
 
 FLOOR_FIELD = "decoded"

@@ -45,7 +45,9 @@ import orjson
 import redis
 from aiokafka import AIOKafkaProducer
 
-from dev.stack import DevBroker, create_topics, ensure_redis
+from dev.stack import DevBroker, ensure_redis
+from infra.config import Settings
+from infra.topics import create_topics
 from loadtests.bench_grpc import (
     BenchError,
     Stack,
@@ -55,7 +57,6 @@ from loadtests.bench_grpc import (
     wait_serving,
 )
 from loadtests.flash_sale import Catalogue, oversell
-from services.config import Settings
 
 log = logging.getLogger("load")
 

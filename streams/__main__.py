@@ -8,10 +8,10 @@ import sys
 
 import faust
 
-from services.config import Settings, get_settings
-from services.logs import configure_logging, logging_config
+from infra.config import Settings, get_settings
+from infra.kafka import topic_problems
+from infra.logs import configure_logging, logging_config
 from streams.app import Processor
-from streams.kafka import topic_problems
 
 
 def check_topics(settings: Settings) -> list[str]:

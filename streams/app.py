@@ -39,12 +39,13 @@ from availability.events import Event, InvalidEvent, event_time, event_type, par
 from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
-from services.config import Settings
-from services.rules_log import RulesLog
-from services.store import AvailabilityStore
+from infra.config import Settings
+from infra.kafka import RangeReader
+from infra.rules_log import RulesLog
+from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 from streams.dead_letters import dead_letter_record
-from streams.kafka import HomePartitions, OutgoingRecords, RangeReader, Transport
+from streams.kafka import HomePartitions, OutgoingRecords, Transport
 from streams.metrics import WorkerMetrics
 from streams.rebuild import ServingRebuild
 from streams.serving import ServingWriter, now_micros
@@ -88,7 +89,9 @@ def log_task_stacks() -> None:
         lines.append(f"task {task.get_name()}:")
         lines.extend(_await_chain(task.get_coro()))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ours = tuple(os.path.join(root, package) + os.sep for package in ("streams", "services"))
+    ours = tuple(
+        os.path.join(root, package) + os.sep for package in ("streams", "services", "infra")
+    )
     gc.unfreeze()  # frozen objects are invisible to get_objects; the timer freezes again
     for obj in gc.get_objects():
         frame = getattr(obj, "cr_frame", None) if inspect.iscoroutine(obj) else None

@@ -38,7 +38,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from availability.ats import SkuAvailability
-from services.store import AvailabilityStore
+from infra.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Redis holds nothing that cannot be rebuilt: every serving record is computed from the
 fold state and the rules, which live in Kafka. A Redis that was flushed, restarted
-empty or replaced has lost the ``{prefix}:serving`` marks (``services.store``) along
+empty or replaced has lost the ``{prefix}:serving`` marks (``infra.store``) along
 with the records. Each worker checks, every ``AVAILABILITY_HEARTBEAT_INTERVAL``,
 that the partitions it owns are marked built; for those that are not, it rewrites
 the records of their SKUs, a chunk at a time (the fold goes on between chunks), and
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 
 from redis.exceptions import RedisError
 
-from services.store import AvailabilityStore
+from infra.store import AvailabilityStore
 from streams.serving import ServingWriter
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from availability.ats import SkuAvailability, build_availability
 from availability.rules import RuleBook
 from availability.state import SkuState
-from services.store import AvailabilityStore
+from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 
 log = logging.getLogger(__name__)

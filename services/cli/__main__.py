@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from availability.drift import ExportFormatError
+from infra.config import Settings, get_settings
 from services.cli.dead_letters import (
     Selection,
     UsageError,
@@ -28,7 +29,6 @@ from services.cli.dead_letters import (
 )
 from services.cli.drift import drift, drift_job
 from services.cli.rebuild import rebuild
-from services.config import Settings, get_settings
 
 T = TypeVar("T")
 

@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from availability.identifiers import parse_timestamp
+from infra.config import Settings
+from infra.kafka import read_topic
 from services.cli.text import table
-from services.config import Settings
-from streams.kafka import read_topic
 
 REPLAY_HEADER = "availability-replay-of"
 PREVIEW_WIDTH = 60

@@ -19,10 +19,10 @@ import orjson
 from availability.drift import CAUSES, DriftReport, ExportFormatError, compare, read_export
 from availability.journal import CorruptEntry, restore
 from availability.state import SkuState
+from infra.config import Settings
+from infra.kafka import read_topic
+from infra.store import AvailabilityStore
 from services.cli.text import table
-from services.config import Settings
-from services.store import AvailabilityStore
-from streams.kafka import read_topic
 
 Say = Callable[[str], None]
 #: Differences printed in the table (all of them are in --json and --output).

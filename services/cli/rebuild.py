@@ -6,9 +6,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from services.config import Settings
-from services.http.readiness import worker_max_age
-from services.store import AvailabilityStore
+from infra.config import Settings
+from infra.store import AvailabilityStore
 
 
 async def rebuild(
@@ -18,7 +17,7 @@ async def rebuild(
     rewrite their partitions (``streams.rebuild``). Returns the exit code."""
     store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
     try:
-        workers = await store.workers(max_age=worker_max_age(settings))
+        workers = await store.workers(max_age=settings.worker_status_max_age)
         await store.forget_built()
         say(f"rebuild requested ({len(workers)} worker(s) reporting)")
         if not workers:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from services.http.metrics import LATENCY_BUCKETS
+from services.latency import REQUEST_LATENCY_BUCKETS
 
 
 class GrpcMetrics:
@@ -33,7 +33,7 @@ class GrpcMetrics:
             "availability_grpc_request_duration_seconds",
             "Time to answer a gRPC call (a watch: how long the stream lasted)",
             ["method"],
-            buckets=LATENCY_BUCKETS,
+            buckets=REQUEST_LATENCY_BUCKETS,
             registry=self.registry,
         )
         watches = Gauge(

@@ -34,7 +34,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from availability.ats import unknown_sku_view, view
-from services.config import Settings, get_settings
+from infra.config import Settings, get_settings
+from infra.logs import configure_logging
+from infra.store import AvailabilityStore, render_answer
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import (
@@ -48,8 +50,6 @@ from services.grpc.messages import (
 )
 from services.grpc.metrics import GrpcMetrics, timed, timed_stream
 from services.grpc.watch import TooManyWatches, WatchClosed, WatchHub
-from services.logs import configure_logging
-from services.store import AvailabilityStore, render_answer
 
 log = logging.getLogger("services.grpc")
 

@@ -32,7 +32,7 @@ import redis.exceptions
 from redis.asyncio.client import PubSub
 
 from availability.ats import SkuAvailability, watched_view
-from services.store import AvailabilityStore
+from infra.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import uvicorn
 
-from services.config import get_settings
+from infra.config import get_settings
+from infra.logs import configure_logging, logging_config
 from services.http.app import create_app
-from services.logs import configure_logging, logging_config
 
 HOST = "0.0.0.0"  # deliberate: see the module docstring
 

@@ -8,14 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.config import Settings, get_settings
+from infra.config import Settings, get_settings
+from infra.rules_log import RulesLog
+from infra.store import AvailabilityStore
 from services.http import routes_availability, routes_ops, routes_rules
 from services.http.errors import install_error_handlers
 from services.http.hot_reads import HotReads
 from services.http.metrics import Metrics, MetricsMiddleware
 from services.http.resources import RulesConnection, Services
-from services.rules_log import RulesLog
-from services.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
 

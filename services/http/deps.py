@@ -9,10 +9,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.config import Settings
+from infra.config import Settings
+from infra.store import AvailabilityStore
 from services.http.metrics import Metrics
 from services.http.resources import RulesConnection, Services
-from services.store import AvailabilityStore
 
 
 def services_of(request: Request) -> Services:

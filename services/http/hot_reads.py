@@ -22,8 +22,8 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_sku
+from infra.store import render_answer
 from services.http.metrics import Metrics
-from services.store import render_answer
 
 PATH_PREFIX = "/v1/availability/"
 ROUTE = "/v1/availability/{sku}"  # the route template: the metrics label FastAPI gives it

@@ -20,13 +20,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.latency import REQUEST_LATENCY_BUCKETS
+
 #: Route label of requests that matched no route (keeps the label set bounded).
 UNMATCHED_ROUTE = "unmatched"
 FOLDED_PREFIX = "folded:"
 DEAD_LETTERS_PREFIX = "dead_letters:"
-
-#: Seconds, for request latency histograms (HTTP and gRPC).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ServingCollector(Collector):
@@ -105,7 +104,7 @@ class Metrics:
             "availability_http_request_duration_seconds",
             "Time to answer an HTTP request",
             ["method", "route"],
-            buckets=LATENCY_BUCKETS,
+            buckets=REQUEST_LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.serving = ServingCollector()

@@ -8,18 +8,13 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from services.config import Settings
+from infra.config import Settings
+from infra.store import AvailabilityStore
 from services.http.resources import RulesConnection, describe
-from services.store import AvailabilityStore
 
 OK = "ok"
 #: Each check gives up after this long (a probe must answer quickly).
 CHECK_TIMEOUT = 1.0
-
-
-def worker_max_age(settings: Settings) -> float:
-    """A worker status older than this means the worker is gone."""
-    return 3 * settings.heartbeat_interval + 2
 
 
 def assess_workers(workers: Mapping[str, Mapping[str, Any]], max_lag: int) -> str:
@@ -83,7 +78,7 @@ async def check_broker(rules: RulesConnection) -> str:
 async def check_processor(store: AvailabilityStore, settings: Settings) -> str:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            workers = await store.workers(max_age=worker_max_age(settings))
+            workers = await store.workers(max_age=settings.worker_status_max_age)
     except TimeoutError:
         return "worker status unknown: Redis did not answer in time"
     except Exception as exc:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from aiokafka.errors import KafkaError
 
-from services.config import Settings
+from infra.config import Settings
+from infra.rules_log import RulesLog
+from infra.store import AvailabilityStore
 from services.http.errors import ApiError
 from services.http.metrics import Metrics
-from services.rules_log import RulesLog
-from services.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from availability.ats import view
 from availability.identifiers import DEFAULT_CHANNEL
+from infra.store import AvailabilityStore, batch_items, render_answer
 from services.http import schemas
 from services.http.deps import StoreDep
 from services.http.errors import ApiError
@@ -26,7 +27,6 @@ from services.http.validation import (
     require_location,
     require_sku,
 )
-from services.store import AvailabilityStore, batch_items, render_answer
 
 router = APIRouter(prefix="/v1", tags=["availability"])
 

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from services.http import schemas
 from services.http.deps import ServicesDep
 from services.http.errors import UNAVAILABLE
-from services.http.readiness import CHECK_TIMEOUT, OK, readiness, worker_max_age
+from services.http.readiness import CHECK_TIMEOUT, OK, readiness
 from services.http.resources import describe
 from services.http.responses import error_body, json_response
 
@@ -64,7 +64,7 @@ async def metrics(services: ServicesDep) -> Response:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             counts = await store.counts()
-            workers = await store.workers(max_age=worker_max_age(services.settings))
+            workers = await store.workers(max_age=services.settings.worker_status_max_age)
             drift = await store.drift()
     except Exception as exc:  # Redis down: still serve the process's own metrics
         log.warning("metrics: cannot read Redis (%s)", describe(exc))

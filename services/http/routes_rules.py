@@ -11,12 +11,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from availability.rules import InvalidRule, parse_rule
+from infra.rules_log import RuleConflict
 from services.http import schemas
 from services.http.deps import RulesDep
 from services.http.errors import SCOPE_CONFLICT, ApiError
 from services.http.responses import json_response
 from services.http.validation import read_json, require_rule_id
-from services.rules_log import RuleConflict
 
 router = APIRouter(prefix="/v1/rules", tags=["rules"])
 

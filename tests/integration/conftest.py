@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from dev.stack import DevBroker, create_topics, ensure_redis, process_env, stop_process
-from services.config import Settings
+from dev.stack import DevBroker, ensure_redis, process_env, stop_process
+from infra.config import Settings
+from infra.topics import create_topics
 from tests.integration.grpc_support import apis as apis  # the fixture, for the gRPC tests
 from tests.integration.support import (
     ENV_PREFIX,

@@ -25,10 +25,10 @@ from availability.events import event_from_dict
 from availability.identifiers import parse_timestamp
 from availability.rules import RuleBook, parse_rule
 from availability.state import SkuState, fold
-from services.config import Settings
+from infra.config import Settings
+from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
-from services.store import AvailabilityStore
 from tests.integration.scenario import at_minute, seed_events
 from tests.integration.support import ProcessHandle, mark_serving_layer_complete, wait_http_ready
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.config import Settings
+from infra.config import Settings
 
 START = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 

@@ -26,8 +26,8 @@ from dev.stack import ENV_PREFIX as ENV_PREFIX
 from dev.stack import dev_field_overrides as dev_field_overrides
 from dev.stack import http_status, popen_child, stop_process
 from dev.stack import settings_env as settings_env
-from services.config import Settings
-from services.store import AvailabilityStore
+from infra.config import Settings
+from infra.store import AvailabilityStore
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
 

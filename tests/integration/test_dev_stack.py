@@ -6,8 +6,9 @@ from typing import Any
 
 import orjson
 
-from dev.stack import create_topics, redis_answers
-from services.config import Settings
+from dev.stack import redis_answers
+from infra.config import Settings
+from infra.topics import create_topics
 from tests.integration.support import consume_all, produce, settings_env, topic_partitions
 
 

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dev.stack import DevBroker, create_topics
-from services.config import Settings
-from services.store import AvailabilityStore
+from dev.stack import DevBroker
+from infra.config import Settings
+from infra.store import AvailabilityStore
+from infra.topics import create_topics
 from tests.integration.conftest import StartService, make_settings
 from tests.integration.scenario import mixed_stream
 from tests.integration.support import ProcessHandle, free_port, produce

@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 
 from availability.ats import LocationAvailability, SkuAvailability
-from services.config import Settings
+from infra.config import Settings
+from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import availability_dict
-from services.store import AvailabilityStore
 from tests.integration.conftest import StartService
 from tests.integration.grpc_support import (
     SKU,

@@ -24,9 +24,9 @@ from availability.events import event_from_dict
 from availability.identifiers import parse_timestamp
 from availability.rules import Rule, RuleBook, parse_rule
 from availability.state import fold_all
-from services.config import Settings
+from infra.config import Settings
+from infra.store import AvailabilityStore
 from services.http import create_app
-from services.store import AvailabilityStore
 from tests.integration.conftest import StartService
 from tests.integration.scenario import seed_events
 from tests.integration.support import free_port, mark_serving_layer_complete, wait_until

@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import orjson
 
-from dev.stack import DevBroker, create_topics, ensure_redis, process_env, stop_process
+from dev.stack import DevBroker, ensure_redis, process_env, stop_process
+from infra.config import Settings
+from infra.kafka import read_topic
+from infra.store import AvailabilityStore
+from infra.topics import create_topics
 from services.cli.dead_letters import DeadLetter, parse_dead_letter
-from services.config import Settings
-from services.store import AvailabilityStore
-from streams.kafka import read_topic
 from tests.integration.conftest import StartService, make_settings
 from tests.integration.scenario import mixed_stream
 from tests.integration.support import free_port, produce

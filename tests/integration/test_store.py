@@ -9,8 +9,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from availability.ats import LocationAvailability, SkuAvailability
-from services.config import Settings
-from services.store import AvailabilityStore
+from infra.config import Settings
+from infra.store import AvailabilityStore
 
 
 def record(sku: str, on_hand: int) -> SkuAvailability:

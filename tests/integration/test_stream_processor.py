@@ -22,11 +22,11 @@ from availability.identifiers import parse_timestamp
 from availability.journal import restore
 from availability.rules import RuleBook
 from availability.state import SkuState
-from services.config import Settings
+from infra.config import Settings
+from infra.kafka import partition_for
+from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
-from services.store import AvailabilityStore
-from streams.kafka import partition_for
 from tests.integration.conftest import StartService
 from tests.integration.grpc_support import Stream, wait_serving, watch
 from tests.integration.scenario import Delivery, mixed_stream, stamp, topic_of

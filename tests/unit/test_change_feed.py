@@ -14,7 +14,7 @@ from typing import Any, cast
 import orjson
 
 from availability.ats import LocationAvailability, SkuAvailability
-from services.store import AvailabilityStore
+from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed, change_record
 
 CLOCK = 1_795_420_800_123_456  # µs: 2026-11-23T08:00:00.123456Z

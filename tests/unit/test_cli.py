@@ -7,6 +7,7 @@ import base64
 import orjson
 import pytest
 
+from infra.config import Settings
 from services.cli.__main__ import build_parser
 from services.cli.dead_letters import (
     DeadLetter,
@@ -18,7 +19,6 @@ from services.cli.dead_letters import (
     parse_since,
     replay_value,
 )
-from services.config import Settings
 from streams.dead_letters import dead_letter_record
 
 SETTINGS = Settings(topic_prefix="acme.")

@@ -13,11 +13,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from availability.ats import LocationAvailability, SkuAvailability, view
 from availability.rules import parse_rule
-from services.config import Settings
+from infra.config import Settings
+from infra.rules_log import RulesLog
 from services.http import create_app, schemas
 from services.http.errors import ApiError, code_for_status, describe_validation_errors
 from services.http.metrics import ServingCollector, route_template
-from services.http.readiness import OK, assess_workers, worker_max_age
+from services.http.readiness import OK, assess_workers
 from services.http.resources import RulesConnection, describe
 from services.http.validation import (
     BATCH_FIELDS,
@@ -29,7 +30,6 @@ from services.http.validation import (
     require_rule_id,
     require_sku,
 )
-from services.rules_log import RulesLog
 
 
 def _error(call: Any, *args: Any) -> ApiError:
@@ -159,7 +159,7 @@ def test_assess_workers() -> None:
 
 
 def test_worker_max_age() -> None:
-    assert worker_max_age(Settings(heartbeat_interval=1.0)) == 5.0
+    assert Settings(heartbeat_interval=1.0).worker_status_max_age == 5.0
 
 
 # --- metrics -----------------------------------------------------------------------

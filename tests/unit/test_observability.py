@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from availability.events import INVALID_KINDS, InvalidEvent, parse_event
-from services.config import Settings
-from services.logs import JsonFormatter, logging_config
+from infra.config import Settings
+from infra.logs import JsonFormatter, logging_config
 from streams.metrics import LATENCY_BUCKETS, BatchHistogram
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from services.config import Settings
+from infra.config import Settings
 
 #: Attributes a log call may add with ``extra=`` that the JSON line carries.
 CONTEXT_FIELDS = ("event_id", "sku", "topic", "partition", "offset", "worker_id")

@@ -16,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from availability.rules import InvalidRule, Rule, RuleBook, parse_rule
-from services.config import Settings
+from infra.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}avail"
 
     @property
+    def worker_status_max_age(self) -> float:
+        """A worker status in Redis older than this (seconds) means the worker is gone."""
+        return 3 * self.heartbeat_interval + 2
+
+    @property
     def faust_app_id(self) -> str:
         """Consumer group and prefix of the processor's internal topics (changelogs)."""
         return f"{self.topic_prefix}{self.app_id}"
