@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiKeySpec(BaseModel):
+    """One static API key as configured: its id (the subject the audit records), the
+    SHA-256 of the key (never the key itself) and its scopes (README "Security")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._:@-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    scopes: tuple[str, ...]
 
 
 class Settings(BaseSettings):
@@ -27,6 +39,31 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=200, ge=1)
     # Open WatchAvailability streams one gRPC server holds; more get RESOURCE_EXHAUSTED.
     grpc_max_watches: int = Field(default=10_000, ge=1)
+
+    # --- access control (README "Security") ---
+    # false: callers without a credential get every scope (behind an authenticating
+    # gateway only); a credential that is sent is still verified.
+    auth_required: bool = True
+    # Static API keys, as a JSON list of {"id", "sha256", "scopes"}, and/or a file of
+    # the same list (a mounted Secret), read at start.
+    auth_api_keys: list[ApiKeySpec] = Field(default_factory=list)
+    auth_api_keys_file: str = ""
+    # OAuth2 client-credentials JWTs: the signing keys (a JWKS URL or file), and the
+    # issuer and audience every token must name.
+    auth_jwt_jwks_url: str = ""
+    auth_jwt_jwks_file: str = ""
+    auth_jwt_issuer: str = ""
+    auth_jwt_audience: str = ""
+    auth_jwt_algorithms: str = "RS256,ES256"
+    auth_jwt_leeway: float = Field(default=30.0, ge=0, le=300)
+    auth_jwks_refresh_interval: float = Field(default=300.0, ge=10)
+    # The operator CLI's own credential (AVAILABILITY_TOKEN): its writes need the ops
+    # scope, and the audit trail records its subject.
+    token: SecretStr = SecretStr("")
+    # /docs, /redoc and /openapi.json (open when served); /metrics open or behind
+    # the metrics:read scope.
+    http_docs: bool = True
+    http_metrics_open: bool = True
 
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
@@ -66,6 +103,11 @@ class Settings(BaseSettings):
     drift_threshold: int = Field(default=0, ge=0)
     worker_metrics_port: int = Field(default=9180, ge=0, le=65535)
     grpc_metrics_port: int = Field(default=9181, ge=0, le=65535)
+
+    @property
+    def redis_url_shown(self) -> str:
+        """``redis_url`` without its password, for messages and logs."""
+        return redact_url(self.redis_url)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -154,6 +196,17 @@ class Settings(BaseSettings):
     def rules_topic(self) -> str:
         """Source of truth for rules: one partition, compacted, keyed by rule_id."""
         return self.topic("availability.rules")
+
+
+def redact_url(url: str) -> str:
+    """``scheme://user:***@host...``: a URL's password replaced, the rest kept."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 @lru_cache(maxsize=1)

@@ -57,9 +57,10 @@ import redis
 from aiokafka import AIOKafkaProducer
 
 from availability.ats import LocationAvailability, SkuAvailability
+from dev.broker import DevBroker
+from dev.processes import stop_process as stop_child_process
+from dev.redis_server import ensure_redis
 from dev.sample_data import topic_for
-from dev.stack import DevBroker, ensure_redis
-from dev.stack import stop_process as stop_child_process
 from infra.config import Settings
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
@@ -79,6 +80,7 @@ from loadtests.bench_grpc import (
     run_producer,
     summarize_ms,
 )
+from loadtests.credentials import bearer, grpc_metadata
 from loadtests.floor_agent import FLOOR_FIELD, floor_key
 from loadtests.http_load import (
     LoadRun,
@@ -383,12 +385,13 @@ async def seed_serving(settings: Settings, skus: int, locations: int) -> None:
         await store.close()
 
 
-def wait_http(url: str, stack: Stack, timeout: float = 60.0) -> None:
+def wait_http(url: str, stack: Stack, timeout: float = 60.0, *, authorization: str) -> None:
     """Until ``url`` answers 200."""
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"Authorization": authorization})
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
+            with urllib.request.urlopen(request, timeout=2) as answer:
                 if answer.status == 200:
                     return
         except (OSError, urllib.error.URLError):
@@ -441,11 +444,12 @@ def _read_pair(
     return summary
 
 
-def _wrk_runs(params: Params, kind: str) -> Callable[[str, int], LoadRun]:
+def _wrk_runs(params: Params, kind: str, authorization: str) -> Callable[[str, int], LoadRun]:
     def run_once(url: str, round_: int) -> LoadRun:
         return run_wrk(
             url,
             kind=kind,
+            authorization=authorization,
             skus=params.skus,
             connections=params.read_connections,
             seconds=params.read_seconds,
@@ -477,11 +481,23 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
             "service": (f"http://127.0.0.1:{settings.http_port}", service),
             "baseline": (f"http://127.0.0.1:{baseline_settings.http_port}", baseline),
         }
+        authorization = bearer(settings.token.get_secret_value())
         for url, _ in targets.values():
-            wait_http(f"{url}/v1/availability/{sku_name(0)}", stack)
-            run_wrk(url, kind="single", skus=params.skus, connections=4, seconds=2, seed=0)
-        single = _read_pair(stack, params, "single", targets, _wrk_runs(params, "single"))
-        batch = _read_pair(stack, params, "batch", targets, _wrk_runs(params, "batch"))
+            wait_http(f"{url}/v1/availability/{sku_name(0)}", stack, authorization=authorization)
+            run_wrk(
+                url,
+                kind="single",
+                skus=params.skus,
+                connections=4,
+                seconds=2,
+                seed=0,
+                authorization=authorization,
+            )
+        single_runs = _wrk_runs(params, "single", authorization)
+        single = _read_pair(stack, params, "single", targets, single_runs)
+        batch = _read_pair(
+            stack, params, "batch", targets, _wrk_runs(params, "batch", authorization)
+        )
         # p99 at half the service's throughput: each connection pauses between requests.
         rate = single["service"]["requests_per_second"] / 2
         delay_ms = 5
@@ -495,6 +511,7 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
             seconds=2,
             seed=params.seed,
             delay_ms=delay_ms,
+            authorization=authorization,
         )
         # A request cycle is the pause plus the request's own time: calibrate on it.
         connections = max(1, round(connections * rate / max(probe.rate, 1.0)))
@@ -508,6 +525,7 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
             seconds=params.read_seconds,
             seed=params.seed,
             delay_ms=delay_ms,
+            authorization=authorization,
         )
         if half.errors:
             raise BenchError(f"service: {half.errors} failed requests at half load")
@@ -531,14 +549,16 @@ def measure_reads(stack: Stack, params: Params) -> dict[str, Any]:
         stack.settings = None
 
 
-def grpc_answer(address: str, request: bytes, stack: Stack, timeout: float = 60.0) -> bytes:
+def grpc_answer(
+    address: str, request: bytes, stack: Stack, token: str, timeout: float = 60.0
+) -> bytes:
     """The serialized answer of ``GetAvailability`` at ``address``, once it serves."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(GRPC_GET_METHOD)
         while True:
             try:
-                answer: bytes = call(request, timeout=2)
+                answer: bytes = call(request, timeout=2, metadata=grpc_metadata(token))
                 return answer
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
@@ -561,13 +581,22 @@ def measure_grpc_reads(stack: Stack, params: Params, settings: Settings) -> dict
             targets[name] = (f"127.0.0.1:{own.grpc_port}", server)
         sku = sku_name(params.skus // 2)
         request = pb.GetAvailabilityRequest(sku=sku).SerializeToString()
+        token = settings.token.get_secret_value()
         answers = {
-            name: grpc_answer(address, request, stack) for name, (address, _) in targets.items()
+            name: grpc_answer(address, request, stack, token)
+            for name, (address, _) in targets.items()
         }
         if answers["service"] != answers["baseline"]:
             raise BenchError("the gRPC service and its baseline answer differently")
         for address, _ in targets.values():
-            run_h2load_grpc(address, GRPC_GET_METHOD, request, connections=4, seconds=2)
+            run_h2load_grpc(
+                address,
+                GRPC_GET_METHOD,
+                request,
+                connections=4,
+                seconds=2,
+                authorization=bearer(token),
+            )
 
         def run_once(address: str, round_: int) -> LoadRun:
             return run_h2load_grpc(
@@ -576,6 +605,7 @@ def measure_grpc_reads(stack: Stack, params: Params, settings: Settings) -> dict
                 request,
                 connections=params.read_connections,
                 seconds=params.read_seconds,
+                authorization=bearer(token),
             )
 
         result = _read_pair(stack, params, "grpc get", targets, run_once)
@@ -772,7 +802,11 @@ def run_fold_sections(stack: Stack, params: Params, report: dict[str, Any]) -> N
         if "freshness" not in params.sections:
             return
         stack.start_service("http-fresh", "services.http", settings)
-        wait_http(f"http://127.0.0.1:{settings.http_port}/v1/availability/{sku_name(0)}", stack)
+        wait_http(
+            f"http://127.0.0.1:{settings.http_port}/v1/availability/{sku_name(0)}",
+            stack,
+            authorization=bearer(settings.token.get_secret_value()),
+        )
         published = [run.events]
 
         def measure(rate: float) -> dict[str, Any]:

@@ -76,18 +76,14 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from grpc_health.v1 import health_pb2
 
-from dev.stack import (
-    DEV_OVERRIDES,
-    ENV_PREFIX,
-    DevBroker,
-    ensure_redis,
-    popen_child,
-    process_env,
-)
-from dev.stack import stop_process as stop_child_process
+from dev.broker import DevBroker
+from dev.processes import DEV_OVERRIDES, ENV_PREFIX, popen_child, process_env
+from dev.processes import stop_process as stop_child_process
+from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
+from loadtests.credentials import bench_credential, grpc_metadata
 from loadtests.workload import location_name, sku_name
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
@@ -153,6 +149,7 @@ def rfc3339_now() -> str:
 @dataclass(frozen=True)
 class GetJob:
     target: str
+    token: str
     skus: int
     rate: float
     callers: int
@@ -163,6 +160,7 @@ class GetJob:
 @dataclass(frozen=True)
 class WatchJob:
     target: str
+    token: str
     skus: int
     locations: int
     watches: int
@@ -279,8 +277,11 @@ async def run_get_client(job: GetJob, conn: Connection[Message, Message]) -> Non
     ]
     async with grpc.aio.insecure_channel(job.target) as channel:
         stub = pb_grpc.AvailabilityServiceStub(channel)
+        metadata = grpc_metadata(job.token)
         for _ in range(50):  # connect, and warm both ends up
-            await stub.GetAvailability(requests[rng.randrange(job.skus)], timeout=GET_TIMEOUT)
+            await stub.GetAvailability(
+                requests[rng.randrange(job.skus)], timeout=GET_TIMEOUT, metadata=metadata
+            )
         # What exists now lives until the end: keep collections short (shared notes
         # "read-path": a full collection takes ~22 ms).
         gc.collect()
@@ -307,7 +308,7 @@ async def run_get_client(job: GetJob, conn: Connection[Message, Message]) -> Non
                 behind[0] = max(behind[0], sent - due)
                 first_sent[0] = min(first_sent[0], sent)
                 try:
-                    await stub.GetAvailability(request, timeout=GET_TIMEOUT)
+                    await stub.GetAvailability(request, timeout=GET_TIMEOUT, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] += 1
                 else:
@@ -370,7 +371,7 @@ async def run_watcher(job: WatchJob, conn: Connection[Message, Message]) -> None
         request = pb.WatchAvailabilityRequest(skus=skus, channel=CHANNEL)
         first_open = True
         while not stopping[0]:
-            call = calls[index] = stub.WatchAvailability(request)
+            call = calls[index] = stub.WatchAvailability(request, metadata=grpc_metadata(job.token))
             initial = 0
             try:
                 # Read in this task only: cancelling a pending read cancels the call.
@@ -627,7 +628,9 @@ def bench_settings(
     worker_batch_bytes: int | None,
 ) -> Settings:
     """Settings with the development broker's overrides (unless set in the environment)
-    and a unique topic prefix, so that runs never see each other's topics or keys."""
+    and a unique topic prefix, so that runs never see each other's topics or keys; the
+    run's credential is ``token`` (``loadtests.credentials``)."""
+    key, spec = bench_credential()
     values: dict[str, Any] = {
         key.removeprefix(ENV_PREFIX).lower(): value
         for key, value in DEV_OVERRIDES.items()
@@ -643,6 +646,8 @@ def bench_settings(
         data_dir=str(data_dir),
         http_port=free_port(),
         grpc_port=free_port(),
+        auth_api_keys=[spec],
+        token=key,
     )
     return Settings(**values)
 
@@ -800,7 +805,12 @@ async def send_all(
 
 
 async def wait_catalogue(
-    target: str, skus: int, locations: int, alive: Callable[[], None], timeout: float
+    target: str,
+    token: str,
+    skus: int,
+    locations: int,
+    alive: Callable[[], None],
+    timeout: float,
 ) -> None:
     """Until BatchGetAvailability shows every SKU with its full initial stock."""
     names = [sku_name(i) for i in range(skus)]
@@ -814,7 +824,9 @@ async def wait_catalogue(
                 request = pb.BatchGetAvailabilityRequest(
                     skus=names[start : start + BATCH_GET_LIMIT], channel=CHANNEL
                 )
-                answer = await stub.BatchGetAvailability(request, timeout=10)
+                answer = await stub.BatchGetAvailability(
+                    request, timeout=10, metadata=grpc_metadata(token)
+                )
                 complete += sum(
                     1
                     for item in answer.items
@@ -1145,7 +1157,12 @@ def run_phases(params: Params, stack: Stack, report: dict[str, Any]) -> None:
     log.info("seed: published in %.1f s; waiting until every SKU is served", published_in)
     asyncio.run(
         wait_catalogue(
-            target, params.skus, params.locations, stack.check_alive, params.ready_timeout
+            target,
+            settings.token.get_secret_value(),
+            params.skus,
+            params.locations,
+            stack.check_alive,
+            params.ready_timeout,
         )
     )
     seed_seconds = time.monotonic() - seed_started
@@ -1165,8 +1182,15 @@ def run_phases(params: Params, stack: Stack, report: dict[str, Any]) -> None:
     }
 
     # --- phase (a): GetAvailability alone
+    token = settings.token.get_secret_value()
     get_job = GetJob(
-        target, params.skus, params.get_rate, params.get_callers, params.get_duration, params.seed
+        target,
+        token,
+        params.skus,
+        params.get_rate,
+        params.get_callers,
+        params.get_duration,
+        params.seed,
     )
     getter = stack.start_load("get-a", run_get_client, get_job)
     getter.expect("ready", 60)
@@ -1188,7 +1212,9 @@ def run_phases(params: Params, stack: Stack, report: dict[str, Any]) -> None:
     watcher = stack.start_load(
         "watcher",
         run_watcher,
-        WatchJob(target, params.skus, params.locations, params.watches, params.ready_timeout),
+        WatchJob(
+            target, token, params.skus, params.locations, params.watches, params.ready_timeout
+        ),
     )
     opened = watcher.expect("ready", params.ready_timeout + 30)
     report["watches_open"] = {

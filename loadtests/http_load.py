@@ -73,10 +73,10 @@ for b = 1, 200 do
   bodies[b] = '{"channel":"online","skus":[' .. table.concat(names, ",") .. ']}'
 end
 local n = 0
+wrk.headers["Content-Type"] = "application/json"
 request = function()
   n = n %% 200 + 1
-  return wrk.format("POST", "/v1/availability:batch",
-                    {["Content-Type"] = "application/json"}, bodies[n])
+  return wrk.format("POST", "/v1/availability:batch", nil, bodies[n])
 end
 """
 
@@ -131,12 +131,14 @@ def run_wrk(
     connections: int,
     seconds: float,
     seed: int,
+    authorization: str,
     batch: int = 100,
     delay_ms: int | None = None,
 ) -> LoadRun:
     """One ``wrk`` run against ``url``: ``kind`` is ``single`` or ``batch``; with
     ``delay_ms`` each connection pauses that long between requests (a fixed rate of
-    about ``connections / delay`` requests/s)."""
+    about ``connections / delay`` requests/s). ``authorization`` is sent with every
+    request (the scripts' own headers add to wrk's, never replace them)."""
     script = _WRK_SINGLE if kind == "single" else _WRK_BATCH
     text = script % {"seed": seed, "skus": skus, "batch": batch}
     if delay_ms is not None:
@@ -153,6 +155,8 @@ def run_wrk(
             f"-d{max(1, round(seconds))}s",
             "--timeout",
             "5s",
+            "-H",
+            f"Authorization: {authorization}",
             "-s",
             script_path,
             url,
@@ -194,7 +198,13 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def run_h2load_grpc(
-    address: str, method: str, request: bytes, *, connections: int, seconds: float
+    address: str,
+    method: str,
+    request: bytes,
+    *,
+    connections: int,
+    seconds: float,
+    authorization: str,
 ) -> LoadRun:
     """One ``h2load`` run: ``connections`` clients, each with one call in flight, call
     ``method`` (``/package.Service/Method``) at ``address`` (host:port) with the
@@ -211,6 +221,7 @@ def run_h2load_grpc(
             f"--duration={max(1, round(seconds))}",
             "--header=content-type: application/grpc",
             "--header=te: trailers",
+            f"--header=authorization: {authorization}",
             f"--data={body}",
             f"--log-file={latencies_log}",
             f"http://{address}{method}",

@@ -45,7 +45,8 @@ import orjson
 import redis
 from aiokafka import AIOKafkaProducer
 
-from dev.stack import DevBroker, ensure_redis
+from dev.broker import DevBroker
+from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.topics import create_topics
 from loadtests.bench_grpc import (
@@ -56,6 +57,7 @@ from loadtests.bench_grpc import (
     send_all,
     wait_serving,
 )
+from loadtests.credentials import bearer
 from loadtests.flash_sale import Catalogue, oversell
 
 log = logging.getLogger("load")
@@ -90,14 +92,14 @@ async def publish_balances(settings: Settings, catalogue: Catalogue, run_id: str
     return len(catalogue.stock)
 
 
-def read_batch(base_url: str, skus: Sequence[str]) -> list[dict[str, Any]]:
+def read_batch(base_url: str, authorization: str, skus: Sequence[str]) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for start in range(0, len(skus), BATCH_READ):
         body = orjson.dumps({"skus": list(skus[start : start + BATCH_READ]), "channel": "online"})
         request = urllib.request.Request(
             f"{base_url}/v1/availability:batch",
             data=body,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": authorization},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
@@ -105,21 +107,25 @@ def read_batch(base_url: str, skus: Sequence[str]) -> list[dict[str, Any]]:
     return items
 
 
-def figures(base_url: str, skus: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:
+def figures(
+    base_url: str, authorization: str, skus: Sequence[str]
+) -> dict[tuple[str, str], dict[str, Any]]:
     """(sku, location) -> the location's figures, as the HTTP API shows them."""
     shown: dict[tuple[str, str], dict[str, Any]] = {}
-    for item in read_batch(base_url, skus):
+    for item in read_batch(base_url, authorization, skus):
         for location in item["locations"]:
             shown[(item["sku"], location["location_id"])] = location
     return shown
 
 
-def wait_served(base_url: str, catalogue: Catalogue, stack: Stack, timeout: float) -> None:
+def wait_served(
+    base_url: str, authorization: str, catalogue: Catalogue, stack: Stack, timeout: float
+) -> None:
     skus = [*catalogue.hot_skus, *catalogue.regular_skus]
     deadline = time.monotonic() + timeout
     while True:
         try:
-            shown = figures(base_url, skus)
+            shown = figures(base_url, authorization, skus)
             if all(shown.get(slot, {}).get("on_hand") == n for slot, n in catalogue.stock.items()):
                 return
             missing = sum(1 for slot in catalogue.stock if slot not in shown)
@@ -174,7 +180,7 @@ def agreement(
     return {"sku_locations_checked": len(set(sold) | set(reserved)), "disagree": wrong[:20]}
 
 
-def run_locust(params: Params, config_path: Path, output: Path, host: str) -> int:
+def run_locust(params: Params, config_path: Path, output: Path, host: str, token: str) -> int:
     command = [
         sys.executable,
         "-m",
@@ -200,7 +206,13 @@ def run_locust(params: Params, config_path: Path, output: Path, host: str) -> in
         "--exit-code-on-error",
         "1",
     ]
-    env = {**os.environ, "LOAD_CONFIG": str(config_path), "PYTHONPATH": str(REPO_ROOT)}
+    # The credential through the environment (AVAILABILITY_TOKEN), not the config file.
+    env = {
+        **os.environ,
+        "LOAD_CONFIG": str(config_path),
+        "PYTHONPATH": str(REPO_ROOT),
+        "AVAILABILITY_TOKEN": token,
+    }
     log.info("locust: %d users for %.0f s", params.users, params.duration)
     return subprocess.run(command, env=env, cwd=REPO_ROOT, timeout=params.duration + 300).returncode
 
@@ -233,7 +245,8 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
         seeded = asyncio.run(publish_balances(settings, catalogue, run_id))
         base_url = f"http://127.0.0.1:{settings.http_port}"
         log.info("seed: %d ERP balances published; waiting until served", seeded)
-        wait_served(base_url, catalogue, stack, timeout=300)
+        authorization = bearer(settings.token.get_secret_value())
+        wait_served(base_url, authorization, catalogue, stack, timeout=300)
         ledger_path = output / "ledger.json"
         config = {
             "run_id": run_id,
@@ -250,12 +263,12 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
         }
         config_path = log_dir / "load-config.json"
         config_path.write_text(json.dumps(config))
-        code = run_locust(params, config_path, output, base_url)
+        code = run_locust(params, config_path, output, base_url, settings.token.get_secret_value())
         ledger = json.loads(ledger_path.read_text())
         log.info("locust exited with %d; waiting until the worker has folded everything", code)
         wait_folded(settings, stack)
         skus = sorted({s for s, _, _ in ledger["sold"]} | {s for s, _, _ in ledger["reserved"]})
-        check = agreement(catalogue, ledger, figures(base_url, skus))
+        check = agreement(catalogue, ledger, figures(base_url, authorization, skus))
         report = {
             "parameters": asdict(params),
             "locust_exit_code": code,

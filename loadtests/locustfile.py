@@ -38,6 +38,8 @@ import orjson
 from kafka import KafkaProducer
 from locust import FastHttpUser, User, between, constant_pacing, events, task
 
+from infra.config import get_settings
+from loadtests.credentials import bearer, grpc_metadata
 from loadtests.flash_sale import Catalogue, Ledger
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
@@ -47,6 +49,8 @@ logging.getLogger("kafka").setLevel(logging.WARNING)
 
 CONFIG: dict[str, Any] = json.loads(Path(os.environ["LOAD_CONFIG"]).read_text())
 CATALOGUE = Catalogue.from_data(CONFIG["catalogue"])
+TOKEN = get_settings().token.get_secret_value()  # AVAILABILITY_TOKEN, set by loadtests.load
+METADATA = grpc_metadata(TOKEN)
 LEDGER = Ledger()
 HOT_SHARE = 0.8  # of product-page views and checkouts that are for a flash-sale SKU
 COLLECTION_SIZE = 24
@@ -109,6 +113,7 @@ def pick_sku(rng: random.Random) -> str:
 class Shopper(FastHttpUser):
     weight = 8
     wait_time = between(0.05, 0.3)
+    default_headers = {"Authorization": bearer(TOKEN)}  # noqa: RUF012
 
     @task(6)
     def product_page(self) -> None:
@@ -169,7 +174,7 @@ class GrpcUser(User):
         failure: Exception | None = None
         answer = None
         try:
-            answer = method(request, timeout=5)
+            answer = method(request, timeout=5, metadata=METADATA)
         except grpc.RpcError as exc:
             failure = exc
         events.request.fire(  # type: ignore[no-untyped-call]

@@ -1,7 +1,8 @@
 """``python -m services.cli COMMAND``: operator commands (``--help`` lists them).
 
 Exit codes: 0 done, 1 the command ran and found a problem (or timed out), 2 bad
-arguments or input that could not be used at all.
+arguments or input that could not be used at all, or a command that writes run
+without an ``ops`` credential in ``AVAILABILITY_TOKEN`` (``services.cli.operator``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.exceptions import RedisError
 
 from availability.drift import ExportFormatError
 from infra.config import Settings, get_settings
+from services.cli import credentials
 from services.cli.dead_letters import (
     Selection,
     UsageError,
@@ -28,6 +30,7 @@ from services.cli.dead_letters import (
     replay_dead_letters,
 )
 from services.cli.drift import drift, drift_job
+from services.cli.operator import NotAuthorised, operator_identity
 from services.cli.rebuild import rebuild
 
 T = TypeVar("T")
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         " AVAILABILITY_DRIFT_INTERVAL seconds with AVAILABILITY_DRIFT_THRESHOLD, and the"
         " counts published for Prometheus. Off (exits at once) while the interval is 0.",
     )
+    credentials.add_parser(commands)
     return parser
 
 
@@ -217,26 +221,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run(args, settings))
     except UsageError as exc:
         parser.error(str(exc))  # exits 2
+    except NotAuthorised as exc:
+        fail(f"not authorised: {exc}")
+        return 2
     except ExportFormatError as exc:
         fail(str(exc))
         return 2
     except KafkaError as exc:
         fail(f"the broker at {settings.bootstrap_servers} cannot be used: {exc!r}")
     except RedisError as exc:
-        fail(f"Redis at {settings.redis_url} cannot be used: {exc}")
+        fail(f"Redis at {settings.redis_url_shown} cannot be used: {exc}")
     except TimeoutError:
         fail("gave up waiting for the broker or Redis")
     return 1
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "credentials":
+        return credentials.run(args, settings, say)
     if args.command == "rebuild":
+        operator_identity(settings)
         return await rebuild(settings, wait=not args.no_wait, timeout=args.timeout, say=say)
     if args.command == "dead-letters" and args.action == "list":
         return await list_dead_letters(
             settings, _selection(args), limit=args.limit, as_json=args.json, say=say
         )
     if args.command == "dead-letters" and args.action == "replay":
+        if not args.dry_run:
+            operator_identity(settings)
         return await replay_dead_letters(
             settings,
             _selection(args),

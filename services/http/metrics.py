@@ -107,6 +107,12 @@ class Metrics:
             buckets=REQUEST_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "availability_http_auth_refusals",
+            "Requests refused before any route: 401 (no valid credential) or 403 (a scope missing)",
+            ["status"],
+            registry=self.registry,
+        )
         self.serving = ServingCollector()
         self.registry.register(self.serving)
 

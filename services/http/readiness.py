@@ -1,16 +1,24 @@
 """The checks behind ``GET /readyz``: Redis answers, the rules log is caught up with
 the broker, the stream processor is up and caught up, and the serving layer is
-complete (not being rebuilt after Redis lost its data: ``streams.rebuild``)."""
+complete (not being rebuilt after Redis lost its data: ``streams.rebuild``).
+
+``/readyz`` is open (the kubelet and load balancers call it without a credential), so
+a check's answer names what failed, never the exception behind it (host names,
+addresses, library messages): that goes to the log.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from infra.config import Settings
 from infra.store import AvailabilityStore
 from services.http.resources import RulesConnection, describe
+
+log = logging.getLogger(__name__)
 
 OK = "ok"
 #: Each check gives up after this long (a probe must answer quickly).
@@ -47,7 +55,8 @@ async def check_redis(store: AvailabilityStore) -> str:
     except TimeoutError:
         return f"Redis did not answer within {CHECK_TIMEOUT:g} s"
     except Exception as exc:
-        return f"Redis unreachable ({describe(exc)})"
+        log.warning("readiness: Redis unreachable: %s", describe(exc))
+        return "Redis unreachable"
 
 
 async def check_serving(store: AvailabilityStore) -> str:
@@ -57,21 +66,23 @@ async def check_serving(store: AvailabilityStore) -> str:
     except TimeoutError:
         return "serving layer state unknown: Redis did not answer in time"
     except Exception as exc:
-        return f"serving layer state unknown ({describe(exc)})"
+        log.warning("readiness: serving layer state unknown: %s", describe(exc))
+        return "serving layer state unknown: Redis unreachable"
     return OK if layer.complete else f"serving layer {layer.describe()}"
 
 
 async def check_broker(rules: RulesConnection) -> str:
     if not rules.started:
-        reason = f" ({rules.last_error})" if rules.last_error else ""
-        return f"rules log not connected to the broker{reason}"
+        # RulesConnection logs each failed attempt with its reason.
+        return "rules log not connected to the broker"
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             await rules.log.sync(timeout=CHECK_TIMEOUT)
     except TimeoutError:
         return f"rules log not caught up with the broker within {CHECK_TIMEOUT:g} s"
     except Exception as exc:
-        return f"broker unreachable ({describe(exc)})"
+        log.warning("readiness: broker unreachable: %s", describe(exc))
+        return "broker unreachable"
     return OK
 
 
@@ -82,7 +93,8 @@ async def check_processor(store: AvailabilityStore, settings: Settings) -> str:
     except TimeoutError:
         return "worker status unknown: Redis did not answer in time"
     except Exception as exc:
-        return f"worker status unknown ({describe(exc)})"
+        log.warning("readiness: worker status unknown: %s", describe(exc))
+        return "worker status unknown: Redis unreachable"
     return assess_workers(workers, settings.ready_max_lag)
 
 

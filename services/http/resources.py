@@ -103,8 +103,8 @@ class RulesConnection:
     async def operation(self, what: str) -> AsyncIterator[RulesLog]:
         """The started rules log for one request; broker trouble becomes 503."""
         if not self.started:
-            reason = f" ({self.last_error})" if self.last_error else ""
-            raise ApiError.unavailable(f"the broker cannot be reached{reason}: {what} failed")
+            # The reason is in the log (each failed attempt), not in the answer.
+            raise ApiError.unavailable(f"the broker cannot be reached: {what} failed")
         try:
             async with asyncio.timeout(RULES_OPERATION_TIMEOUT):
                 yield self.log

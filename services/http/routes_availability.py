@@ -13,7 +13,9 @@ from fastapi import APIRouter, Query, Request, Response
 from availability.ats import view
 from availability.identifiers import DEFAULT_CHANNEL
 from infra.store import AvailabilityStore, batch_items, render_answer
+from services.auth.scopes import AVAILABILITY_READ
 from services.http import schemas
+from services.http.access import requires
 from services.http.deps import StoreDep
 from services.http.errors import ApiError
 from services.http.responses import json_response, raw_json
@@ -49,6 +51,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "The SKU may contain `/`."
     ),
     response_model=None,
+    openapi_extra=requires(AVAILABILITY_READ),
     responses={
         200: {"model": schemas.Availability, "description": "The SKU's availability"},
         400: {"model": schemas.ErrorBody, "description": "Invalid SKU, channel or location"},
@@ -96,10 +99,11 @@ async def _not_found(store: AvailabilityStore, sku: str) -> ApiError:
     ),
     response_model=None,
     openapi_extra={
+        **requires(AVAILABILITY_READ),
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": schemas.BatchRequest.model_json_schema()}},
-        }
+        },
     },
     responses={
         200: {"model": schemas.BatchAnswer, "description": "One item per requested SKU"},

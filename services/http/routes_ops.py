@@ -9,7 +9,9 @@ import logging
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from services.auth.scopes import METRICS_READ
 from services.http import schemas
+from services.http.access import OPEN, requires
 from services.http.deps import ServicesDep
 from services.http.errors import UNAVAILABLE
 from services.http.readiness import CHECK_TIMEOUT, OK, readiness
@@ -27,6 +29,7 @@ _HEALTHY = b'{"status":"ok"}'
     "/healthz",
     summary="Liveness: the process is up",
     response_model=None,
+    openapi_extra=OPEN,
     responses={200: {"model": schemas.Health, "description": "Up"}},
 )
 async def healthz() -> Response:
@@ -37,6 +40,7 @@ async def healthz() -> Response:
     "/readyz",
     summary="Readiness: Redis, the broker and the stream processor are up and caught up",
     response_model=None,
+    openapi_extra=OPEN,
     responses={
         200: {"model": schemas.Readiness, "description": "Ready"},
         503: {"model": schemas.NotReady, "description": "Not ready; `checks` says why"},
@@ -56,7 +60,10 @@ async def readyz(services: ServicesDep) -> Response:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
+    description="Open unless `AVAILABILITY_HTTP_METRICS_OPEN=false`; then the"
+    " `metrics:read` scope is needed.",
     response_model=None,
+    openapi_extra=requires(METRICS_READ),
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format"}},
 )
 async def metrics(services: ServicesDep) -> Response:

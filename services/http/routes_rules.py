@@ -12,7 +12,9 @@ from fastapi import APIRouter, Request, Response
 
 from availability.rules import InvalidRule, parse_rule
 from infra.rules_log import RuleConflict
+from services.auth.scopes import RULES_READ, RULES_WRITE
 from services.http import schemas
+from services.http.access import requires
 from services.http.deps import RulesDep
 from services.http.errors import SCOPE_CONFLICT, ApiError
 from services.http.responses import json_response
@@ -40,6 +42,7 @@ def _scope(sku: str | None, location_id: str | None) -> str:
     "",
     summary="All rules, sorted by rule_id",
     response_model=None,
+    openapi_extra=requires(RULES_READ, RULES_WRITE),
     responses={200: {"model": schemas.RuleList, "description": "Every rule"}, **_ERRORS},
 )
 async def list_rules(rules: RulesDep) -> Response:
@@ -53,6 +56,7 @@ async def list_rules(rules: RulesDep) -> Response:
     "/{rule_id}",
     summary="One rule",
     response_model=None,
+    openapi_extra=requires(RULES_READ, RULES_WRITE),
     responses={
         200: {"model": schemas.Rule, "description": "The rule"},
         **_INVALID_ID,
@@ -81,10 +85,11 @@ async def get_rule(rule_id: str, rules: RulesDep) -> Response:
     ),
     response_model=None,
     openapi_extra={
+        **requires(RULES_WRITE),
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": schemas.RuleBody.model_json_schema()}},
-        }
+        },
     },
     responses={
         200: {"model": schemas.Rule, "description": "The stored rule"},
@@ -117,6 +122,7 @@ async def put_rule(rule_id: str, request: Request, rules: RulesDep) -> Response:
     summary="Delete a rule",
     status_code=204,
     response_model=None,
+    openapi_extra=requires(RULES_WRITE),
     responses={
         204: {"description": "Deleted"},
         **_INVALID_ID,

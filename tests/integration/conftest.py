@@ -23,13 +23,17 @@ from typing import Any
 
 import pytest
 
-from dev.stack import DevBroker, ensure_redis, process_env, stop_process
+from dev.broker import DevBroker
+from dev.processes import process_env, stop_process
+from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.topics import create_topics
 from tests.integration.grpc_support import apis as apis  # the fixture, for the gRPC tests
 from tests.integration.support import (
     ENV_PREFIX,
+    TEST_API_KEY,
     ProcessHandle,
+    api_key_spec,
     dev_field_overrides,
     free_port,
 )
@@ -99,6 +103,8 @@ def make_settings(broker: str, redis_url: str, data_dir: Path, **fields: Any) ->
         grpc_port=free_port(),
         worker_metrics_port=free_port(),
         grpc_metrics_port=free_port(),
+        auth_api_keys=[api_key_spec()],
+        token=TEST_API_KEY,
     )
     values.update(fields)
     return Settings(**values)

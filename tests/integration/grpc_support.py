@@ -30,7 +30,12 @@ from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from tests.integration.scenario import at_minute, seed_events
-from tests.integration.support import ProcessHandle, mark_serving_layer_complete, wait_http_ready
+from tests.integration.support import (
+    ProcessHandle,
+    auth_headers,
+    mark_serving_layer_complete,
+    wait_http_ready,
+)
 
 if TYPE_CHECKING:  # conftest imports this module for its fixture
     from tests.integration.conftest import StartService
@@ -101,7 +106,7 @@ async def apis(settings: Settings, start_service: StartService) -> AsyncIterator
         await wait_serving(channel, grpc_process)
         await wait_http_ready(settings.http_port, path="/healthz", process=http_process)
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20
+            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20, headers=auth_headers()
         ) as http:
             await store.write_records(
                 [

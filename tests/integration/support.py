@@ -22,14 +22,32 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import RecordMetadata
 
-from dev.stack import ENV_PREFIX as ENV_PREFIX
-from dev.stack import dev_field_overrides as dev_field_overrides
-from dev.stack import http_status, popen_child, stop_process
-from dev.stack import settings_env as settings_env
-from infra.config import Settings
+from dev.processes import ENV_PREFIX as ENV_PREFIX
+from dev.processes import dev_field_overrides as dev_field_overrides
+from dev.processes import popen_child, stop_process
+from dev.processes import settings_env as settings_env
+from dev.stack import http_status
+from infra.config import ApiKeySpec, Settings
 from infra.store import AvailabilityStore
+from services.auth.api_keys import hash_api_key, new_api_key
+from services.auth.scopes import ALL_SCOPES
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
+
+
+#: The tests' credential: a fresh API key every session, holding every scope.
+TEST_API_KEY: Final[str] = new_api_key()
+
+
+def api_key_spec(
+    key: str = TEST_API_KEY, scopes: Sequence[str] = ALL_SCOPES, key_id: str = "tests"
+) -> ApiKeySpec:
+    """The configuration entry of ``key`` (its hash, never the key)."""
+    return ApiKeySpec(id=key_id, sha256=hash_api_key(key), scopes=tuple(scopes))
+
+
+def auth_headers(key: str = TEST_API_KEY) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 def free_port() -> int:

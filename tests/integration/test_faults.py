@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dev.stack import DevBroker
+from dev.broker import DevBroker
 from infra.config import Settings
 from infra.store import AvailabilityStore
 from infra.topics import create_topics

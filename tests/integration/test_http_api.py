@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from availability.ats import SkuAvailability, build_availability, view
 from availability.events import event_from_dict
@@ -26,10 +25,15 @@ from availability.rules import Rule, RuleBook, parse_rule
 from availability.state import fold_all
 from infra.config import Settings
 from infra.store import AvailabilityStore
-from services.http import create_app
 from tests.integration.conftest import StartService
+from tests.integration.http_support import drop_keys, serve_app
 from tests.integration.scenario import seed_events
-from tests.integration.support import free_port, mark_serving_layer_complete, wait_until
+from tests.integration.support import (
+    auth_headers,
+    free_port,
+    mark_serving_layer_complete,
+    wait_until,
+)
 
 NOW = parse_timestamp("2026-11-22T12:00:00Z")
 SKU = "AB/12-x.y:z"  # '/' and ':' are valid in a SKU
@@ -43,47 +47,20 @@ class Api:
     settings: Settings
 
 
-async def _serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=settings.http_port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if task.done():
-            task.result()
-            raise AssertionError("the server stopped during start-up")
-        assert time.monotonic() < deadline, "the server did not start within 30 s"
-        await asyncio.sleep(0.02)
-    return server, task
-
-
-async def _drop_keys(store: AvailabilityStore) -> None:
-    keys = [key async for key in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
-    if keys:
-        await store.client.delete(*keys)
-
-
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
-    server, task = await _serve(settings)
+    server, task = await serve_app(settings)
     store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
     await mark_serving_layer_complete(store, settings.partitions)
     try:
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20
+            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=20, headers=auth_headers()
         ) as client:
             yield Api(client, store, settings)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
-        await _drop_keys(store)
+        await drop_keys(store)
         await store.close()
 
 
@@ -621,11 +598,11 @@ async def test_redis_and_broker_down_give_503_not_500(settings: Settings) -> Non
         }
     )
     started = time.monotonic()
-    server, task = await _serve(down)
+    server, task = await serve_app(down)
     assert time.monotonic() - started < 10  # start-up does not wait for the broker
     try:
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{down.http_port}", timeout=30
+            base_url=f"http://127.0.0.1:{down.http_port}", timeout=30, headers=auth_headers()
         ) as client:
             assert (await client.get("/healthz")).status_code == 200
 
@@ -667,7 +644,7 @@ async def test_python_m_services_http(settings: Settings, start_service: StartSe
         await mark_serving_layer_complete(store, settings.partitions)
         process = start_service("services.http", settings)
         base = f"http://127.0.0.1:{settings.http_port}"
-        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=10, headers=auth_headers()) as client:
 
             async def ready() -> bool:
                 assert process.running, process.tail()
@@ -683,5 +660,5 @@ async def test_python_m_services_http(settings: Settings, start_service: StartSe
             assert response.content == orjson.dumps(view(record, "online"))
             assert (await client.get("/healthz")).json() == {"status": "ok"}
     finally:
-        await _drop_keys(store)
+        await drop_keys(store)
         await store.close()

@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import orjson
 
-from dev.stack import DevBroker, ensure_redis, process_env, stop_process
+from dev.broker import DevBroker
+from dev.processes import process_env, stop_process
+from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.kafka import read_topic
 from infra.store import AvailabilityStore

@@ -30,7 +30,13 @@ from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartService
 from tests.integration.grpc_support import Stream, wait_serving, watch
 from tests.integration.scenario import Delivery, mixed_stream, stamp, topic_of
-from tests.integration.support import SKU_KEY, consume_all, produce, wait_http_ready
+from tests.integration.support import (
+    SKU_KEY,
+    auth_headers,
+    consume_all,
+    produce,
+    wait_http_ready,
+)
 from tests.reference import recompute
 
 
@@ -157,7 +163,9 @@ async def start_stack(
         start_service("streams", settings, name=f"worker-{n + 1}")
     api = start_service("services.http", settings, name="api")
     await wait_http_ready(settings.http_port, timeout=90, process=api)
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=10)
+    return httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{settings.http_port}", timeout=10, headers=auth_headers()
+    )
 
 
 @contextlib.asynccontextmanager

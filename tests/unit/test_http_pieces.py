@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from availability.ats import LocationAvailability, SkuAvailability, view
 from availability.rules import parse_rule
-from infra.config import Settings
+from infra.config import ApiKeySpec, Settings
 from infra.rules_log import RulesLog
+from services.auth.api_keys import hash_api_key, new_api_key
+from services.auth.scopes import ALL_SCOPES
 from services.http import create_app, schemas
 from services.http.errors import ApiError, code_for_status, describe_validation_errors
 from services.http.metrics import ServingCollector, route_template
@@ -202,8 +204,14 @@ def test_route_template() -> None:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(Settings()), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    key = new_api_key()
+    settings = Settings(
+        auth_api_keys=[ApiKeySpec(id="t", sha256=hash_api_key(key), scopes=ALL_SCOPES)]
+    )
+    transport = httpx.ASGITransport(app=create_app(settings), raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test", headers={"authorization": f"Bearer {key}"}
+    ) as client:
         yield client
 
 
