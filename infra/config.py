@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
     replication_factor: int = Field(default=1, ge=1)
+    # How long the audit topic keeps its records (days; it is never compacted).
+    audit_retention_days: int = Field(default=400, ge=1)
 
     # --- stream processor ---
     app_id: str = "availability"
@@ -196,6 +198,12 @@ class Settings(BaseSettings):
     def rules_topic(self) -> str:
         """Source of truth for rules: one partition, compacted, keyed by rule_id."""
         return self.topic("availability.rules")
+
+    @property
+    def audit_topic(self) -> str:
+        """Who changed which policy, and operators' actions: one partition, never
+        compacted, kept ``audit_retention_days`` (``infra.audit``)."""
+        return self.topic("availability.audit")
 
 
 def redact_url(url: str) -> str:

@@ -4,23 +4,45 @@ It is the source of truth for rules and survives a restart of every process.
 Every API replica and every worker folds the whole log into a ``RuleBook``; as
 they fold the same records in the same order they agree on every decision,
 including which of two racing PUTs for one scope wins (the first in the log).
+
+A record written through the API carries who made it in its headers
+(``infra.audit.actor_headers``); ``changes`` keeps, for the audit relay
+(``infra.audit_relay``), every change the fold made: its offset, the rule before and
+after, and those headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from availability.rules import InvalidRule, Rule, RuleBook, parse_rule
+from infra.audit import Actor, Headers, actor_headers
 from infra.config import Settings
 
 log = logging.getLogger(__name__)
 
 RuleChange = Callable[[Rule | None, Rule | None], Awaitable[None] | None]
+#: Changes kept for the audit relay; it needs those since its last commit, which
+#: trails the log by a second or so (a log this process folded from the start).
+MAX_CHANGES_KEPT = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A record of the log that changed a rule (a race lost or a repeat changes none)."""
+
+    offset: int
+    rule_id: str
+    before: Rule | None
+    after: Rule | None
+    headers: Headers
 
 
 class RuleConflict(Exception):
@@ -45,6 +67,7 @@ class RulesLog:
         self._task: asyncio.Task[None] | None = None
         self._advanced = asyncio.Condition()
         self.failure: BaseException | None = None
+        self.changes: deque[Change] = deque(maxlen=MAX_CHANGES_KEPT)
 
     async def start(self) -> None:
         servers = self.settings.bootstrap_servers
@@ -90,12 +113,14 @@ class RulesLog:
                 continue
             self.failure = None
             for record in batches.get(self._tp, []):
-                await self._fold(record.key, record.value)
+                await self._fold(record.key, record.value, record.offset, record.headers)
                 self.position = record.offset + 1
             async with self._advanced:
                 self._advanced.notify_all()
 
-    async def _fold(self, key: bytes | None, value: bytes | None) -> None:
+    async def _fold(
+        self, key: bytes | None, value: bytes | None, offset: int = -1, headers: Headers = ()
+    ) -> None:
         if key is None:
             log.warning("rules log: record without key ignored")
             return
@@ -113,7 +138,10 @@ class RulesLog:
             if not self.book.put(after):
                 log.warning("rules log: %r lost a race for its scope; ignored", rule_id)
                 return
-        if before != after and self._on_change is not None:
+        if before == after:
+            return
+        self.changes.append(Change(offset, rule_id, before, after, tuple(headers)))
+        if self._on_change is not None:
             try:
                 outcome = self._on_change(before, after)
                 if outcome is not None:
@@ -135,12 +163,17 @@ class RulesLog:
         """Catch up with everything written to the log so far."""
         await self.wait_for(await self.end_offset(), timeout)
 
-    async def put(self, rule: Rule) -> Rule:
+    async def wait_advanced(self, timeout: float) -> None:
+        """Until the fold has moved on (or ``timeout`` seconds)."""
+        async with self._advanced:
+            await asyncio.wait_for(self._advanced.wait(), timeout)
+
+    async def put(self, rule: Rule, actor: Actor | None = None) -> Rule:
         await self.sync()
         holder = self.book.conflict(rule)
         if holder is not None:
             raise RuleConflict(holder)
-        offset = await self._send(rule.rule_id, encode_rule(rule))
+        offset = await self._send(rule.rule_id, encode_rule(rule), actor)
         await self.wait_for(offset + 1)
         stored = self.book.get(rule.rule_id)
         if stored != rule:
@@ -153,17 +186,25 @@ class RulesLog:
             raise RuleConflict(holder if holder is not None else rule)
         return rule
 
-    async def delete(self, rule_id: str) -> bool:
+    async def delete(self, rule_id: str, actor: Actor | None = None) -> bool:
         await self.sync()
         if self.book.get(rule_id) is None:
             return False
-        offset = await self._send(rule_id, None)
+        offset = await self._send(rule_id, None, actor)
         await self.wait_for(offset + 1)
         return True
 
-    async def _send(self, rule_id: str, value: bytes | None) -> int:
+    async def _send(self, rule_id: str, value: bytes | None, actor: Actor | None = None) -> int:
         assert self._producer is not None
         metadata = await self._producer.send_and_wait(
-            self._tp.topic, value=value, key=rule_id.encode(), partition=0
+            self._tp.topic,
+            value=value,
+            key=rule_id.encode(),
+            partition=0,
+            headers=None if actor is None else list(actor_headers(actor)),
         )
         return int(metadata.offset)
+
+    def changes_from(self, offset: int) -> Sequence[Change]:
+        """The kept changes at ``offset`` or later, oldest first."""
+        return [change for change in self.changes if change.offset >= offset]

@@ -12,6 +12,10 @@ from infra.config import Settings
 log = logging.getLogger(__name__)
 
 
+DAY_MS = 24 * 3600 * 1000
+RULES_COMPACTION_LAG_MS = 7 * DAY_MS
+
+
 class TopicError(RuntimeError):
     """A topic could not be created; the message says which and why."""
 
@@ -34,6 +38,21 @@ async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
         wanted[name] = NewTopic(
             name, 1, settings.replication_factor, topic_configs={"cleanup.policy": "compact"}
         )
+    # A rule's record must outlive compaction until the audit relay has copied it
+    # (infra.audit_relay): a week of relay downtime before a superseded change could
+    # be compacted away unrecorded.
+    wanted[settings.rules_topic].topic_configs["min.compaction.lag.ms"] = str(
+        RULES_COMPACTION_LAG_MS
+    )
+    wanted[settings.audit_topic] = NewTopic(
+        settings.audit_topic,
+        1,
+        settings.replication_factor,
+        topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(settings.audit_retention_days * DAY_MS),
+        },
+    )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.faust_app_id}-topics",

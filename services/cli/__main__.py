@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from availability.drift import ExportFormatError
+from infra.audit import audit_record, new_audit_id, record_actions
 from infra.config import Settings, get_settings
 from services.cli import credentials
 from services.cli.dead_letters import (
@@ -30,7 +31,7 @@ from services.cli.dead_letters import (
     replay_dead_letters,
 )
 from services.cli.drift import drift, drift_job
-from services.cli.operator import NotAuthorised, operator_identity
+from services.cli.operator import NotAuthorised, operator_actor
 from services.cli.rebuild import rebuild
 
 T = TypeVar("T")
@@ -240,15 +241,20 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "credentials":
         return credentials.run(args, settings, say)
     if args.command == "rebuild":
-        operator_identity(settings)
+        rebuilder = operator_actor(settings)
+        resource = "serving:all"
+        await record_actions(
+            settings,
+            [(resource, audit_record(audit_id=new_audit_id("rebuild"), actor=rebuilder,
+                                     action="serving.rebuild", resource=resource))],
+        )  # fmt: skip
         return await rebuild(settings, wait=not args.no_wait, timeout=args.timeout, say=say)
     if args.command == "dead-letters" and args.action == "list":
         return await list_dead_letters(
             settings, _selection(args), limit=args.limit, as_json=args.json, say=say
         )
     if args.command == "dead-letters" and args.action == "replay":
-        if not args.dry_run:
-            operator_identity(settings)
+        operator = None if args.dry_run else operator_actor(settings)
         return await replay_dead_letters(
             settings,
             _selection(args),
@@ -257,6 +263,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             force=args.force,
             dry_run=args.dry_run,
             say=say,
+            operator=operator,
         )
     if args.command == "drift":
         return await drift(

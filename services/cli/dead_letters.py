@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from availability.identifiers import parse_timestamp
+from infra.audit import Actor, audit_record, new_audit_id
 from infra.config import Settings
 from infra.kafka import read_topic
 from services.cli.text import table
@@ -30,6 +31,8 @@ from services.cli.text import table
 REPLAY_HEADER = "availability-replay-of"
 PREVIEW_WIDTH = 60
 TOPIC_ALREADY_EXISTS = 36
+#: How much of the replayed event the audit record keeps (the dead letter has it all).
+AUDITED_VALUE_CHARS = 2000
 
 Say = Callable[[str], None]
 
@@ -252,7 +255,10 @@ async def replay_dead_letters(
     force: bool,
     dry_run: bool,
     say: Say,
+    operator: Actor | None = None,
 ) -> int:
+    """``operator`` (who runs it, for the ledger and the audit trail) is required
+    unless ``dry_run``."""
     if not selection.ids and not all_matching:
         raise UsageError(
             "name the dead letters to replay with --id, or add --all-matching to replay"
@@ -293,14 +299,20 @@ async def replay_dead_letters(
         say(f"dry run: {len(todo)} would be replayed, {skipped} already replayed, {failed} refused")
         return 1 if failed else 0
     if todo:
+        assert operator is not None, "a replay that publishes needs its operator"
         await ensure_replays_topic(settings)
-        await publish_replays(settings, todo, patched=patch is not None, say=say)
+        await publish_replays(settings, todo, patched=patch is not None, say=say, operator=operator)
     say(f"{len(todo)} replayed, {skipped} already replayed (skipped), {failed} refused")
     return 1 if failed else 0
 
 
 async def publish_replays(
-    settings: Settings, todo: Sequence[tuple[DeadLetter, bytes]], *, patched: bool, say: Say
+    settings: Settings,
+    todo: Sequence[tuple[DeadLetter, bytes]],
+    *,
+    patched: bool,
+    say: Say,
+    operator: Actor,
 ) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
@@ -320,9 +332,21 @@ async def publish_replays(
                 "partition": sent.partition,
                 "offset": sent.offset,
                 "patched": patched,
+                "operator": operator.subject,
             }
             await producer.send_and_wait(
                 settings.dlq_replays_topic, value=orjson.dumps(note), key=letter.id.encode()
+            )
+            resource = f"dead_letter:{letter.id}"
+            record = audit_record(
+                audit_id=new_audit_id("replay"),
+                actor=operator,
+                action="dead_letter.replay",
+                resource=resource,
+                after={**note, "value": value.decode("utf-8", "replace")[:AUDITED_VALUE_CHARS]},
+            )
+            await producer.send_and_wait(
+                settings.audit_topic, value=record, key=resource.encode(), partition=0
             )
             say(f"{letter.id}: replayed to {letter.topic}[{sent.partition}]@{sent.offset}")
     finally:

@@ -9,6 +9,9 @@ and Redis at all (network policy, Kafka ACLs, the Redis password: README Securit
 
 from __future__ import annotations
 
+import uuid
+
+from infra.audit import Actor
 from infra.config import Settings
 from services.auth.authenticator import Authenticator
 from services.auth.identity import Identity, Unauthenticated, missing_scope_message
@@ -34,3 +37,9 @@ def operator_identity(settings: Settings) -> Identity:
     if not identity.allows({OPS}):
         raise NotAuthorised(missing_scope_message(identity, {OPS}))
     return identity
+
+
+def operator_actor(settings: Settings) -> Actor:
+    """The verified operator as the audit trail records them; one id per command run."""
+    identity = operator_identity(settings)
+    return Actor(identity.subject, identity.kind, f"cli-{uuid.uuid4().hex}")

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from infra.audit import AuditLog
+from infra.audit_relay import AuditRelay
 from infra.config import Settings, get_settings
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
@@ -56,11 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = AvailabilityStore.from_url(
             cfg.redis_url, cfg.redis_key_prefix, cfg.redis_max_connections
         )
-        rules = RulesConnection(RulesLog(cfg))
+        rules_log = RulesLog(cfg)
+        audit = AuditLog(cfg)
+        rules = RulesConnection(rules_log, [audit, AuditRelay(cfg, rules_log)])
         try:
             await authenticator.start()
             await rules.start(wait=RULES_STARTUP_WAIT)
-            app.state.services = Services(cfg, store, rules, metrics)
+            app.state.services = Services(cfg, store, rules, metrics, audit)
             yield
         finally:
             await rules.close()

@@ -1,20 +1,24 @@
-"""What the routes share: the settings, the Redis store, the rules log and metrics.
+"""What the routes share: the settings, the Redis store, the rules log, the audit
+trail and metrics.
 
-The rules log needs the broker. ``RulesConnection`` starts it without holding up
-the API's start-up for long: while the broker cannot be reached it keeps trying
-in the background, rules operations answer 503 and ``/readyz`` says why.
+The rules log needs the broker. ``RulesConnection`` starts it, and with it the
+audit trail's reader and relay (``infra.audit``, ``infra.audit_relay``), without
+holding up the API's start-up for long: while the broker cannot be reached it keeps
+trying in the background, rules operations answer 503 and ``/readyz`` says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka.errors import KafkaError
 
+from infra.audit import AuditLog
 from infra.config import Settings
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
@@ -36,17 +40,26 @@ def describe(exc: BaseException) -> str:
     return text if text.startswith(name) else f"{name}: {text}"
 
 
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class RulesConnection:
-    """Starts ``RulesLog`` and retries until it has started (or ``close``)."""
+    """Starts ``RulesLog`` (then its ``companions``, in order) and retries until all
+    have started (or ``close``)."""
 
     def __init__(
         self,
         rules_log: RulesLog,
+        companions: Sequence[Startable] = (),
         *,
         max_retry_interval: float = 10.0,
         attempt_timeout: float = 15.0,
     ) -> None:
         self.log = rules_log
+        self.companions = tuple(companions)
         self.max_retry_interval = max_retry_interval
         self.attempt_timeout = attempt_timeout
         self.last_error: str | None = None
@@ -75,6 +88,8 @@ class RulesConnection:
             try:
                 async with asyncio.timeout(self.attempt_timeout):
                     await self.log.start()
+                    for companion in self.companions:
+                        await companion.start()
             except Exception as exc:  # the broker cannot be reached (yet)
                 self.last_error = describe(exc)
                 log.info("rules log: start failed (%s); retrying", self.last_error)
@@ -88,10 +103,13 @@ class RulesConnection:
             return
 
     async def _stop_log(self) -> None:
-        try:
-            await self.log.stop()
-        except Exception as exc:
-            log.warning("rules log: stop failed: %s", describe(exc))
+        for client in (*reversed(self.companions), self.log):
+            try:
+                await client.stop()
+            except Exception as exc:
+                log.warning(
+                    "rules log: stopping %s failed: %s", type(client).__name__, describe(exc)
+                )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -122,3 +140,4 @@ class Services:
     store: AvailabilityStore
     rules: RulesConnection
     metrics: Metrics
+    audit: AuditLog

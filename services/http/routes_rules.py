@@ -6,16 +6,20 @@ client reads its own writes whichever replica answers; broker trouble gives 503.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from availability.rules import InvalidRule, parse_rule
+from infra.audit import Actor, AuditLog
+from infra.audit_relay import rule_audit_id
 from infra.rules_log import RuleConflict
 from services.auth.scopes import RULES_READ, RULES_WRITE
 from services.http import schemas
 from services.http.access import requires
-from services.http.deps import RulesDep
+from services.http.actors import REQUEST_ID_HEADER, ActorDep
+from services.http.deps import RulesDep, ServicesDep
 from services.http.errors import SCOPE_CONFLICT, ApiError
 from services.http.responses import json_response
 from services.http.validation import read_json, require_rule_id
@@ -98,14 +102,14 @@ async def get_rule(rule_id: str, rules: RulesDep) -> Response:
         **_ERRORS,
     },
 )
-async def put_rule(rule_id: str, request: Request, rules: RulesDep) -> Response:
+async def put_rule(rule_id: str, request: Request, rules: RulesDep, actor: ActorDep) -> Response:
     try:
         rule = parse_rule(rule_id, await read_json(request))
     except InvalidRule as exc:
         raise ApiError.invalid("; ".join(exc.problems)) from None
     async with rules.operation("storing the rule") as rules_log:
         try:
-            stored = await rules_log.put(rule)
+            stored = await rules_log.put(rule, actor)
         except RuleConflict as exc:
             holder = exc.holder
             raise ApiError(
@@ -114,7 +118,7 @@ async def put_rule(rule_id: str, request: Request, rules: RulesDep) -> Response:
                 f"rule {holder.rule_id!r} already holds the scope "
                 f"({_scope(holder.sku, holder.location_id)})",
             ) from None
-    return json_response(stored.to_data())
+    return json_response(stored.to_data(), headers=_echo(actor))
 
 
 @router.delete(
@@ -130,10 +134,69 @@ async def put_rule(rule_id: str, request: Request, rules: RulesDep) -> Response:
         **_ERRORS,
     },
 )
-async def delete_rule(rule_id: str, rules: RulesDep) -> Response:
+async def delete_rule(rule_id: str, rules: RulesDep, actor: ActorDep) -> Response:
     require_rule_id(rule_id)
     async with rules.operation("deleting the rule") as rules_log:
-        deleted = await rules_log.delete(rule_id)
+        deleted = await rules_log.delete(rule_id, actor)
     if not deleted:
         raise ApiError.not_found(f"rule {rule_id!r} does not exist")
-    return Response(status_code=204)
+    return Response(status_code=204, headers=_echo(actor))
+
+
+@router.get(
+    "/{rule_id}/history",
+    summary="Every recorded change of a rule, oldest first",
+    description=(
+        "From the audit trail (README, Audit): who (the credential's subject and kind),"
+        " when, the request's id, and the rule before and after. A change made a moment"
+        " ago is waited for (up to a few seconds; 503 if the trail is behind)."
+    ),
+    response_model=None,
+    openapi_extra=requires(RULES_READ, RULES_WRITE),
+    responses={
+        200: {"model": schemas.RuleHistory, "description": "The rule's changes"},
+        **_INVALID_ID,
+        404: {"model": schemas.ErrorBody, "description": "No rule and no history"},
+        **_ERRORS,
+    },
+)
+async def rule_history(rule_id: str, services: ServicesDep) -> Response:
+    require_rule_id(rule_id)
+    async with services.rules.operation("reading the rule's history") as rules_log:
+        await rules_log.sync()
+        latest = next((c.offset for c in reversed(rules_log.changes) if c.rule_id == rule_id), None)
+        audit = services.audit
+        await audit.sync()
+        if latest is not None and not await _recorded(audit, rule_audit_id(latest)):
+            raise ApiError.unavailable(
+                "the audit trail has not recorded the rule's latest change yet; retry"
+            )
+        exists = rules_log.book.get(rule_id) is not None
+    history = audit.history(f"rule:{rule_id}")
+    if not history and not exists:
+        raise ApiError.not_found(f"rule {rule_id!r} has no history")
+    return json_response(
+        {
+            "rule_id": rule_id,
+            "history": [{name: entry.get(name) for name in HISTORY_FIELDS} for entry in history],
+        }
+    )
+
+
+HISTORY_FIELDS = ("audit_id", "at", "actor", "action", "before", "after")
+#: Seconds a history request waits for the relay to record the rule's latest change.
+HISTORY_WAIT = 5.0
+
+
+async def _recorded(audit: AuditLog, audit_id: str) -> bool:
+    deadline = asyncio.get_running_loop().time() + HISTORY_WAIT
+    while not audit.has(audit_id):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+        await audit.sync()
+    return True
+
+
+def _echo(actor: Actor) -> dict[str, str]:
+    return {REQUEST_ID_HEADER: actor.request_id or ""}

@@ -81,6 +81,26 @@ class RuleList(BaseModel):
     rules: list[Rule] = Field(description="sorted by rule_id")
 
 
+class AuditActor(BaseModel):
+    subject: str = Field(description="the credential's subject (an API key's id, a token's sub)")
+    kind: str = Field(examples=["api_key"], description="api_key, jwt, client_certificate, ...")
+    request_id: str | None
+
+
+class RuleChange(BaseModel):
+    audit_id: str = Field(examples=["rules@42"])
+    at: str = Field(description="RFC 3339, UTC")
+    actor: AuditActor
+    action: str = Field(examples=["rule.put"], description="rule.put or rule.delete")
+    before: Rule | None
+    after: Rule | None
+
+
+class RuleHistory(BaseModel):
+    rule_id: str
+    history: list[RuleChange] = Field(description="oldest first")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
 

@@ -118,6 +118,8 @@ async def test_serving_layer_lost_is_rebuilt_and_the_cli_forces_a_rebuild(
         assert done.returncode == 0, done.stdout + done.stderr
         assert "rebuild requested (1 worker(s) reporting)" in done.stdout
         assert done.stdout.rstrip().endswith("serving layer complete")
+        audit = await read_topic(settings.bootstrap_servers, settings.audit_topic)
+        assert [orjson.loads(r.value)["action"] for r in audit] == ["serving.rebuild"]
         await until_equal(client, expected, timeout=10)
     worker_log = start_service.handles[0].log_text()
     assert worker_log.count("serving layer: partitions") >= 3, worker_log[-3000:]
@@ -243,6 +245,14 @@ async def test_dead_letters_are_listed_and_replayed_once(
         assert [orjson.loads(line)["id"] for line in replayed_list.stdout.splitlines()] == [first]
         ledger = await read_topic(settings.bootstrap_servers, settings.dlq_replays_topic)
         assert [record.key for record in ledger] == [first.encode(), first.encode()]
+        assert {orjson.loads(record.value)["operator"] for record in ledger} == {"tests"}
+        audit = await read_topic(settings.bootstrap_servers, settings.audit_topic)
+        replays = [orjson.loads(r.value) for r in audit if r.key == f"dead_letter:{first}".encode()]
+        assert [(r["action"], r["actor"]["subject"]) for r in replays] == [
+            ("dead_letter.replay", "tests"),
+            ("dead_letter.replay", "tests"),
+        ]
+        assert replays[0]["after"]["patched"] is True
 
 
 async def wait_for_dead_letters(settings: Settings, count: int) -> dict[str, DeadLetter]:
