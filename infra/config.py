@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
     replication_factor: int = Field(default=1, ge=1)
+    # Rules in total (every process holds them all); a PUT of a new one beyond is 409.
+    max_rules: int = Field(default=10_000, ge=1)
     # How long the audit topic keeps its records (days; it is never compacted).
     audit_retention_days: int = Field(default=400, ge=1)
 

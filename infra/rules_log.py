@@ -51,6 +51,15 @@ class RuleConflict(Exception):
         self.holder = holder
 
 
+class TooManyRules(Exception):
+    """A new rule beyond ``AVAILABILITY_MAX_RULES``: every worker and API replica folds
+    every rule into memory and consults them for every SKU-location it computes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} rules exist, the most this deployment allows")
+        self.limit = limit
+
+
 def encode_rule(rule: Rule) -> bytes:
     return orjson.dumps(rule.to_data())
 
@@ -173,6 +182,8 @@ class RulesLog:
         holder = self.book.conflict(rule)
         if holder is not None:
             raise RuleConflict(holder)
+        if self.book.get(rule.rule_id) is None and len(self.book) >= self.settings.max_rules:
+            raise TooManyRules(self.settings.max_rules)
         offset = await self._send(rule.rule_id, encode_rule(rule), actor)
         await self.wait_for(offset + 1)
         stored = self.book.get(rule.rule_id)

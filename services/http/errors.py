@@ -6,7 +6,9 @@ Every 4xx/5xx answer is ``{"error": {"code": str, "message": str}}``:
 - 400 ``malformed_json``: the body is not JSON
 - 404 ``not_found``: unknown SKU, rule or route
 - 405 ``method_not_allowed``: with an ``Allow`` header
+- 401 ``unauthenticated``, 403 ``permission_denied``: ``services.http.access``
 - 409 ``scope_conflict``: another rule holds the rule's (sku, location_id) scope
+- 409 ``limit_exceeded``: a new rule beyond ``AVAILABILITY_MAX_RULES``
 - 413 ``payload_too_large``: the request body exceeds 1 MiB
 - 503 ``unavailable``: Redis or the broker cannot be reached, or the serving layer is
   being rebuilt and the SKU asked for has no record yet (``Retry-After: 1``)
@@ -34,6 +36,7 @@ MALFORMED_JSON = "malformed_json"
 NOT_FOUND = "not_found"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 SCOPE_CONFLICT = "scope_conflict"
+LIMIT_EXCEEDED = "limit_exceeded"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal"

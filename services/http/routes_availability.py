@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from availability.ats import view
-from availability.identifiers import DEFAULT_CHANNEL
+from availability.identifiers import DEFAULT_CHANNEL, SKU_PATTERN
 from infra.store import AvailabilityStore, batch_items, render_answer
 from services.auth.scopes import AVAILABILITY_READ
 from services.http import schemas
@@ -23,6 +23,7 @@ from services.http.validation import (
     CHANNEL_RULE,
     LOCATION_RULE,
     MAX_BATCH_SKUS,
+    SKU_RULE,
     parse_batch_request,
     read_json,
     require_channel,
@@ -60,7 +61,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
 )
 async def get_availability(
-    sku: str,
+    sku: Annotated[
+        str,
+        Path(
+            description=f"the SKU, {SKU_RULE}",
+            json_schema_extra={"pattern": f"^{SKU_PATTERN.pattern}$"},
+        ),
+    ],
     store: StoreDep,
     channel: Annotated[str, Query(description=f"sales channel, {CHANNEL_RULE}")] = DEFAULT_CHANNEL,
     location_id: Annotated[

@@ -7,24 +7,35 @@ client reads its own writes whichever replica answers; broker trouble gives 503.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
+from availability.identifiers import RULE_ID_PATTERN
 from availability.rules import InvalidRule, parse_rule
 from infra.audit import Actor, AuditLog
 from infra.audit_relay import rule_audit_id
-from infra.rules_log import RuleConflict
+from infra.rules_log import RuleConflict, TooManyRules
 from services.auth.scopes import RULES_READ, RULES_WRITE
 from services.http import schemas
 from services.http.access import requires
 from services.http.actors import REQUEST_ID_HEADER, ActorDep
 from services.http.deps import RulesDep, ServicesDep
-from services.http.errors import SCOPE_CONFLICT, ApiError
+from services.http.errors import LIMIT_EXCEEDED, SCOPE_CONFLICT, ApiError
 from services.http.responses import json_response
-from services.http.validation import read_json, require_rule_id
+from services.http.validation import RULE_ID_RULE, read_json, require_rule_id
 
 router = APIRouter(prefix="/v1/rules", tags=["rules"])
+
+#: The path parameter, documented with the pattern ``require_rule_id`` checks (the
+#: check itself stays in the route, for its message).
+RuleIdPath = Annotated[
+    str,
+    Path(
+        description=f"the rule's id, {RULE_ID_RULE}",
+        json_schema_extra={"pattern": f"^{RULE_ID_PATTERN.pattern}$"},
+    ),
+]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": schemas.ErrorBody, "description": "The broker cannot be reached"},
@@ -68,7 +79,7 @@ async def list_rules(rules: RulesDep) -> Response:
         **_ERRORS,
     },
 )
-async def get_rule(rule_id: str, rules: RulesDep) -> Response:
+async def get_rule(rule_id: RuleIdPath, rules: RulesDep) -> Response:
     require_rule_id(rule_id)
     async with rules.operation("reading the rule") as rules_log:
         await rules_log.sync()
@@ -98,11 +109,17 @@ async def get_rule(rule_id: str, rules: RulesDep) -> Response:
     responses={
         200: {"model": schemas.Rule, "description": "The stored rule"},
         400: {"model": schemas.ErrorBody, "description": "Malformed JSON or an invalid rule"},
-        409: {"model": schemas.ErrorBody, "description": "Another rule holds this scope"},
+        409: {
+            "model": schemas.ErrorBody,
+            "description": "Another rule holds this scope (`scope_conflict`), or the rule"
+            " would exceed AVAILABILITY_MAX_RULES (`limit_exceeded`)",
+        },
         **_ERRORS,
     },
 )
-async def put_rule(rule_id: str, request: Request, rules: RulesDep, actor: ActorDep) -> Response:
+async def put_rule(
+    rule_id: RuleIdPath, request: Request, rules: RulesDep, actor: ActorDep
+) -> Response:
     try:
         rule = parse_rule(rule_id, await read_json(request))
     except InvalidRule as exc:
@@ -118,6 +135,8 @@ async def put_rule(rule_id: str, request: Request, rules: RulesDep, actor: Actor
                 f"rule {holder.rule_id!r} already holds the scope "
                 f"({_scope(holder.sku, holder.location_id)})",
             ) from None
+        except TooManyRules as exc:
+            raise ApiError(409, LIMIT_EXCEEDED, f"{exc}; delete one first") from None
     return json_response(stored.to_data(), headers=_echo(actor))
 
 
@@ -134,7 +153,7 @@ async def put_rule(rule_id: str, request: Request, rules: RulesDep, actor: Actor
         **_ERRORS,
     },
 )
-async def delete_rule(rule_id: str, rules: RulesDep, actor: ActorDep) -> Response:
+async def delete_rule(rule_id: RuleIdPath, rules: RulesDep, actor: ActorDep) -> Response:
     require_rule_id(rule_id)
     async with rules.operation("deleting the rule") as rules_log:
         deleted = await rules_log.delete(rule_id, actor)
@@ -160,7 +179,7 @@ async def delete_rule(rule_id: str, rules: RulesDep, actor: ActorDep) -> Respons
         **_ERRORS,
     },
 )
-async def rule_history(rule_id: str, services: ServicesDep) -> Response:
+async def rule_history(rule_id: RuleIdPath, services: ServicesDep) -> Response:
     require_rule_id(rule_id)
     async with services.rules.operation("reading the rule's history") as rules_log:
         await rules_log.sync()
