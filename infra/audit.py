@@ -32,9 +32,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from infra.config import Settings
+from infra.partition_fold import PartitionFold
 
 log = logging.getLogger(__name__)
 
@@ -139,68 +140,27 @@ async def record_actions(settings: Settings, records: Sequence[tuple[str, bytes]
         await producer.stop()
 
 
-class AuditLog:
+class AuditLog(PartitionFold):
     """The audit topic folded into an index by resource, for ``history`` queries.
 
     Only the resources whose kind is in ``kinds`` are kept (the API asks about
-    policies; operators' actions are many and read with the CLI). Records are
-    deduplicated by ``audit_id``.
+    policies; operators' actions are many and read with any Kafka client). Records
+    are deduplicated by ``audit_id``.
     """
 
     def __init__(self, settings: Settings, kinds: frozenset[str] = frozenset({"rule"})) -> None:
-        self.settings = settings
+        super().__init__(settings, settings.audit_topic, "audit-log")
         self.kinds = kinds
-        self._tp = TopicPartition(settings.audit_topic, 0)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._by_resource: dict[str, list[dict[str, Any]]] = {}
         self._seen: set[str] = set()
-        self.position = 0
-        self._advanced = asyncio.Condition()
 
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            client_id=f"{self.settings.faust_app_id}-audit-reader",
-        )
-        await self._consumer.start()
-        self._consumer.assign([self._tp])
-        await self._consumer.seek_to_beginning(self._tp)
-        self._task = asyncio.create_task(self._run(), name="audit-log")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(self._tp, timeout_ms=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker went away: keep trying
-                log.warning("audit log: fetch failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            for record in batches.get(self._tp, []):
-                self._fold(record.value)
-                self.position = record.offset + 1
-            async with self._advanced:
-                self._advanced.notify_all()
-
-    def _fold(self, value: bytes | None) -> None:
+    async def fold(self, record: Any) -> None:
         try:
-            data = orjson.loads(value or b"")
+            data = orjson.loads(record.value or b"")
             resource = data["resource"]
             audit_id = data["audit_id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.error("audit log: unreadable record skipped")
+            log.error("audit log: unreadable record at offset %d skipped", record.offset)
             return
         if not isinstance(resource, str) or resource.split(":", 1)[0] not in self.kinds:
             return
@@ -208,13 +168,6 @@ class AuditLog:
             return
         self._seen.add(audit_id)
         self._by_resource.setdefault(resource, []).append(data)
-
-    async def sync(self, timeout: float = 10.0) -> None:
-        """Catch up with everything written so far."""
-        assert self._consumer is not None
-        end = int((await self._consumer.end_offsets([self._tp]))[self._tp])
-        async with asyncio.timeout(timeout), self._advanced:
-            await self._advanced.wait_for(lambda: self.position >= end)
 
     def has(self, audit_id: str) -> bool:
         return audit_id in self._seen

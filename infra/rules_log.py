@@ -13,18 +13,19 @@ after, and those headers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from availability.rules import InvalidRule, Rule, RuleBook, parse_rule
 from infra.audit import Actor, Headers, actor_headers
 from infra.config import Settings
+from infra.partition_fold import PartitionFold
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +65,18 @@ def encode_rule(rule: Rule) -> bytes:
     return orjson.dumps(rule.to_data())
 
 
-class RulesLog:
+class RulesLog(PartitionFold):
     def __init__(self, settings: Settings, on_change: RuleChange | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings, settings.rules_topic, "rules-log")
         self.book = RuleBook()
-        self.position = 0  # next offset to fold
         self._on_change = on_change
-        self._tp = TopicPartition(settings.rules_topic, 0)
-        self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._advanced = asyncio.Condition()
-        self.failure: BaseException | None = None
         self.changes: deque[Change] = deque(maxlen=MAX_CHANGES_KEPT)
 
     async def start(self) -> None:
-        servers = self.settings.bootstrap_servers
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-            client_id=f"{self.settings.faust_app_id}-rules",
-        )
-        await self._consumer.start()
-        self._consumer.assign([self._tp])
-        await self._consumer.seek_to_beginning(self._tp)
+        await super().start()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=servers,
+            bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
             linger_ms=0,
             # Exact end offsets (read-your-writes in sync()) on brokers that need it.
@@ -98,34 +84,14 @@ class RulesLog:
             client_id=f"{self.settings.faust_app_id}-rules",
         )
         await self._producer.start()
-        self._task = asyncio.create_task(self._run(), name="rules-log")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
+        await super().stop()
+        if self._producer is not None:
+            await self._producer.stop()
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(self._tp, timeout_ms=1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker went away: keep trying
-                self.failure = exc
-                log.warning("rules log: fetch failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            self.failure = None
-            for record in batches.get(self._tp, []):
-                await self._fold(record.key, record.value, record.offset, record.headers)
-                self.position = record.offset + 1
-            async with self._advanced:
-                self._advanced.notify_all()
+    async def fold(self, record: Any) -> None:
+        await self._fold(record.key, record.value, record.offset, record.headers)
 
     async def _fold(
         self, key: bytes | None, value: bytes | None, offset: int = -1, headers: Headers = ()
@@ -157,25 +123,6 @@ class RulesLog:
                     await outcome
             except Exception:  # a listener's bug must not stop the fold
                 log.exception("rules log: change listener failed for %r", rule_id)
-
-    async def end_offset(self) -> int:
-        assert self._consumer is not None
-        offsets = await self._consumer.end_offsets([self._tp])
-        return int(offsets[self._tp])
-
-    async def wait_for(self, offset: int, timeout: float = 10.0) -> None:
-        """Until every record before ``offset`` has been folded."""
-        async with asyncio.timeout(timeout), self._advanced:
-            await self._advanced.wait_for(lambda: self.position >= offset)
-
-    async def sync(self, timeout: float = 10.0) -> None:
-        """Catch up with everything written to the log so far."""
-        await self.wait_for(await self.end_offset(), timeout)
-
-    async def wait_advanced(self, timeout: float) -> None:
-        """Until the fold has moved on (or ``timeout`` seconds)."""
-        async with self._advanced:
-            await asyncio.wait_for(self._advanced.wait(), timeout)
 
     async def put(self, rule: Rule, actor: Actor | None = None) -> Rule:
         await self.sync()

@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.auth.authenticator import Authenticator
-from services.auth.identity import Identity, Unauthenticated, missing_scope_message
+from services.auth.identity import Unauthenticated, missing_scope_message
 from services.http.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,3 @@ def _authorization(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         if name == b"authorization":
             return value.decode("latin-1")
     return None
-
-
-def identity_of(scope: Scope) -> Identity | None:
-    state = scope.get("state") or {}
-    identity = state.get(IDENTITY_KEY)
-    return identity if isinstance(identity, Identity) else None

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from infra.audit import Actor
 from services.auth.identity import Identity
+from services.http.access import IDENTITY_KEY
 
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -28,7 +29,7 @@ def request_id(request: Request) -> str:
 
 
 async def get_actor(request: Request) -> Actor:
-    identity = getattr(request.state, "identity", None)
+    identity = getattr(request.state, IDENTITY_KEY, None)
     if not isinstance(identity, Identity):  # the middleware runs before every route
         raise RuntimeError("no identity: the request did not pass the access check")
     return Actor(identity.subject, identity.kind, request_id(request))
