@@ -86,13 +86,13 @@ query Locations($first: Int!, $after: String) {
 
 #: Set ``available`` of up to 250 item-locations, each with its compare-and-set
 #: ``changeFromQuantity`` (explicit null skips the check), under an idempotency key.
+#: The group's changes are not asked for: the push knows what it set, and 500 change
+#: objects per call would cost both sides time for nothing. A null group with no
+#: userErrors means nothing had to change.
 SET_QUANTITIES: Final = """
 mutation SetQuantities($input: InventorySetQuantitiesInput!, $idempotencyKey: String!) {
   inventorySetQuantities(input: $input) @idempotent(key: $idempotencyKey) {
-    inventoryAdjustmentGroup {
-      id
-      changes { name delta quantityAfterChange item { id } location { id } }
-    }
+    inventoryAdjustmentGroup { id }
     userErrors { field message code }
   }
 }
@@ -107,7 +107,7 @@ ALL: Final = {
     "SetQuantities": SET_QUANTITIES,
 }
 
-_BARE: Final = re.compile(r"^[A-Za-z0-9._]+$")
+_BARE: Final = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
 
 
 def _search_value(sku: str) -> str:

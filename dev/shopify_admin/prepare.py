@@ -383,11 +383,10 @@ def _explain(exc: GraphQLError, path: list[str | int], raw: Any) -> tuple[list[s
     return path, message
 
 
-def coerce_variables(
+def _variable_problems(
     schema: GraphQLSchema, doc: Document, raw: Mapping[str, Any]
-) -> VariableValues:
-    """The operation's variables coerced, or :class:`Refused` with one error per bad
-    variable, each listing its problems (graphql-ruby's shape, as Shopify answers)."""
+) -> list[JsonError]:
+    """One error per bad variable, each listing its problems (graphql-ruby's shape)."""
     problems_out: list[JsonError] = []
     for definition in doc.operation.variable_definitions or ():
         name = definition.variable.name.value
@@ -430,17 +429,22 @@ def coerce_variables(
                     },
                 )
             )
-    if problems_out:
-        raise Refused(problems_out)
-    for path, count in _long_arrays(dict(raw), []):
-        problems_out.append(
-            error(_too_long(count), path=path, extensions={"code": "MAX_INPUT_SIZE_EXCEEDED"})
-        )
-    if problems_out:
-        raise Refused(problems_out)
+    return problems_out
+
+
+def coerce_variables(
+    schema: GraphQLSchema, doc: Document, raw: Mapping[str, Any]
+) -> VariableValues:
+    """The operation's variables coerced, or :class:`Refused` in Shopify's words."""
     coerced = get_variable_values(schema, doc.operation.variable_definitions or (), dict(raw))
-    if isinstance(coerced, list):  # validated above; kept as a guard
-        raise Refused([error(e.message) for e in coerced])
+    if isinstance(coerced, list):  # only then is the slower, path-by-path account made
+        raise Refused(_variable_problems(schema, doc, raw) or [error(e.message) for e in coerced])
+    too_long = [
+        error(_too_long(count), path=path, extensions={"code": "MAX_INPUT_SIZE_EXCEEDED"})
+        for path, count in _long_arrays(dict(raw), [])
+    ]
+    if too_long:
+        raise Refused(too_long)
     return coerced
 
 
