@@ -1,19 +1,117 @@
-"""Pieces of the Shopify stand-in tests: a webhook receiver standing in for the
-service's endpoint, and the verifier the service will need (HMAC over the raw body)."""
+"""Pieces of the Shopify stand-in tests: the stand-in as a real process with a seeded
+shop (fixtures ``standin``, module-scoped, and ``shop``), the access tokens, a webhook
+receiver standing in for the service's endpoint, and the verifier the service will need
+(HMAC over the raw body)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import secrets
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
+import pytest
+
+from dev.shopify_admin.client import StandIn
+from infra import shopify_documents as docs
+
+#: Fresh secrets every session: access tokens of the seeded shop and its client secret.
+TOKEN = f"shpat_{secrets.token_hex(16)}"
+READ_ONLY = f"shpat_{secrets.token_hex(16)}"
+PRODUCTS_ONLY = f"shpat_{secrets.token_hex(16)}"
+FORBIDDEN = f"shpat_{secrets.token_hex(16)}"
+CLIENT_SECRET = secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    with StandIn(log_dir=tmp_path_factory.mktemp("standin")) as server:
+        server.start()
+        yield server
+
+
+@dataclass
+class Shop:
+    standin: StandIn
+    locations: dict[str, str]
+    items: dict[str, str]
+
+    def gql(self, query: str, variables: dict[str, Any] | None = None, token: str = TOKEN) -> Any:
+        status, body = self.standin.graphql(query, variables, token=token)
+        assert status == 200, body
+        return body
+
+    def set_available(
+        self,
+        quantities: list[tuple[str, str, int, int | None]],
+        key: str | None = None,
+        token: str = TOKEN,
+    ) -> Any:
+        return self.gql(docs.SET_QUANTITIES, set_variables(self, quantities, key), token)
+
+    def available(self, sku: str, location: str) -> int:
+        return int(self.standin.level(sku, location)["available"])
+
+
+def set_variables(
+    shop: Shop, quantities: list[tuple[str, str, int, int | None]], key: str | None = None
+) -> dict[str, Any]:
+    return {
+        "idempotencyKey": key or str(uuid.uuid4()),
+        "input": {
+            "name": "available",
+            "reason": "correction",
+            "referenceDocumentUri": "gid://availability-service/Push/1",
+            "quantities": [
+                {
+                    "inventoryItemId": shop.items[sku],
+                    "locationId": shop.locations[location],
+                    "quantity": quantity,
+                    "changeFromQuantity": change_from,
+                }
+                for sku, location, quantity, change_from in quantities
+            ],
+        },
+    }
+
+
+@pytest.fixture
+def shop(standin: StandIn) -> Shop:
+    standin.control("POST", "/reset")
+    standin.put_shop(
+        tokens=[
+            {"token": TOKEN, "label": "push"},
+            {"token": READ_ONLY, "label": "reader", "scopes": ["read_inventory", "read_locations"]},
+            {"token": PRODUCTS_ONLY, "label": "catalogue", "scopes": ["read_products"]},
+            {"token": FORBIDDEN, "label": "unapproved", "forbidden": True},
+        ],
+        plan="standard",
+    )
+    seeded = standin.seed(
+        locations=[{"name": "STORE-001"}, {"name": "WH-1"}],
+        items=[
+            {"sku": "SKU-1", "levels": {"STORE-001": {"available": 12}, "WH-1": {"available": 40}}},
+            {"sku": "SKU-2", "levels": {"STORE-001": {"available": 3, "committed": 1}}},
+            {"sku": "SKU-3", "levels": {"WH-1": {"available": 0}}},
+        ],
+    )
+    return Shop(
+        standin,
+        {name: v["gid"] for name, v in seeded["locations"].items()},
+        {sku: v["gid"] for sku, v in seeded["items"].items()},
+    )
+
+
+def codes(body: Any) -> list[str]:
+    return [e.get("extensions", {}).get("code") for e in body.get("errors", [])]
 
 
 def verify_shopify_hmac(body: bytes, header: str | None, secret: str) -> bool:
@@ -91,5 +189,9 @@ class WebhookReceiver:
         raise AssertionError(f"{len(self.received)} webhook requests, expected {count}")
 
 
-def iter_topics(received: list[Received]) -> Iterator[str]:
-    return (r.topic for r in received)
+@pytest.fixture
+def receiver(shop: Shop) -> Iterator[WebhookReceiver]:
+    """A receiver the seeded shop sends its webhooks to (signed with CLIENT_SECRET)."""
+    with WebhookReceiver() as endpoint:
+        shop.standin.webhooks(url=endpoint.url, secret=CLIENT_SECRET, retry_delays=[0.2, 0.2, 0.2])
+        yield endpoint

@@ -1,115 +1,32 @@
 """The Shopify Admin API stand-in as a real server (``python -m dev.shopify_admin``):
 every document the push sends is accepted, invalid ones are refused in Shopify's
 shapes, cost and the bucket behave as Shopify documents them, compare-and-set and
-idempotency keys, access tokens, faults, and signed order webhooks."""
+idempotency keys, access tokens, faults and the call log. Webhooks:
+``test_shopify_webhooks.py``."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import secrets
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from dev.shopify_admin.client import StandIn
 from infra import shopify_documents as docs
-from tests.integration.shopify_support import WebhookReceiver, verify_shopify_hmac
-
-TOKEN = f"shpat_{secrets.token_hex(16)}"
-READ_ONLY = f"shpat_{secrets.token_hex(16)}"
-PRODUCTS_ONLY = f"shpat_{secrets.token_hex(16)}"
-FORBIDDEN = f"shpat_{secrets.token_hex(16)}"
-CLIENT_SECRET = secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
-    with StandIn(log_dir=tmp_path_factory.mktemp("standin")) as server:
-        server.start()
-        yield server
-
-
-@dataclass
-class Shop:
-    standin: StandIn
-    locations: dict[str, str]
-    items: dict[str, str]
-
-    def gql(self, query: str, variables: dict[str, Any] | None = None, token: str = TOKEN) -> Any:
-        status, body = self.standin.graphql(query, variables, token=token)
-        assert status == 200, body
-        return body
-
-    def set_available(
-        self,
-        quantities: list[tuple[str, str, int, int | None]],
-        key: str | None = None,
-        token: str = TOKEN,
-    ) -> Any:
-        return self.gql(docs.SET_QUANTITIES, set_variables(self, quantities, key), token)
-
-    def available(self, sku: str, location: str) -> int:
-        return int(self.standin.level(sku, location)["available"])
-
-
-def set_variables(
-    shop: Shop, quantities: list[tuple[str, str, int, int | None]], key: str | None = None
-) -> dict[str, Any]:
-    return {
-        "idempotencyKey": key or str(uuid.uuid4()),
-        "input": {
-            "name": "available",
-            "reason": "correction",
-            "referenceDocumentUri": "gid://availability-service/Push/1",
-            "quantities": [
-                {
-                    "inventoryItemId": shop.items[sku],
-                    "locationId": shop.locations[location],
-                    "quantity": quantity,
-                    "changeFromQuantity": change_from,
-                }
-                for sku, location, quantity, change_from in quantities
-            ],
-        },
-    }
-
-
-@pytest.fixture
-def shop(standin: StandIn) -> Shop:
-    standin.control("POST", "/reset")
-    standin.put_shop(
-        tokens=[
-            {"token": TOKEN, "label": "push"},
-            {"token": READ_ONLY, "label": "reader", "scopes": ["read_inventory", "read_locations"]},
-            {"token": PRODUCTS_ONLY, "label": "catalogue", "scopes": ["read_products"]},
-            {"token": FORBIDDEN, "label": "unapproved", "forbidden": True},
-        ],
-        plan="standard",
-    )
-    seeded = standin.seed(
-        locations=[{"name": "STORE-001"}, {"name": "WH-1"}],
-        items=[
-            {"sku": "SKU-1", "levels": {"STORE-001": {"available": 12}, "WH-1": {"available": 40}}},
-            {"sku": "SKU-2", "levels": {"STORE-001": {"available": 3, "committed": 1}}},
-            {"sku": "SKU-3", "levels": {"WH-1": {"available": 0}}},
-        ],
-    )
-    return Shop(
-        standin,
-        {name: v["gid"] for name, v in seeded["locations"].items()},
-        {sku: v["gid"] for sku, v in seeded["items"].items()},
-    )
-
-
-def codes(body: Any) -> list[str]:
-    return [e.get("extensions", {}).get("code") for e in body.get("errors", [])]
-
+from tests.integration.shopify_support import (
+    FORBIDDEN,
+    PRODUCTS_ONLY,
+    READ_ONLY,
+    TOKEN,
+    Shop,
+    codes,
+    set_variables,
+)
+from tests.integration.shopify_support import shop as shop
+from tests.integration.shopify_support import standin as standin
 
 # --------------------------------------------------------------------- documents
 
@@ -560,118 +477,3 @@ def test_every_call_is_logged_without_the_token(shop: Shop) -> None:
     assert refused["outcome"] == "unauthorized" and refused["status"] == 401
     dump = orjson.dumps(shop.standin.control("GET", "/calls")).decode()
     assert TOKEN not in dump and "shpat_wrong" not in dump
-
-
-# --------------------------------------------------------------------- webhooks
-
-
-@pytest.fixture
-def receiver(shop: Shop) -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as endpoint:
-        shop.standin.webhooks(url=endpoint.url, secret=CLIENT_SECRET, retry_delays=[0.2, 0.2, 0.2])
-        yield endpoint
-
-
-def test_a_checkout_sends_a_signed_orders_create(shop: Shop, receiver: WebhookReceiver) -> None:
-    placed = shop.standin.checkout("STORE-001", [{"sku": "SKU-1", "quantity": 2}], source="pos")
-    (request,) = receiver.wait_for(1)
-    assert verify_shopify_hmac(
-        request.body, request.headers["x-shopify-hmac-sha256"], CLIENT_SECRET
-    )
-    assert not verify_shopify_hmac(
-        request.body + b" ", request.headers["x-shopify-hmac-sha256"], CLIENT_SECRET
-    )
-    headers = request.headers
-    assert headers["x-shopify-topic"] == "orders/create"
-    assert headers["x-shopify-shop-domain"] == shop.standin.shop
-    assert headers["x-shopify-api-version"] == "2026-10"
-    assert headers["content-type"] == "application/json"
-    assert headers["x-shopify-webhook-id"] == placed["webhooks"][0]
-    assert uuid.UUID(headers["x-shopify-event-id"]) and headers["x-shopify-triggered-at"].endswith(
-        "Z"
-    )
-    order = request.json()
-    assert order["id"] == placed["order"]["id"] and order["id"] > 2**32
-    assert order["location_id"] == int(shop.locations["STORE-001"].rsplit("/", 1)[1])
-    (line,) = order["line_items"]
-    assert (line["sku"], line["quantity"]) == ("SKU-1", 2)
-    assert line["variant_id"] and line["id"] and line["fulfillable_quantity"] == 2
-    level = shop.standin.level("SKU-1", "STORE-001")
-    assert (level["available"], level["committed"], level["on_hand"]) == (10, 2, 12)
-
-
-def test_duplicates_and_retries_keep_their_webhook_id(
-    shop: Shop, receiver: WebhookReceiver
-) -> None:
-    receiver.statuses = [500]  # the first attempt fails: Shopify retries the same delivery
-    shop.standin.checkout(
-        "STORE-001", [{"sku": "SKU-1", "quantity": 1}], webhook={"deliver_twice": True}
-    )
-    received = receiver.wait_for(3)
-    assert len({r.webhook_id for r in received}) == 1
-    assert len({r.headers["x-shopify-event-id"] for r in received}) == 1
-    assert len({r.body for r in received}) == 1
-    assert [r.status for r in received].count(500) == 1
-    assert all(
-        verify_shopify_hmac(r.body, r.headers["x-shopify-hmac-sha256"], CLIENT_SECRET)
-        for r in received
-    )
-    time.sleep(0.1)
-    deliveries = shop.standin.deliveries()
-    assert sorted(len(d["attempts"]) for d in deliveries) == [1, 2]
-    assert all(d["state"] == "delivered" for d in deliveries)
-
-
-def test_out_of_order_delivery_and_the_rest_of_an_orders_life(
-    shop: Shop, receiver: WebhookReceiver
-) -> None:
-    placed = shop.standin.checkout(
-        "WH-1", [{"sku": "SKU-1", "quantity": 3}], webhook={"delay": 0.6}
-    )["order"]
-    shop.standin.order_action(placed["id"], "cancel")
-    first, second = receiver.wait_for(2)
-    assert (first.topic, second.topic) == ("orders/cancelled", "orders/create")  # out of order
-    assert first.json()["cancelled_at"] is not None and first.json()["location_id"] is None
-    assert shop.available("SKU-1", "WH-1") == 40  # restocked
-
-    order = shop.standin.checkout("WH-1", [{"sku": "SKU-1", "quantity": 5}])["order"]
-    fulfilled = shop.standin.order_action(order["id"], "fulfill")
-    level = shop.standin.level("SKU-1", "WH-1")
-    assert (level["available"], level["committed"], level["on_hand"]) == (35, 0, 35)
-    line_id = order["line_items"][0]["id"]
-    shop.standin.order_action(
-        order["id"],
-        "refund",
-        line_items=[{"line_item_id": line_id, "quantity": 2, "restock_type": "return"}],
-    )
-    assert shop.available("SKU-1", "WH-1") == 37
-    topics = [r.topic for r in receiver.wait_for(6)[2:]]
-    assert topics == ["orders/create", "orders/fulfilled", "fulfillments/create", "refunds/create"]
-    fulfillment = receiver.received[4].json()
-    assert fulfillment["id"] == fulfilled["fulfillment"]["id"]
-    assert fulfillment["location_id"] == int(shop.locations["WH-1"].rsplit("/", 1)[1])
-    refund = receiver.received[5].json()
-    (refund_line,) = refund["refund_line_items"]
-    assert (refund_line["line_item_id"], refund_line["quantity"], refund_line["restock_type"]) == (
-        line_id,
-        2,
-        "return",
-    )
-
-
-def test_an_order_beyond_what_is_available_is_refused(
-    shop: Shop, receiver: WebhookReceiver
-) -> None:
-    with pytest.raises(Exception, match="409"):
-        shop.standin.checkout("STORE-001", [{"sku": "SKU-2", "quantity": 4}])
-    assert shop.available("SKU-2", "STORE-001") == 3
-    assert receiver.received == []
-
-
-def test_stand_in_log_has_no_secrets(shop: Shop, receiver: WebhookReceiver) -> None:
-    shop.standin.checkout("STORE-001", [{"sku": "SKU-1", "quantity": 1}])
-    receiver.wait_for(1)
-    text = shop.standin.log_path.read_text()
-    assert CLIENT_SECRET not in text and TOKEN not in text
-    view = orjson.dumps(shop.standin.state()).decode()
-    assert CLIENT_SECRET not in view and TOKEN not in view
