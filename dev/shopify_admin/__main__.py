@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # One line per failed webhook attempt (topic and webhook id; never a secret).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the self-test's control calls
     try:
         schema = args.schema or ensure_schema()
     except SchemaUnavailable as exc:
