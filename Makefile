@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 RUN_ARGS ?=
 BENCH_ARGS ?=
 LOAD_ARGS ?=
+STANDIN_ARGS ?=
 ifneq ($(filter 1 yes true,$(SAMPLE)),)
 RUN_ARGS += --sample-data
 endif
@@ -41,7 +42,7 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
-	alerts-check
+	alerts-check shopify-schema shopify-standin
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -91,6 +92,12 @@ alerts-check: ## check the Prometheus alert rules and run their unit tests (prom
 		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) prometheus; }; }
 	promtool check rules ops/prometheus/alerts.yml
 	cd ops/prometheus && promtool test rules alerts.test.yml
+
+shopify-schema: $(STAMP) ## fetch the Shopify Admin API 2026-10 schema (npm) into .data/shopify/
+	$(VPY) -m dev.shopify_admin.schema_cache
+
+shopify-standin: shopify-schema ## run the Shopify Admin API stand-in; STANDIN_ARGS=--help
+	$(VPY) -m dev.shopify_admin $(STANDIN_ARGS)
 
 protos: $(STAMP) ## regenerate the gRPC code in services/grpc/gen from proto/
 	$(call gen_protos,$(GEN_DIR))
