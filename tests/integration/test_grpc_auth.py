@@ -232,6 +232,12 @@ async def test_reflection_is_open_or_off(
             (None, grpc.StatusCode.UNAUTHENTICATED),
             (auth_metadata(), grpc.StatusCode.UNIMPLEMENTED),
         ):
+            # The server answers before the request is read: wait for its answer
+            # without writing (a write that races with the end of the call fails on
+            # the client's side with INTERNAL).
+            call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                metadata=metadata, timeout=5
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await list_services(channel, metadata)
+                await call.read()
             assert refused.value.code() == code
