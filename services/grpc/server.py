@@ -11,7 +11,8 @@ Every call passes ``services.grpc.access`` first (a bearer token or, with mutual
 TLS, a client certificate, and the method's scope); ``services.grpc.tls`` sets up TLS
 and ``services.grpc.connections`` the keepalive and the size and concurrency limits.
 
-Status codes: UNAUTHENTICATED / PERMISSION_DENIED before anything else, then
+Status codes: RESOURCE_EXHAUSTED while the server serves its maximum of calls at
+once, then UNAUTHENTICATED / PERMISSION_DENIED before the request is read, then
 INVALID_ARGUMENT for a bad field (the message names it) or bytes that are not the
 request message, NOT_FOUND for a SKU never seen, UNAVAILABLE when Redis cannot be
 reached (and, for a watch, when its subscription is lost, not confirmed in time, or
