@@ -65,6 +65,33 @@ class Settings(BaseSettings):
     http_docs: bool = True
     http_metrics_open: bool = True
 
+    # --- gRPC server (README "gRPC API") ---
+    # TLS: the server's certificate chain and private key (PEM files), both or neither
+    # (neither: plaintext, for development). A client CA file too makes it mutual TLS:
+    # every client must present a certificate that CA signed.
+    grpc_tls_cert_file: str = ""
+    grpc_tls_key_file: str = ""
+    grpc_tls_client_ca_file: str = ""
+    # The scopes of a call authenticated by its client certificate alone (space-separated;
+    # a bearer token, when sent, is used instead). The default is what a POS terminal needs.
+    grpc_client_cert_scopes: str = "availability:read availability:watch"
+    # Server reflection (what grpcurl's list and describe use); open when on.
+    grpc_reflection: bool = True
+    # Open WatchAvailability streams per credential, beside grpc_max_watches per server.
+    grpc_max_watches_per_identity: int = Field(default=1000, ge=1)
+    # Calls in progress at once, watches included; more get RESOURCE_EXHAUSTED. Must
+    # exceed grpc_max_watches, or a full watch cap would leave no room for reads.
+    grpc_max_concurrent_rpcs: int = Field(default=12_000, ge=1)
+    # The largest request accepted, in bytes (the largest valid one is about 200 KB).
+    grpc_max_receive_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The server pings a connection that has been silent this many seconds and closes
+    # it when the ping is not answered within the timeout: a terminal that vanished
+    # without closing its connection gives its watches back within their sum.
+    grpc_keepalive_time: float = Field(default=30.0, gt=0)
+    grpc_keepalive_timeout: float = Field(default=10.0, gt=0)
+    # Seconds a new watch waits for Redis to confirm its subscriptions (else UNAVAILABLE).
+    grpc_watch_subscribe_timeout: float = Field(default=5.0, gt=0)
+
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
     replication_factor: int = Field(default=1, ge=1)

@@ -824,9 +824,15 @@ async def wait_catalogue(
                 request = pb.BatchGetAvailabilityRequest(
                     skus=names[start : start + BATCH_GET_LIMIT], channel=CHANNEL
                 )
-                answer = await stub.BatchGetAvailability(
-                    request, timeout=10, metadata=grpc_metadata(token)
-                )
+                try:
+                    answer = await stub.BatchGetAvailability(
+                        request, timeout=10, metadata=grpc_metadata(token)
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    # UNAVAILABLE until the worker has marked the serving layer built.
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    break
                 complete += sum(
                     1
                     for item in answer.items

@@ -4,17 +4,28 @@ Answers are the dicts of contract section 6 (``availability.ats.view``, the stor
 answer tails, ``unknown_sku_view``), so a gRPC answer carries exactly the numbers of
 the HTTP one. Validation uses the contract's validators and says what a field must
 be in the same words as the HTTP API.
+
+Sizes are checked before anything is looked at item by item, so a request with a
+million SKUs costs a length check. A request whose bytes are not a valid message
+reaches its handler as ``Malformed`` (see ``decoder``) and is refused like any other
+invalid argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_location, is_sku
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 
 MAX_BATCH_SKUS = 500
+#: A watch's SKUs as listed, duplicates included (at most MAX_BATCH_SKUS distinct).
+MAX_WATCH_ENTRIES = 2 * MAX_BATCH_SKUS
+MAX_WATCH_LOCATIONS = 100
 
 SKU_RULE = "1-128 characters of [A-Za-z0-9._:/-]"
 LOCATION_RULE = "1-64 characters of [A-Za-z0-9._:/-]"
@@ -23,6 +34,38 @@ CHANNEL_RULE = "1-32 characters of [a-z0-9_-]"
 
 class InvalidArgument(ValueError):
     """A request field is not valid; the message names it (-> INVALID_ARGUMENT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request whose bytes do not parse as its message type."""
+
+    reason: str
+
+
+M = TypeVar("M", bound=Message)
+
+
+def decoder(message_type: type[M]) -> Callable[[bytes], M | Malformed]:
+    """A request deserializer that answers ``Malformed`` instead of raising: grpc.aio
+    answers a deserializer's exception with UNKNOWN (and logs a traceback per call),
+    where a client's bad bytes deserve INVALID_ARGUMENT and no log."""
+    parse = message_type.FromString
+    reason = f"the request is not a valid {message_type.DESCRIPTOR.full_name} message"
+
+    def decode(data: bytes) -> M | Malformed:
+        try:
+            return parse(data)
+        except DecodeError:
+            return Malformed(reason)
+
+    return decode
+
+
+def _well_formed(request: M | Malformed) -> M:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(request.reason)
+    return request
 
 
 def _shown(value: str) -> str:
@@ -50,8 +93,11 @@ def resolve_channel(value: str, field: str = "channel") -> str:
     return channel
 
 
-def parse_get(request: pb.GetAvailabilityRequest) -> tuple[str, str, str | None]:
+def parse_get(
+    request: pb.GetAvailabilityRequest | Malformed,
+) -> tuple[str, str, str | None]:
     """(sku, channel, location_id or None), checked in the HTTP API's order."""
+    request = _well_formed(request)
     sku = require_sku(request.sku)
     channel = resolve_channel(request.channel)
     location_id = None
@@ -60,20 +106,37 @@ def parse_get(request: pb.GetAvailabilityRequest) -> tuple[str, str, str | None]
     return sku, channel, location_id
 
 
-def parse_batch(request: pb.BatchGetAvailabilityRequest) -> tuple[list[str], str]:
+def parse_batch(
+    request: pb.BatchGetAvailabilityRequest | Malformed,
+) -> tuple[list[str], str]:
     """(skus, channel): at most 500 SKUs, each valid, then the channel."""
+    request = _well_formed(request)
+    count = len(request.skus)
+    if count > MAX_BATCH_SKUS:
+        raise InvalidArgument(f"skus holds {count} SKUs; at most {MAX_BATCH_SKUS} allowed")
     skus = list(request.skus)
-    if len(skus) > MAX_BATCH_SKUS:
-        raise InvalidArgument(f"skus holds {len(skus)} SKUs; at most {MAX_BATCH_SKUS} allowed")
     for index, sku in enumerate(skus):
         require_sku(sku, f"skus[{index}]")
     return skus, resolve_channel(request.channel)
 
 
 def parse_watch(
-    request: pb.WatchAvailabilityRequest,
+    request: pb.WatchAvailabilityRequest | Malformed,
 ) -> tuple[list[str], str, list[str] | None]:
     """(distinct skus in request order, channel, location_ids or None for all)."""
+    request = _well_formed(request)
+    # The counts first: nothing below looks at a request larger than these.
+    listed = len(request.skus)
+    if listed > MAX_WATCH_ENTRIES:
+        raise InvalidArgument(
+            f"skus lists {listed} SKUs; at most {MAX_WATCH_ENTRIES} allowed"
+            f" ({MAX_BATCH_SKUS} distinct)"
+        )
+    locations = len(request.location_ids)
+    if locations > MAX_WATCH_LOCATIONS:
+        raise InvalidArgument(
+            f"location_ids lists {locations} locations; at most {MAX_WATCH_LOCATIONS} allowed"
+        )
     skus = list(dict.fromkeys(request.skus))
     if not skus:
         raise InvalidArgument("skus must name at least one SKU")

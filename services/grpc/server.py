@@ -7,13 +7,20 @@ give the same answers: ``GetAvailability`` reads the stored answer tail (or, wit
 SKU with ``availability.ats.unknown_sku_view``. ``WatchAvailability`` streams are fed
 by the process's ``WatchHub`` (``services.grpc.watch``).
 
-Status codes: INVALID_ARGUMENT for a bad field (the message names it), NOT_FOUND for
-a SKU never seen, UNAVAILABLE when Redis cannot be reached (and, for a watch, when
-its subscription is lost or the server stops; for a read, when a SKU has no record
-while the serving layer is being rebuilt, see ``streams.rebuild``),
-RESOURCE_EXHAUSTED past the watch limit. Deadlines and client
-cancellation are honoured by ``grpc.aio``, which cancels the handler's task (and so
-its Redis call) when either happens.
+Every call passes ``services.grpc.access`` first (a bearer token or, with mutual
+TLS, a client certificate, and the method's scope); ``services.grpc.tls`` sets up TLS
+and ``services.grpc.connections`` the keepalive and the size and concurrency limits.
+
+Status codes: RESOURCE_EXHAUSTED while the server serves its maximum of calls at
+once, then UNAUTHENTICATED / PERMISSION_DENIED before the request is read, then
+INVALID_ARGUMENT for a bad field (the message names it) or bytes that are not the
+request message, NOT_FOUND for a SKU never seen, UNAVAILABLE when Redis cannot be
+reached (and, for a watch, when its subscription is lost, not confirmed in time, or
+the server stops; for a read, when a SKU has no record while the serving layer is
+being rebuilt, see ``streams.rebuild``), RESOURCE_EXHAUSTED past a watch limit (the
+server's or the credential's), past the concurrent-call limit or for a request over
+the size limit. Deadlines and client cancellation are honoured by ``grpc.aio``,
+which cancels the handler's task (and so its Redis call) when either happens.
 
 It binds ``[::]`` (all interfaces, IPv4 too), like the HTTP API binds ``0.0.0.0``.
 """
@@ -26,6 +33,7 @@ import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import orjson
@@ -37,18 +45,24 @@ from availability.ats import unknown_sku_view, view
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
 from infra.store import AvailabilityStore, render_answer
+from services.auth.authenticator import AuthConfigError, Authenticator
+from services.grpc.access import AccessControl, MethodAccess, caller
+from services.grpc.connections import ServerLimitsError, maximum_concurrent_rpcs, server_options
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import (
     InvalidArgument,
+    Malformed,
     availability_message,
     batch_message,
+    decoder,
     parse_batch,
     parse_get,
     parse_watch,
     watch_message,
 )
 from services.grpc.metrics import GrpcMetrics, timed, timed_stream
+from services.grpc.tls import TlsConfigError, certificate_scopes, server_credentials
 from services.grpc.watch import TooManyWatches, WatchClosed, WatchHub
 
 log = logging.getLogger("services.grpc")
@@ -80,7 +94,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
 
     @timed
     async def GetAvailability(
-        self, request: pb.GetAvailabilityRequest, context: GetContext
+        self, request: pb.GetAvailabilityRequest | Malformed, context: GetContext
     ) -> pb.Availability:
         try:
             sku, channel, location_id = parse_get(request)
@@ -106,7 +120,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
 
     @timed
     async def BatchGetAvailability(
-        self, request: pb.BatchGetAvailabilityRequest, context: BatchContext
+        self, request: pb.BatchGetAvailabilityRequest | Malformed, context: BatchContext
     ) -> pb.BatchGetAvailabilityResponse:
         try:
             skus, channel = parse_batch(request)
@@ -130,14 +144,18 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
 
     @timed_stream
     async def WatchAvailability(
-        self, request: pb.WatchAvailabilityRequest, context: WatchContext
+        self, request: pb.WatchAvailabilityRequest | Malformed, context: WatchContext
     ) -> AsyncIterator[pb.WatchAvailabilityResponse]:
         try:
             skus, channel, location_ids = parse_watch(request)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        identity = caller(context)
+        # Callers without a credential (AVAILABILITY_AUTH_REQUIRED=false) are one
+        # "anonymous": a quota would cap them all together, so only the server's applies.
+        owner = None if identity.kind == "anonymous" else identity
         try:
-            watch = await self.hub.open(skus, channel, location_ids)
+            watch = await self.hub.open(skus, channel, location_ids, owner)
         except TooManyWatches as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except WatchClosed as exc:
@@ -177,35 +195,94 @@ async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.Heal
         await asyncio.sleep(HEALTH_INTERVAL)
 
 
+def service_handlers(service: AvailabilityService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """What the generated ``add_AvailabilityServiceServicer_to_server`` registers, with
+    request decoders that hand bytes that do not parse to the handler as ``Malformed``
+    (INVALID_ARGUMENT) instead of failing the call with UNKNOWN."""
+    return {
+        "GetAvailability": grpc.unary_unary_rpc_method_handler(
+            service.GetAvailability,
+            request_deserializer=decoder(pb.GetAvailabilityRequest),
+            response_serializer=pb.Availability.SerializeToString,
+        ),
+        "BatchGetAvailability": grpc.unary_unary_rpc_method_handler(
+            service.BatchGetAvailability,
+            request_deserializer=decoder(pb.BatchGetAvailabilityRequest),
+            response_serializer=pb.BatchGetAvailabilityResponse.SerializeToString,
+        ),
+        "WatchAvailability": grpc.unary_stream_rpc_method_handler(
+            service.WatchAvailability,
+            request_deserializer=decoder(pb.WatchAvailabilityRequest),
+            response_serializer=pb.WatchAvailabilityResponse.SerializeToString,
+        ),
+    }
+
+
 def create_server(
     store: AvailabilityStore,
     hub: WatchHub,
-    address: str,
-    metrics: GrpcMetrics | None = None,
+    settings: Settings,
+    authenticator: Authenticator,
+    metrics: GrpcMetrics,
+    address: str | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """A server with the three services, bound to ``address`` (not started)."""
-    server = grpc.aio.server()
-    pb_grpc.add_AvailabilityServiceServicer_to_server(
-        AvailabilityService(store, hub, metrics), server
+    """A server with the three services behind access control, bound to ``address``
+    (default ``[::]:AVAILABILITY_GRPC_PORT``; not started).
+
+    Raises ``TlsConfigError`` or ``ServerLimitsError`` for settings that cannot be used.
+    """
+    credentials = server_credentials(settings)
+    access = AccessControl(
+        authenticator,
+        MethodAccess.for_server(reflection=settings.grpc_reflection),
+        metrics.auth_refusals,
+        certificate_scopes(settings),
     )
+    server = grpc.aio.server(
+        interceptors=[access],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs(settings),
+    )
+    handlers = service_handlers(AvailabilityService(store, hub, metrics))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(address)
+    if settings.grpc_reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    address = address or f"{HOST}:{settings.grpc_port}"
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     return server, health_servicer, port
 
 
+def transport_name(settings: Settings) -> str:
+    if not settings.grpc_tls_cert_file:
+        return "plaintext"
+    return "mutual TLS" if settings.grpc_tls_client_ca_file else "TLS"
+
+
 async def serve(settings: Settings) -> None:
+    authenticator = Authenticator.from_settings(settings)
     store = AvailabilityStore.from_url(
         settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
     )
-    hub = WatchHub(store, settings.grpc_max_watches)
-    metrics = GrpcMetrics(lambda: hub.open_count)
-    server, health_servicer, port = create_server(
-        store, hub, f"{HOST}:{settings.grpc_port}", metrics
+    hub = WatchHub(
+        store,
+        settings.grpc_max_watches,
+        settings.grpc_max_watches_per_identity,
+        settings.grpc_watch_subscribe_timeout,
     )
+    metrics = GrpcMetrics(lambda: hub.open_count)
+    try:
+        server, health_servicer, port = create_server(store, hub, settings, authenticator, metrics)
+    except BaseException:
+        await store.close()
+        raise
     if settings.grpc_metrics_port:
         try:
             metrics.serve(settings.grpc_metrics_port)
@@ -218,8 +295,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await authenticator.start()
     await server.start()
-    log.info("gRPC API listening on %s:%d", HOST, port)
+    log.info("gRPC API listening on %s:%d (%s)", HOST, port, transport_name(settings))
     watcher = asyncio.create_task(watch_redis(store, health_servicer))
     # Everything allocated so far lives as long as the process (see services.http).
     gc.collect()
@@ -236,6 +314,7 @@ async def serve(settings: Settings) -> None:
         # another replica instead of waiting for the grace period.
         await hub.close("the server is shutting down; reconnect")
         await server.stop(SHUTDOWN_GRACE)
+        await authenticator.close()
         await store.close()
         log.info("stopped")
 
@@ -243,4 +322,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (AuthConfigError, TlsConfigError, ServerLimitsError) as exc:
+        log.error("not started: %s", exc)
+        raise SystemExit(2) from None

@@ -15,7 +15,12 @@ meanwhile overwrite each other here.
 
 Ordering: a watch subscribes first and reads the SKUs' current records after Redis
 confirmed the subscriptions, so a change is either in what it read or arrives
-later on the channel; versions tell which, and older ones are dropped.
+later on the channel; versions tell which, and older ones are dropped. A watch
+whose confirmations do not come within ``subscribe_timeout`` seconds ends with
+``WatchClosed`` instead of waiting for ever.
+
+Limits: ``max_watches`` open watches per process, and ``max_per_identity`` per
+caller (``Identity``: kind and subject), so one credential cannot take every slot.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from redis.asyncio.client import PubSub
 
 from availability.ats import SkuAvailability, watched_view
 from infra.store import AvailabilityStore
+from services.auth.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ class WatchClosed(Exception):
 
 
 class TooManyWatches(Exception):
-    pass
+    """A watch limit is reached; the message names which."""
 
 
 class ConnectionLost(RuntimeError):
@@ -81,8 +87,15 @@ class Update:
 class Watch:
     """One ``WatchAvailability`` stream's state: what it showed and what is new."""
 
-    def __init__(self, skus: Sequence[str], channel: str, location_ids: Collection[str] | None):
+    def __init__(
+        self,
+        skus: Sequence[str],
+        channel: str,
+        location_ids: Collection[str] | None,
+        owner: Identity | None = None,
+    ):
         self.skus = list(dict.fromkeys(skus))
+        self.owner = owner
         self.channel = channel
         self.location_ids = frozenset(location_ids) if location_ids else None
         self._versions: dict[str, int] = dict.fromkeys(self.skus, -1)  # shown or dropped
@@ -152,9 +165,18 @@ class Watch:
 class WatchHub:
     """The process's subscriptions to the change channels of the SKUs watched."""
 
-    def __init__(self, store: AvailabilityStore, max_watches: int) -> None:
+    def __init__(
+        self,
+        store: AvailabilityStore,
+        max_watches: int,
+        max_per_identity: int | None = None,
+        subscribe_timeout: float = 5.0,
+    ) -> None:
         self.store = store
         self.max_watches = max_watches
+        self.max_per_identity = max_per_identity or max_watches
+        self.subscribe_timeout = subscribe_timeout
+        self._per_owner: dict[tuple[str, str], int] = {}  # (kind, subject) -> open watches
         self._pubsub: ChangeSubscription | None = None
         self._reader: asyncio.Task[None] | None = None
         self._watches: dict[bytes, set[Watch]] = {}  # channel -> watches of it
@@ -172,19 +194,36 @@ class WatchHub:
     def open_count(self) -> int:
         return len(self._open)
 
-    async def open(
-        self, skus: Sequence[str], channel: str, location_ids: Collection[str] | None
-    ) -> Watch:
-        """A started watch: subscribed, with its initial figures read.
+    def open_by(self, owner: Identity) -> int:
+        return self._per_owner.get(_owner_key(owner), 0)
 
-        Raises ``TooManyWatches``, ``WatchClosed`` (shutting down) or a Redis error.
+    async def open(
+        self,
+        skus: Sequence[str],
+        channel: str,
+        location_ids: Collection[str] | None,
+        owner: Identity | None = None,
+    ) -> Watch:
+        """A started watch: subscribed, with its initial figures read. ``owner``: the
+        caller whose quota it counts against (None: only the server's limit applies).
+
+        Raises ``TooManyWatches``, ``WatchClosed`` (shutting down, or the subscription
+        not confirmed in time) or a Redis error.
         """
         if self._closing is not None:
             raise WatchClosed(self._closing)
         if len(self._open) >= self.max_watches:
             raise TooManyWatches(f"this server holds its maximum of {self.max_watches} watches")
-        watch = Watch(skus, channel, location_ids)
+        if owner is not None and self.open_by(owner) >= self.max_per_identity:
+            raise TooManyWatches(
+                f"the credential of {owner.subject!r} holds its quota of"
+                f" {self.max_per_identity} watches per credential; close one first"
+            )
+        watch = Watch(skus, channel, location_ids, owner)
         self._open.add(watch)
+        if owner is not None:
+            key = _owner_key(owner)
+            self._per_owner[key] = self._per_owner.get(key, 0) + 1
         try:
             await self._subscribe(watch)
             watch.start(await self.store.read_versions(watch.skus))
@@ -198,6 +237,13 @@ class WatchHub:
         if watch not in self._open:
             return
         self._open.discard(watch)
+        if watch.owner is not None:
+            key = _owner_key(watch.owner)
+            left = self._per_owner[key] - 1
+            if left:
+                self._per_owner[key] = left
+            else:
+                del self._per_owner[key]
         unused = []
         for sku in watch.skus:
             name = self.store.change_channel(sku)
@@ -250,13 +296,26 @@ class WatchHub:
                 raise WatchClosed(LOST_MESSAGE) from exc
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(pubsub))
-        async with self._confirmation:
-            await self._confirmation.wait_for(
-                lambda: (
-                    watch.closed is not None
-                    or all(self._confirmed.get(name, 0) >= n for name, n in targets.items())
+        try:
+            async with asyncio.timeout(self.subscribe_timeout), self._confirmation:
+                await self._confirmation.wait_for(
+                    lambda: (
+                        watch.closed is not None
+                        or all(self._confirmed.get(name, 0) >= n for name, n in targets.items())
+                    )
                 )
+        except TimeoutError:
+            # Redis is overloaded or the connection is stuck: say so rather than hold
+            # the call (and its slot) for ever. Other watches are left alone.
+            log.warning(
+                "watch hub: %d subscription(s) not confirmed within %g s",
+                len(targets),
+                self.subscribe_timeout,
             )
+            raise WatchClosed(
+                f"the store (Redis) did not confirm the subscription within"
+                f" {self.subscribe_timeout:g} s; try again"
+            ) from None
         if watch.closed is not None:
             raise WatchClosed(watch.closed)
 
@@ -330,3 +389,7 @@ class WatchHub:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _owner_key(owner: Identity) -> tuple[str, str]:
+    return owner.kind, owner.subject

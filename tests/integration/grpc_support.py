@@ -1,6 +1,9 @@
 """Shared by the gRPC API tests: a seeded catalogue and the ``apis`` fixture (a real
 ``python -m services.grpc`` and ``python -m services.http`` over the same Redis).
 
+Every call sends the test credential as gRPC metadata (``AUTH``, ``auth_metadata``);
+the ``watch`` helper does so unless it is given other metadata.
+
 Records are seeded the way the stream processor writes them: domain events folded
 with ``availability.state``, ``build_availability`` with a ``RuleBook`` that has
 channel buffers, ``AvailabilityStore.write_records``.
@@ -31,6 +34,7 @@ from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from tests.integration.scenario import at_minute, seed_events
 from tests.integration.support import (
+    TEST_API_KEY,
     ProcessHandle,
     auth_headers,
     mark_serving_layer_complete,
@@ -44,6 +48,16 @@ NOW = parse_timestamp("2026-11-22T12:00:00Z")
 SKU = "AB/12-x.y:z"  # '/' and ':' are valid in a SKU
 OTHER_SKU = "SKU-2"
 SERVICE = "availability.v1.AvailabilityService"
+Metadata = tuple[tuple[str, str], ...]
+
+
+def auth_metadata(key: str = TEST_API_KEY) -> Metadata:
+    """gRPC metadata carrying ``key`` as a bearer token."""
+    return (("authorization", f"Bearer {key}"),)
+
+
+#: The test credential (every scope), for every call of a test that is not about access.
+AUTH: Metadata = auth_metadata()
 
 
 def stock_events() -> list[dict[str, Any]]:
@@ -118,10 +132,15 @@ async def apis(settings: Settings, start_service: StartService) -> AsyncIterator
             yield Apis(pb_grpc.AvailabilityServiceStub(channel), channel, http, store, grpc_process)
     finally:
         await channel.close()
-        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
-        if keys:
-            await store.client.delete(*keys)
-        await store.close()
+        await forget_store(store)
+
+
+async def forget_store(store: AvailabilityStore) -> None:
+    """Delete the test's Redis keys and close the store."""
+    keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
+    if keys:
+        await store.client.delete(*keys)
+    await store.close()
 
 
 async def status_of(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -210,4 +229,62 @@ def watch(
     **kwargs: Any,
 ) -> Stream:
     request = pb.WatchAvailabilityRequest(skus=skus, channel=channel, location_ids=location_ids)
+    kwargs.setdefault("metadata", AUTH)
     return Stream(stub.WatchAvailability(request, **kwargs))
+
+
+class Relay:
+    """A TCP relay to a local port that can fall silent: it then passes nothing on in
+    either direction and keeps its sockets open, as the network of a terminal that
+    vanished does (no FIN, no RST). It notes when the server closes its side."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent = False
+        self.server_closed = asyncio.Event()
+        self._listener: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._listener = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self._listener.sockets[0].getsockname()[1])
+
+    def fall_silent(self) -> None:
+        self.silent = True
+
+    async def _accept(
+        self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter
+    ) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [client_out, server_out]
+        for task in (
+            self._pipe(client_in, server_out, server_side=False),
+            self._pipe(server_in, client_out, server_side=True),
+        ):
+            running = asyncio.create_task(task)
+            self._tasks.add(running)
+            running.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, server_side: bool
+    ) -> None:
+        with contextlib.suppress(OSError):
+            # Silent: what arrives is read (so that the server's closing is seen) and
+            # dropped.
+            while data := await source.read(65536):
+                if not self.silent:
+                    sink.write(data)
+                    await sink.drain()
+        if server_side:
+            self.server_closed.set()
+        if not self.silent:
+            sink.close()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in self._writers:
+            writer.close()

@@ -17,7 +17,15 @@ from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import availability_dict, batch_dict
 from tests.integration.conftest import StartService
-from tests.integration.grpc_support import OTHER_SKU, SERVICE, SKU, Apis, Stream, status_of
+from tests.integration.grpc_support import (
+    AUTH,
+    OTHER_SKU,
+    SERVICE,
+    SKU,
+    Apis,
+    Stream,
+    status_of,
+)
 from tests.integration.support import free_port
 
 # --------------------------------------------------------------------------- answers
@@ -41,12 +49,14 @@ async def test_get_equals_http(apis: Apis) -> None:
         request = pb.GetAvailabilityRequest(sku=sku, channel=channel or "")
         if location is not None:
             request.location_id = location
-        answer = await apis.stub.GetAvailability(request, timeout=5)
+        answer = await apis.stub.GetAvailability(request, timeout=5, metadata=AUTH)
         assert availability_dict(answer) == http.json(), (sku, channel, location)
-    n1 = await apis.stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU, location_id="N1"))
+    n1 = await apis.stub.GetAvailability(
+        pb.GetAvailabilityRequest(sku=SKU, location_id="N1"), metadata=AUTH
+    )
     assert n1.channel == "online" and n1.locations[0].on_hand == -2 and n1.ats == 0
     market = await apis.stub.GetAvailability(
-        pb.GetAvailabilityRequest(sku=SKU, channel="marketplace")
+        pb.GetAvailabilityRequest(sku=SKU, channel="marketplace"), metadata=AUTH
     )
     assert {loc.location_id: loc.buffer for loc in market.locations}["S2"] == 3
 
@@ -60,7 +70,9 @@ async def test_batch_equals_http(apis: Apis) -> None:
         http = await apis.http.post("/v1/availability:batch", json=body)
         assert http.status_code == 200, http.text
         answer = await apis.stub.BatchGetAvailability(
-            pb.BatchGetAvailabilityRequest(skus=skus, channel=channel or ""), timeout=5
+            pb.BatchGetAvailabilityRequest(skus=skus, channel=channel or ""),
+            timeout=5,
+            metadata=AUTH,
         )
         assert batch_dict(answer) == http.json(), channel
         assert answer.channel == (channel or "online")
@@ -68,9 +80,11 @@ async def test_batch_equals_http(apis: Apis) -> None:
         assert (unknown.sku, unknown.channel, unknown.ats, len(unknown.locations)) == (
             "NOPE", "", 0, 0,
         )  # fmt: skip
-    empty = await apis.stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest())
+    empty = await apis.stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(), metadata=AUTH)
     assert batch_dict(empty) == {"channel": "online", "items": []}
-    most = await apis.stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU] * 500))
+    most = await apis.stub.BatchGetAvailability(
+        pb.BatchGetAvailabilityRequest(skus=[SKU] * 500), metadata=AUTH
+    )
     assert len(most.items) == 500
 
 
@@ -80,23 +94,25 @@ async def test_batch_equals_http(apis: Apis) -> None:
 async def test_status_codes(apis: Apis) -> None:
     stub = apis.stub
     Get, Batch = pb.GetAvailabilityRequest, pb.BatchGetAvailabilityRequest
-    code, message = await status_of(stub.GetAvailability(Get(sku="NOPE")))
+    code, message = await status_of(stub.GetAvailability(Get(sku="NOPE"), metadata=AUTH))
     assert code == grpc.StatusCode.NOT_FOUND and "NOPE" in message
     assert (await apis.http.get("/v1/availability/NOPE")).status_code == 404
     # NOT_FOUND with a location filter too, as HTTP.
-    code, _ = await status_of(stub.GetAvailability(Get(sku="NOPE", location_id="S1")))
+    code, _ = await status_of(
+        stub.GetAvailability(Get(sku="NOPE", location_id="S1"), metadata=AUTH)
+    )
     assert code == grpc.StatusCode.NOT_FOUND
 
     invalid: list[tuple[Any, str]] = [
-        (stub.GetAvailability(Get()), "sku"),
-        (stub.GetAvailability(Get(sku="bad sku")), "sku"),
-        (stub.GetAvailability(Get(sku="x" * 129)), "sku"),
-        (stub.GetAvailability(Get(sku=SKU, channel="Online")), "channel"),
-        (stub.GetAvailability(Get(sku=SKU, location_id="")), "location_id"),
-        (stub.GetAvailability(Get(sku=SKU, location_id="a b")), "location_id"),
-        (stub.BatchGetAvailability(Batch(skus=[SKU, "ok", "bad sku"])), "skus[2]"),
-        (stub.BatchGetAvailability(Batch(skus=[SKU], channel="UP")), "channel"),
-        (stub.BatchGetAvailability(Batch(skus=[SKU] * 501)), "at most 500"),
+        (stub.GetAvailability(Get(), metadata=AUTH), "sku"),
+        (stub.GetAvailability(Get(sku="bad sku"), metadata=AUTH), "sku"),
+        (stub.GetAvailability(Get(sku="x" * 129), metadata=AUTH), "sku"),
+        (stub.GetAvailability(Get(sku=SKU, channel="Online"), metadata=AUTH), "channel"),
+        (stub.GetAvailability(Get(sku=SKU, location_id=""), metadata=AUTH), "location_id"),
+        (stub.GetAvailability(Get(sku=SKU, location_id="a b"), metadata=AUTH), "location_id"),
+        (stub.BatchGetAvailability(Batch(skus=[SKU, "ok", "bad sku"]), metadata=AUTH), "skus[2]"),
+        (stub.BatchGetAvailability(Batch(skus=[SKU], channel="UP"), metadata=AUTH), "channel"),
+        (stub.BatchGetAvailability(Batch(skus=[SKU] * 501), metadata=AUTH), "at most 500"),
     ]
     for call, field in invalid:
         code, message = await status_of(call)
@@ -108,12 +124,14 @@ async def test_status_codes(apis: Apis) -> None:
 async def test_deadline_exceeded(apis: Apis) -> None:
     code, _ = await status_of(
         apis.stub.BatchGetAvailability(
-            pb.BatchGetAvailabilityRequest(skus=[SKU] * 500), timeout=1e-4
+            pb.BatchGetAvailabilityRequest(skus=[SKU] * 500), timeout=1e-4, metadata=AUTH
         )
     )
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     # The server carries on.
-    answer = await apis.stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), timeout=5)
+    answer = await apis.stub.GetAvailability(
+        pb.GetAvailabilityRequest(sku=SKU), timeout=5, metadata=AUTH
+    )
     assert answer.sku == SKU
 
 
@@ -133,20 +151,28 @@ async def test_redis_down_is_unavailable(settings: Settings, start_service: Star
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
         stub = pb_grpc.AvailabilityServiceStub(channel)
         for call in (
-            stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), timeout=10),
-            stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU, location_id="S1"), timeout=10),
-            stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU]), timeout=10),
+            stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), timeout=10, metadata=AUTH),
+            stub.GetAvailability(
+                pb.GetAvailabilityRequest(sku=SKU, location_id="S1"), timeout=10, metadata=AUTH
+            ),
+            stub.BatchGetAvailability(
+                pb.BatchGetAvailabilityRequest(skus=[SKU]), timeout=10, metadata=AUTH
+            ),
         ):
             code, message = await status_of(call)
             assert code == grpc.StatusCode.UNAVAILABLE and "Redis" in message
         for _ in range(2):  # the second time on a fresh subscription attempt
             watch = Stream(
-                stub.WatchAvailability(pb.WatchAvailabilityRequest(skus=[SKU]), timeout=20)
+                stub.WatchAvailability(
+                    pb.WatchAvailabilityRequest(skus=[SKU]), timeout=20, metadata=AUTH
+                )
             )
             code, message = await watch.status(timeout=25)
             assert code == grpc.StatusCode.UNAVAILABLE and "Redis" in message
         # Bad input is still INVALID_ARGUMENT, not UNAVAILABLE.
-        code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="a b")))
+        code, _ = await status_of(
+            stub.GetAvailability(pb.GetAvailabilityRequest(sku="a b"), metadata=AUTH)
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -181,12 +207,20 @@ async def test_sigterm_stops_gracefully(apis: Apis) -> None:
 
 async def test_metrics_count_calls_by_method_and_code(apis: Apis, settings: Settings) -> None:
     stub = apis.stub
-    assert (await stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU))).sku == SKU
-    code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="NOPE")))
+    assert (
+        await stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), metadata=AUTH)
+    ).sku == SKU
+    code, _ = await status_of(
+        stub.GetAvailability(pb.GetAvailabilityRequest(sku="NOPE"), metadata=AUTH)
+    )
     assert code == grpc.StatusCode.NOT_FOUND
-    code, _ = await status_of(stub.GetAvailability(pb.GetAvailabilityRequest(sku="bad sku")))
+    code, _ = await status_of(
+        stub.GetAvailability(pb.GetAvailabilityRequest(sku="bad sku"), metadata=AUTH)
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    await stub.BatchGetAvailability(pb.BatchGetAvailabilityRequest(skus=[SKU, OTHER_SKU]))
+    await stub.BatchGetAvailability(
+        pb.BatchGetAvailabilityRequest(skus=[SKU, OTHER_SKU]), metadata=AUTH
+    )
 
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{settings.grpc_metrics_port}/metrics")

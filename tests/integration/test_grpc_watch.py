@@ -23,6 +23,7 @@ from services.grpc.gen.availability.v1 import availability_pb2_grpc as pb_grpc
 from services.grpc.messages import availability_dict
 from tests.integration.conftest import StartService
 from tests.integration.grpc_support import (
+    AUTH,
     SKU,
     Apis,
     Stream,
@@ -65,7 +66,9 @@ async def test_initial_figures_then_every_change(apis: Apis) -> None:
     stub, store = apis.stub, apis.store
     async with watch(stub, [SKU, "NEW-1", SKU], "marketplace") as call:
         initial = await call.read_initial(2)  # SKU listed twice: watched once
-        get = await stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU, channel="marketplace"))
+        get = await stub.GetAvailability(
+            pb.GetAvailabilityRequest(sku=SKU, channel="marketplace"), metadata=AUTH
+        )
         assert initial[SKU].availability == get
         assert initial[SKU].version > 0
         assert availability_dict(initial["NEW-1"].availability) == {
@@ -80,7 +83,9 @@ async def test_initial_figures_then_every_change(apis: Apis) -> None:
         message = await call.read()
         assert not message.initial
         assert message.version == version == initial[SKU].version + 1
-        get = await stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU, channel="marketplace"))
+        get = await stub.GetAvailability(
+            pb.GetAvailabilityRequest(sku=SKU, channel="marketplace"), metadata=AUTH
+        )
         assert message.availability == get
         # A rewrite with the same figures is no change (the version stays; nobody
         # marked it published, so the write answers the version the feed still needs).
@@ -121,7 +126,9 @@ async def test_invalid_arguments(apis: Apis) -> None:
         ({"skus": ["ok"], "location_ids": ["S1", ""]}, "location_ids[1]"),
     ]
     for fields, named in cases:
-        call = Stream(apis.stub.WatchAvailability(pb.WatchAvailabilityRequest(**fields)))
+        call = Stream(
+            apis.stub.WatchAvailability(pb.WatchAvailabilityRequest(**fields), metadata=AUTH)
+        )
         code, message = await call.status()
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (fields, code, message)
         assert named in message, (named, message)
@@ -147,7 +154,9 @@ async def test_200_concurrent_watches(apis: Apis) -> None:
         # Reads go on while 200 watches are open.
         started = time.monotonic()
         for sku in skus:
-            get = await stub.GetAvailability(pb.GetAvailabilityRequest(sku=sku), timeout=5)
+            get = await stub.GetAvailability(
+                pb.GetAvailabilityRequest(sku=sku), timeout=5, metadata=AUTH
+            )
             assert get.ats == 10
         assert time.monotonic() - started < 10
         versions = dict(zip(skus, await store.write_records([stock(s, S1=9) for s in skus]),
@@ -169,7 +178,7 @@ async def test_slow_watcher_gets_the_latest_figures(apis: Apis) -> None:
     await store.write_records([stock(sku, S1=0) for sku in skus])
     # Read directly, not through a Stream (whose task reads all the time).
     request = pb.WatchAvailabilityRequest(skus=skus)
-    call = apis.stub.WatchAvailability(request)
+    call = apis.stub.WatchAvailability(request, metadata=AUTH)
     try:
         for _ in skus:
             assert (await asyncio.wait_for(call.read(), 10)).initial

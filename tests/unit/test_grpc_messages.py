@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,12 +14,15 @@ from availability.ats import LocationAvailability, SkuAvailability, unknown_sku_
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.messages import (
     InvalidArgument,
+    Malformed,
     availability_dict,
     availability_message,
     batch_dict,
     batch_message,
+    decoder,
     parse_batch,
     parse_get,
+    parse_watch,
 )
 
 RECORD = SkuAvailability(
@@ -98,3 +105,49 @@ def test_parse_get_raises_only_invalid_argument(sku: str, channel: str) -> None:
         parse_get(pb.GetAvailabilityRequest(sku=sku, channel=channel))
     except InvalidArgument as exc:
         assert "must be" in str(exc)
+
+
+def test_sizes_are_checked_before_the_items() -> None:
+    """A million SKUs (every one invalid) are refused for their number, at the cost of
+    a length check: no SKU is looked at."""
+    million = ["not a sku"] * 1_000_000
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgument, match="1000000 SKUs; at most 500 allowed"):
+        parse_batch(pb.BatchGetAvailabilityRequest(skus=million))
+    with pytest.raises(InvalidArgument, match=r"skus lists 1000000 SKUs; at most 1000 allowed"):
+        parse_watch(pb.WatchAvailabilityRequest(skus=million))
+    many_locations = pb.WatchAvailabilityRequest(skus=["A"], location_ids=["bad id"] * 101)
+    with pytest.raises(InvalidArgument, match="location_ids lists 101 locations; at most 100"):
+        parse_watch(many_locations)
+    # Building the requests above is most of this; the checks themselves are microseconds.
+    assert time.perf_counter() - started < 5
+
+
+def test_bytes_that_are_not_the_message_are_an_invalid_argument() -> None:
+    decode = decoder(pb.GetAvailabilityRequest)
+    assert decode(pb.GetAvailabilityRequest(sku="A").SerializeToString()) == (
+        pb.GetAvailabilityRequest(sku="A")
+    )
+    garbage = decode(b"\xff\xff\xff\xff")
+    assert garbage == Malformed(
+        "the request is not a valid availability.v1.GetAvailabilityRequest message"
+    )
+    with pytest.raises(InvalidArgument, match=r"valid availability\.v1\.GetAvail"):
+        parse_get(garbage)
+    with pytest.raises(InvalidArgument, match="not a valid"):
+        parse_batch(decoder(pb.BatchGetAvailabilityRequest)(b"\x0a\x05ab"))  # truncated
+    with pytest.raises(InvalidArgument, match="not a valid"):
+        parse_watch(decoder(pb.WatchAvailabilityRequest)(b"\x0a\x02\xc3\x28"))  # bad UTF-8
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_request_or_invalid_argument(data: bytes) -> None:
+    """Whatever arrives: a parsed request or INVALID_ARGUMENT, never another error."""
+    checks: list[Callable[[], object]] = [
+        lambda: parse_get(decoder(pb.GetAvailabilityRequest)(data)),
+        lambda: parse_batch(decoder(pb.BatchGetAvailabilityRequest)(data)),
+        lambda: parse_watch(decoder(pb.WatchAvailabilityRequest)(data)),
+    ]
+    for check in checks:
+        with contextlib.suppress(InvalidArgument):
+            check()

@@ -1,18 +1,30 @@
-"""``Watch``: what a WatchAvailability stream sends, given the changes offered to it."""
+"""``Watch``: what a WatchAvailability stream sends, given the changes offered to it;
+``WatchHub``: its limits, with a stand-in for the Redis subscription."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from availability.ats import LocationAvailability, SkuAvailability
+from infra.store import AvailabilityStore
+from services.auth.identity import Identity
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.messages import InvalidArgument, parse_watch
-from services.grpc.watch import Update, Watch, WatchClosed
+from services.grpc.watch import (
+    ChangeSubscription,
+    TooManyWatches,
+    Update,
+    Watch,
+    WatchClosed,
+    WatchHub,
+)
 
 
 def stock(sku: str, **on_hand: int) -> SkuAvailability:
@@ -201,3 +213,87 @@ def test_parse_watch() -> None:
     for request, named in bad:
         with pytest.raises(InvalidArgument, match=named.replace("[", r"\[")):
             parse_watch(request)
+
+
+# --------------------------------------------------------------------------- the hub's limits
+
+
+class FakeStore:
+    """The two things a hub asks of the store while opening a watch."""
+
+    def change_channel(self, sku: str) -> bytes:
+        return f"changes:{{{sku}}}".encode()
+
+    async def read_versions(self, skus: list[str]) -> list[tuple[int, None]]:
+        return [(0, None)] * len(skus)
+
+
+class FakeSubscription:
+    """A pub/sub connection that confirms subscriptions, or (``stuck``) never does."""
+
+    def __init__(self, stuck: bool) -> None:
+        self.stuck = stuck
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def ssubscribe(self, *channels: bytes) -> None:
+        if not self.stuck:
+            for channel in channels:
+                self.messages.put_nowait({"type": "ssubscribe", "channel": channel})
+
+    async def sunsubscribe(self, *channels: bytes) -> None:
+        pass
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self.messages.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Hub(WatchHub):
+    def __init__(self, *, stuck: bool = False, **limits: Any) -> None:
+        super().__init__(cast(AvailabilityStore, FakeStore()), **limits)
+        self.subscription = FakeSubscription(stuck)
+
+    def _new_pubsub(self) -> ChangeSubscription:
+        return cast(ChangeSubscription, self.subscription)
+
+
+ALICE = Identity("alice", frozenset({"availability:watch"}), "api_key")
+
+
+async def test_each_credential_has_its_own_watch_quota() -> None:
+    hub = Hub(max_watches=5, max_per_identity=2)
+    bob = Identity("bob", ALICE.scopes, "jwt")
+    alice_jwt = Identity("alice", ALICE.scopes, "jwt")  # another credential, same name
+    try:
+        first = await hub.open(["A"], "online", None, ALICE)
+        await hub.open(["B"], "online", None, ALICE)
+        with pytest.raises(TooManyWatches, match="'alice' holds its quota of 2 watches"):
+            await hub.open(["C"], "online", None, ALICE)
+        await hub.open(["C"], "online", None, bob)
+        await hub.open(["C"], "online", None, alice_jwt)
+        assert (hub.open_by(ALICE), hub.open_by(bob), hub.open_count) == (2, 1, 4)
+        await hub.release(first)
+        await hub.open(["C"], "online", None, ALICE)  # the slot is back at once
+        await hub.open(["D"], "online", None)  # no owner: only the server's limit
+        with pytest.raises(TooManyWatches, match="this server holds its maximum of 5"):
+            await hub.open(["E"], "online", None, bob)
+    finally:
+        await hub.close("test over")
+
+
+async def test_an_unconfirmed_subscription_ends_the_watch_in_time() -> None:
+    hub = Hub(stuck=True, max_watches=5, max_per_identity=2, subscribe_timeout=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(WatchClosed, match=r"did not confirm the subscription within 0.2 s"):
+            await hub.open(["A", "B"], "online", None, ALICE)
+        assert time.monotonic() - started < 2
+        # Nothing is held: neither the server's slot nor the credential's.
+        assert (hub.open_count, hub.open_by(ALICE)) == (0, 0)
+    finally:
+        await hub.close("test over")

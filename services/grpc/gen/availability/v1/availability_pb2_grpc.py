@@ -27,6 +27,14 @@ if _version_not_supported:
 
 class AvailabilityServiceStub:
     """Reads of the available-to-sell figures that the stream processor keeps in Redis.
+
+    Every call needs a credential: "authorization: Bearer <token>" metadata or, on a
+    mutual-TLS server, a client certificate. UNAUTHENTICATED without a valid one,
+    PERMISSION_DENIED without the method's scope (availability:read for the reads,
+    availability:watch for WatchAvailability); either comes before the request is
+    read. INVALID_ARGUMENT for bytes that are not the request message;
+    RESOURCE_EXHAUSTED for a request over the server's size limit or while the server
+    serves its maximum of calls at once.
     """
 
     def __init__(self, channel):
@@ -54,6 +62,14 @@ class AvailabilityServiceStub:
 
 class AvailabilityServiceServicer:
     """Reads of the available-to-sell figures that the stream processor keeps in Redis.
+
+    Every call needs a credential: "authorization: Bearer <token>" metadata or, on a
+    mutual-TLS server, a client certificate. UNAUTHENTICATED without a valid one,
+    PERMISSION_DENIED without the method's scope (availability:read for the reads,
+    availability:watch for WatchAvailability); either comes before the request is
+    read. INVALID_ARGUMENT for bytes that are not the request message;
+    RESOURCE_EXHAUSTED for a request over the server's size limit or while the server
+    serves its maximum of calls at once.
     """
 
     def GetAvailability(self, request, context):
@@ -92,9 +108,10 @@ class AvailabilityServiceServicer:
 
         The stream ends with UNAVAILABLE when the server stops or loses its connection
         to the store; reconnect and take the new initial figures as they are, whatever
-        their version. INVALID_ARGUMENT for no SKU, more than 500 distinct SKUs or a
-        malformed field (named, e.g. "skus[3]", "location_ids[0]"); RESOURCE_EXHAUSTED
-        when the server holds its maximum number of watches.
+        their version. INVALID_ARGUMENT for no SKU, more than 500 distinct SKUs, more
+        than 1000 listed, more than 100 location_ids, or a malformed field (named, e.g.
+        "skus[3]", "location_ids[0]"); RESOURCE_EXHAUSTED when the server holds its
+        maximum number of watches, or the caller's credential its quota of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +145,14 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AvailabilityService:
     """Reads of the available-to-sell figures that the stream processor keeps in Redis.
+
+    Every call needs a credential: "authorization: Bearer <token>" metadata or, on a
+    mutual-TLS server, a client certificate. UNAUTHENTICATED without a valid one,
+    PERMISSION_DENIED without the method's scope (availability:read for the reads,
+    availability:watch for WatchAvailability); either comes before the request is
+    read. INVALID_ARGUMENT for bytes that are not the request message;
+    RESOURCE_EXHAUSTED for a request over the server's size limit or while the server
+    serves its maximum of calls at once.
     """
 
     @staticmethod
