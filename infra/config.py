@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from infra.shopify_config import ShopifyTarget
+
 
 class ApiKeySpec(BaseModel):
     """One static API key as configured: its id (the subject the audit records), the
@@ -91,6 +93,10 @@ class Settings(BaseSettings):
     grpc_keepalive_timeout: float = Field(default=10.0, gt=0)
     # Seconds a new watch waits for Redis to confirm its subscriptions (else UNAVAILABLE).
     grpc_watch_subscribe_timeout: float = Field(default=5.0, gt=0)
+
+    # --- Shopify (README "Shopify") ---
+    # The shops served: a JSON list of infra.shopify_config.ShopifyTarget.
+    shopify_targets: list[ShopifyTarget] = Field(default_factory=list)
 
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
