@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
+from availability.display import preview
 from availability.identifiers import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
@@ -179,7 +180,7 @@ class _Fields:
         if not is_location(value):
             raise self.fail(
                 f"field '{name}' must be a location id (1-64 characters of [A-Za-z0-9._:/-]),"
-                f" got {value!r}"
+                f" got {preview(value)}"
             )
         return str(value)
 
@@ -200,7 +201,7 @@ class _Fields:
             bound = ">= 0" if allow_zero else "> 0"
             raise self.fail(
                 f"field '{name}' must be an integer {bound} and at most {MAX_QUANTITY},"
-                f" got {value!r}"
+                f" got {preview(value)}"
             )
         return value
 
@@ -211,7 +212,7 @@ class _Fields:
                 return None
             raise self.fail(f"missing required field '{name}'")
         if not isinstance(value, str):
-            raise self.fail(f"field '{name}' must be an RFC 3339 string, got {value!r}")
+            raise self.fail(f"field '{name}' must be an RFC 3339 string, got {preview(value)}")
         try:
             return parse_timestamp(value)
         except ValueError as exc:
@@ -248,7 +249,9 @@ def _pos_return(f: _Fields) -> Event:
     if disposition is None:
         disposition = "sellable"
     if disposition not in ("sellable", "damaged"):
-        raise f.fail(f"field 'disposition' must be 'sellable' or 'damaged', got {disposition!r}")
+        raise f.fail(
+            f"field 'disposition' must be 'sellable' or 'damaged', got {preview(disposition)}"
+        )
     return PosReturn(
         f.event_id,
         f.sku,
@@ -277,7 +280,7 @@ def _transfer(kind: type[TransferShipped] | type[TransferReceived]) -> Callable[
 def _reservation_created(f: _Fields) -> Event:
     channel = f.get("channel")
     if channel is not None and not is_channel(channel):
-        raise f.fail(f"field 'channel' must match [a-z0-9_-]{{1,32}}, got {channel!r}")
+        raise f.fail(f"field 'channel' must match [a-z0-9_-]{{1,32}}, got {preview(channel)}")
     return ReservationCreated(
         f.event_id,
         f.sku,
@@ -373,12 +376,12 @@ def event_from_dict(data: object) -> Event:
         raise InvalidEvent("missing required field 'type'", event_id=known_id, sku=known_sku)
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
-        raise InvalidEvent(f"unknown event type {kind!r}", event_id=known_id, sku=known_sku)
+        raise InvalidEvent(f"unknown event type {preview(kind)}", event_id=known_id, sku=known_sku)
     if sku is None:
         raise InvalidEvent("missing required field 'sku'", event_id=known_id)
     if not is_sku(sku):
         raise InvalidEvent(
-            f"field 'sku' must be 1-128 characters of [A-Za-z0-9._:/-], got {sku!r}",
+            f"field 'sku' must be 1-128 characters of [A-Za-z0-9._:/-], got {preview(sku)}",
             event_id=known_id,
         )
     return parser(_Fields(data, event_id, sku))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from availability.display import preview
+
 SKU_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 LOCATION_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 CHANNEL_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
@@ -49,12 +51,12 @@ def parse_timestamp(value: str) -> int:
     """
     match = _RFC3339.fullmatch(value)
     if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+        raise ValueError(f"not an RFC 3339 timestamp: {preview(value)}")
     moment, fraction, offset = match.groups()
     # datetime takes at most six fractional digits.
     text = moment.upper() + "." + (fraction or "0")[:6] + offset.upper()
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"not a valid date and time: {value!r}") from None
+        raise ValueError(f"not a valid date and time: {preview(value)}") from None
     return (parsed - _EPOCH) // _MICROSECOND

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from availability.display import clip, preview
 from availability.events import ErpBalance, Event, parse_event
 from availability.state import SkuState, fold
 
@@ -99,7 +100,9 @@ def restore(states: dict[str, SkuState], key: str, value: bytes | None) -> str:
         if event_id:
             event: Event = parse_event(value)
             if event.sku != sku or event.event_id != event_id:
-                raise CorruptEntry(f"entry {key!r} holds event {event.event_id!r} of {event.sku!r}")
+                raise CorruptEntry(
+                    f"entry {preview(key)} holds event {preview(event.event_id)} of {event.sku}"
+                )
             fold(state, event)
         else:
             for location_id, (as_of, balance_id, on_hand) in orjson.loads(value).items():
@@ -107,5 +110,5 @@ def restore(states: dict[str, SkuState], key: str, value: bytes | None) -> str:
     except CorruptEntry:
         raise
     except Exception as exc:
-        raise CorruptEntry(f"entry {key!r} cannot be read: {exc}") from exc
+        raise CorruptEntry(f"entry {preview(key)} cannot be read: {clip(str(exc), 200)}") from exc
     return sku

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from availability.display import preview
 from availability.events import (
     ErpBalance,
     Event,
@@ -320,7 +321,9 @@ def fold(state: SkuState, event: Event, settled: list[str] | None = None) -> boo
     redundant (see the module docstring).
     """
     if event.sku != state.sku:
-        raise ValueError(f"event for sku {event.sku!r} folded into state of {state.sku!r}")
+        raise ValueError(
+            f"event for sku {preview(event.sku)} folded into state of {preview(state.sku)}"
+        )
     return _FOLDS[type(event)](state, event, [] if settled is None else settled)
 
 
