@@ -236,7 +236,7 @@ def on_hand_as_of(state: SkuState, location_id: str, moment: int) -> int | None:
         return None
     total = 0 if baseline is None else baseline.on_hand
     for occurred_at, quantity, _ in state.deltas.get(location_id, {}).values():
-        if occurred_at <= moment:
+        if state.floor(location_id) < occurred_at <= moment:
             total += quantity
     return total
 

@@ -18,6 +18,7 @@ from availability.display import preview
 from availability.identifiers import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
+    format_timestamp,
     is_channel,
     is_location,
     is_sku,
@@ -49,6 +50,10 @@ _KIND_BY_PREFIX = (
     ("missing required field", "missing_field"),
     ("unknown event type", "unknown_type"),
     ("field ", "invalid_field"),
+    # Refusals that are not about the event's form (the stream processor's):
+    ("timestamp in the future", "future_timestamp"),
+    ("too old", "too_old"),
+    ("internal error", "internal_error"),
 )
 INVALID_KINDS = (*(kind for _, kind in _KIND_BY_PREFIX), "invalid")
 
@@ -67,6 +72,25 @@ class ErpBalance:
     location_id: str
     on_hand: int
     as_of: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErpBaselineReset:
+    """An operator's fresh count (``services.cli baseline reset``): it replaces the
+    location's baseline as of ``as_of`` and voids the baselines named in ``voids``
+    for good (README "Baseline reset")."""
+
+    event_id: str
+    sku: str
+    location_id: str
+    on_hand: int
+    as_of: int
+    voids: tuple[str, ...]
+    operator: str
+
+
+#: Balances one reset may void.
+MAX_VOIDS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +167,7 @@ class ReservationFulfilled:
 
 Event = (
     ErpBalance
+    | ErpBaselineReset
     | PosSale
     | PosReturn
     | TransferShipped
@@ -234,6 +259,30 @@ def _erp_balance(f: _Fields) -> Event:
     )
 
 
+def _baseline_reset(f: _Fields) -> Event:
+    voids = f.get("voids")
+    if voids is None:
+        voids = []
+    if (
+        not isinstance(voids, list)
+        or len(voids) > MAX_VOIDS
+        or not all(isinstance(v, str) and 0 < len(v) <= MAX_ID_LENGTH for v in voids)
+    ):
+        raise f.fail(
+            f"field 'voids' must be a list of at most {MAX_VOIDS} event ids"
+            f" (non-empty strings of at most {MAX_ID_LENGTH} characters)"
+        )
+    return ErpBaselineReset(
+        f.event_id,
+        f.sku,
+        f.location("location_id"),
+        f.quantity("on_hand", allow_zero=True),
+        f.required_timestamp("as_of"),
+        tuple(sorted(set(voids))),
+        f.reference("operator"),
+    )
+
+
 def _pos_sale(f: _Fields) -> Event:
     return PosSale(
         f.event_id,
@@ -316,6 +365,7 @@ def _reservation_fulfilled(f: _Fields) -> Event:
 
 _PARSERS: dict[str, Callable[[_Fields], Event]] = {
     "erp.balance": _erp_balance,
+    "erp.baseline_reset": _baseline_reset,
     "pos.sale": _pos_sale,
     "pos.return": _pos_return,
     "transfer.shipped": _transfer(TransferShipped),
@@ -330,13 +380,78 @@ def event_type(event: Event) -> str:
     return _TYPE_NAMES[type(event)]
 
 
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event's canonical JSON object: what ``parse_event`` reads back as ``event``."""
+    data: dict[str, Any] = {"type": event_type(event)}
+    for name in event.__slots__:
+        value = getattr(event, name)
+        if name in _TIME_FIELDS and value is not None:
+            value = format_timestamp(value)
+        elif name == "voids":
+            value = list(value)
+        data[name] = value
+    return data
+
+
+_TIME_FIELDS = frozenset({"as_of", "occurred_at", "expires_at"})
+
+
 def event_time(event: Event) -> int:
-    """When the event happened (µs): ``as_of`` of a balance, else ``occurred_at``."""
-    return event.as_of if isinstance(event, ErpBalance) else event.occurred_at
+    """When the event happened (µs): ``as_of`` of a balance or reset, else ``occurred_at``."""
+    return event.as_of if isinstance(event, ErpBalance | ErpBaselineReset) else event.occurred_at
+
+
+#: Events whose ids (or reservation lines) the state forgets after the horizon
+#: (``availability.state.prune``): older ones are refused as too old.
+_FORGOTTEN_AFTER_HORIZON = (
+    TransferShipped,
+    TransferReceived,
+    ReservationCreated,
+    ReservationReleased,
+    ReservationFulfilled,
+)
+
+
+def check_time(event: Event, now: int, max_future_skew: int, horizon: int) -> None:
+    """Refuse (InvalidEvent) an event dated more than ``max_future_skew`` µs after
+    ``now``, or one older than the state keeps what makes a repeat of it harmless.
+
+    The caller passes its clock (``now``, µs); nothing here reads one. Too old:
+    a transfer leg, a damaged return or a reservation event before ``now - horizon``
+    (the state forgets their ids and lines after that: ``availability.state.prune``),
+    and a baseline reset before ``now - max_future_skew`` (the state forgets sales
+    that a baseline older than that contains, which a later reset could need).
+    """
+    moment = event_time(event)
+    name = "as_of" if isinstance(event, ErpBalance | ErpBaselineReset) else "occurred_at"
+    if moment > now + max_future_skew:
+        raise InvalidEvent(
+            f"timestamp in the future: {name} {format_timestamp(moment)} is more than"
+            f" {max_future_skew // 1_000_000} s after the worker's clock"
+            f" ({format_timestamp(now)})",
+            event_id=event.event_id,
+            sku=event.sku,
+        )
+    if isinstance(event, ErpBaselineReset):
+        oldest, window = now - max_future_skew, max_future_skew
+    elif isinstance(event, _FORGOTTEN_AFTER_HORIZON) or (
+        isinstance(event, PosReturn) and event.disposition == "damaged"
+    ):
+        oldest, window = now - horizon, horizon
+    else:
+        return
+    if moment < oldest:
+        raise InvalidEvent(
+            f"too old: {name} {format_timestamp(moment)} is more than"
+            f" {window // 1_000_000} s before the worker's clock ({format_timestamp(now)})",
+            event_id=event.event_id,
+            sku=event.sku,
+        )
 
 
 _TYPE_NAMES: dict[type, str] = {
     ErpBalance: "erp.balance",
+    ErpBaselineReset: "erp.baseline_reset",
     PosSale: "pos.sale",
     PosReturn: "pos.return",
     TransferShipped: "transfer.shipped",

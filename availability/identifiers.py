@@ -43,6 +43,11 @@ def is_rule_id(value: object) -> bool:
     return isinstance(value, str) and RULE_ID_PATTERN.fullmatch(value) is not None
 
 
+def format_timestamp(micros: int) -> str:
+    """Integer microseconds since the epoch -> RFC 3339 in UTC (µs precision)."""
+    return (_EPOCH + micros * _MICROSECOND).isoformat().replace("+00:00", "Z")
+
+
 def parse_timestamp(value: str) -> int:
     """RFC 3339 timestamp -> integer microseconds since the epoch (UTC).
 
