@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import orjson
 import pytest
 
+from availability.events import invalid_kind
 from infra.config import Settings
 from services.cli.__main__ import build_parser
 from services.cli.dead_letters import (
@@ -19,13 +21,15 @@ from services.cli.dead_letters import (
     parse_since,
     replay_value,
 )
-from streams.dead_letters import dead_letter_record
+from streams.dead_letters import dead_letter_record, failure_reason
 
 SETTINGS = Settings(topic_prefix="acme.")
+MIB = 1024 * 1024
 
 
 def letter(**fields: object) -> DeadLetter:
-    value = dead_letter_record(
+    record = dead_letter_record(
+        key=b"S",
         value=fields.pop("value", b'{"event_id":"e1","sku":"S"}'),  # type: ignore[arg-type]
         topic=str(fields.pop("topic", "acme.pos.transactions")),
         partition=2,
@@ -33,8 +37,9 @@ def letter(**fields: object) -> DeadLetter:
         reason=str(fields.pop("reason", "missing required field 'location_id'")),
         event_id="e1",
         sku="S",
+        max_bytes=int(fields.pop("max_bytes", MIB)),  # type: ignore[call-overload]
     )
-    return parse_dead_letter(0, 7, b"S", value)
+    return parse_dead_letter(0, 7, record.key, record.value)
 
 
 def test_a_dead_letter_record_reads_back_as_written() -> None:
@@ -144,8 +149,61 @@ def test_the_parser_refuses_bad_arguments_with_exit_code_2(
 
 def test_original_bytes_survive_base64() -> None:
     raw = bytes(range(256))
-    record = orjson.loads(
-        dead_letter_record(value=raw, topic="t", partition=0, offset=0, reason="r")
+    record = dead_letter_record(
+        key=None, value=raw, topic="t", partition=0, offset=0, reason="r", max_bytes=MIB
     )
-    assert base64.b64decode(record["original"]) == raw
-    assert parse_dead_letter(0, 0, None, orjson.dumps(record)).original == raw
+    assert base64.b64decode(orjson.loads(record.value)["original"]) == raw
+    read = parse_dead_letter(0, 0, None, record.value)
+    assert read.original == raw
+    assert not read.truncated
+    assert "original_truncated" not in orjson.loads(record.value)
+
+
+@pytest.mark.parametrize("size", [MIB - 2000, MIB, 1_500_000, 20 * MIB])
+def test_an_original_too_large_for_the_broker_is_kept_truncated_with_its_digest(
+    size: int,
+) -> None:
+    raw = bytes(n % 251 for n in range(size))
+    record = dead_letter_record(
+        key=b"SKU-1",
+        value=raw,
+        topic="t",
+        partition=0,
+        offset=0,
+        reason="x" * 50_000,
+        max_bytes=MIB,
+    )
+    assert len(record.value) + len(record.key or b"") <= MIB - 1000
+    data = orjson.loads(record.value)
+    assert len(data["reason"]) == 1000
+    read = parse_dead_letter(0, 0, record.key, record.value)
+    assert read.truncated
+    assert read.original_size == size
+    assert read.original_sha256 == hashlib.sha256(raw).hexdigest()
+    assert read.original is not None and raw.startswith(read.original)
+    assert len(read.original) > MIB // 2  # as much as fits is kept
+    assert read.preview().startswith("(truncated) ")
+    assert read.as_json(None)["original_truncated"] is True
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        replay_value(read, None)
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        replay_value(read, {"location_id": "S1"})
+
+
+def test_an_oversized_key_is_cut_and_described() -> None:
+    key = b"k" * (2 * MIB)
+    record = dead_letter_record(
+        key=key, value=b"{}", topic="t", partition=0, offset=0, reason="r", max_bytes=MIB
+    )
+    assert record.key is not None and len(record.key) + len(record.value) <= MIB
+    data = orjson.loads(record.value)
+    assert (data["key_truncated"], data["key_size"]) == (True, 2 * MIB)
+    assert data["key_sha256"] == hashlib.sha256(key).hexdigest()
+    assert base64.b64decode(data["original"]) == b"{}"
+
+
+def test_an_unexpected_failure_has_a_bounded_reason_of_its_own_kind() -> None:
+    reason = failure_reason("folding", KeyError("x" * 10_000))
+    assert reason.startswith("internal error while folding: KeyError: ")
+    assert len(reason) == 1000
+    assert invalid_kind(reason) == "internal_error"
