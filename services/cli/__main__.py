@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from availability.drift import ExportFormatError
 from infra.config import Settings, get_settings
+from services.cli.baseline import reset_baseline, show_baselines
 from services.cli.dead_letters import (
     Selection,
     UsageError,
@@ -125,6 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-publish",
         action="store_true",
         help="do not store the counts for the availability_drift_sku_locations gauge",
+    )
+    baseline = commands.add_parser(
+        "baseline",
+        help="show a SKU's ERP baselines; reset a location's baseline from a fresh count",
+        description="A location's baseline is its latest ERP balance (README, Baseline"
+        " reset). `show` folds it back from the workers' journal; `reset` publishes an"
+        " erp.baseline_reset event: the count becomes the baseline as of now, and the"
+        " voided balances can never be the baseline again.",
+    )
+    baseline_commands = baseline.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show_cmd = baseline_commands.add_parser(
+        "show", help="the baselines the workers hold for a SKU (every location, or one)"
+    )
+    show_cmd.add_argument("--sku", required=True)
+    show_cmd.add_argument("--location", help="only this location")
+    show_cmd.add_argument("--json", action="store_true", help="print JSON")
+    reset_cmd = baseline_commands.add_parser(
+        "reset",
+        help="replace a location's baseline with a fresh count dated now",
+        description="Publishes an erp.baseline_reset event to the ERP topic. Without"
+        " --void, the current baseline is voided when it is dated in the future (it"
+        " hides every later sale); with --void, the named balances are.",
+    )
+    reset_cmd.add_argument("--sku", required=True)
+    reset_cmd.add_argument("--location", required=True)
+    reset_cmd.add_argument("--on-hand", type=_count, required=True, help="the fresh count")
+    reset_cmd.add_argument(
+        "--void",
+        dest="voids",
+        action="append",
+        metavar="EVENT_ID",
+        help="a balance that must never be the baseline again; repeatable",
+    )
+    reset_cmd.add_argument(
+        "--operator", required=True, help="who resets it (recorded in the event)"
     )
     commands.add_parser(
         "drift-job",
@@ -255,6 +291,20 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             as_json=args.json,
             output=args.output,
             publish=not args.no_publish,
+            say=say,
+        )
+    if args.command == "baseline" and args.action == "show":
+        return await show_baselines(
+            settings, sku=args.sku, location_id=args.location, as_json=args.json, say=say
+        )
+    if args.command == "baseline" and args.action == "reset":
+        return await reset_baseline(
+            settings,
+            sku=args.sku,
+            location_id=args.location,
+            on_hand=args.on_hand,
+            voids=args.voids,
+            operator=args.operator,
             say=say,
         )
     if args.command == "drift-job":

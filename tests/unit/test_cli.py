@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import Any
 
 import orjson
 import pytest
 
-from availability.events import invalid_kind
+from availability.events import ErpBalance, event_to_dict, invalid_kind, parse_event
+from availability.identifiers import parse_timestamp
+from availability.state import SkuState, fold
 from infra.config import Settings
 from services.cli.__main__ import build_parser
+from services.cli.baseline import baseline_rows, default_voids, reset_event
 from services.cli.dead_letters import (
     DeadLetter,
     Selection,
@@ -207,3 +211,66 @@ def test_an_unexpected_failure_has_a_bounded_reason_of_its_own_kind() -> None:
     assert reason.startswith("internal error while folding: KeyError: ")
     assert len(reason) == 1000
     assert invalid_kind(reason) == "internal_error"
+
+
+# --- baseline show / reset ---------------------------------------------------------
+
+
+def test_a_reset_event_is_dated_now_names_its_operator_and_reads_back() -> None:
+    now = parse_timestamp("2026-11-22T10:00:00Z")
+    event = reset_event(
+        sku="SKU-1", location_id="S1", on_hand=12, voids=["b-2099"], operator="alice", now=now
+    )
+    assert (event.as_of, event.on_hand, event.voids, event.operator) == (
+        now,
+        12,
+        ("b-2099",),
+        "alice",
+    )
+    assert event.event_id.startswith("reset-2026-11-22T10:00:00Z-")
+    assert parse_event(orjson.dumps(event_to_dict(event))) == event
+    again = reset_event(
+        sku="SKU-1", location_id="S1", on_hand=12, voids=[], operator="alice", now=now
+    )
+    assert again.event_id != event.event_id  # every count is an event of its own
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sku": "bad sku"}, "--sku"),
+        ({"location_id": ""}, "--location"),
+        ({"on_hand": -1}, "--on-hand"),
+        ({"operator": ""}, "--operator"),
+        ({"voids": [""]}, "voids"),
+    ],
+)
+def test_a_reset_that_the_worker_would_refuse_is_refused_here(
+    changes: dict[str, object], message: str
+) -> None:
+    fields: dict[str, Any] = {
+        "sku": "SKU-1", "location_id": "S1", "on_hand": 1, "voids": [], "operator": "a", "now": 0,
+    }  # fmt: skip
+    with pytest.raises(UsageError, match=message):
+        reset_event(**{**fields, **changes})
+
+
+def test_the_default_void_is_a_baseline_dated_in_the_future() -> None:
+    now = parse_timestamp("2026-11-22T10:00:00Z")
+    state = SkuState("S")
+    fold(state, ErpBalance("b-2099", "S", "L", 500, parse_timestamp("2099-01-01T00:00:00Z")))
+    fold(state, ErpBalance("b-old", "S", "M", 5, now - 1))
+    assert default_voids(state, "L", now) == ["b-2099"]
+    assert default_voids(state, "M", now) == []
+    assert default_voids(None, "L", now) == []
+    rows = baseline_rows(state, "L", now)
+    assert rows[1] == ["L", "BASELINE", "b-2099", "500", "2099-01-01T00:00:00Z (future)"]
+    assert rows[-1] == ["L", "on hand", "", "500", ""]
+
+
+def test_reset_needs_an_operator(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["baseline", "reset", "--sku", "S", "--location", "L",
+                                   "--on-hand", "3"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--operator" in capsys.readouterr().err
