@@ -229,10 +229,10 @@ def _row(line: int, record: Mapping[str, Any]) -> ExportRow:
 
 
 def on_hand_as_of(state: SkuState, location_id: str, moment: int) -> int | None:
-    """The service's on-hand at ``moment``, or None when its ERP balance is newer
-    (the balance before it is not kept)."""
+    """The service's on-hand at ``moment``, or None when its ERP balance is newer, or
+    the events up to a newer one are forgotten (the balance before it is not kept)."""
     baseline = state.baselines.get(location_id)
-    if baseline is not None and baseline.as_of > moment:
+    if (baseline is not None and baseline.as_of > moment) or state.cut(location_id) > moment:
         return None
     total = 0 if baseline is None else baseline.on_hand
     for occurred_at, quantity, _ in state.deltas.get(location_id, {}).values():

@@ -425,7 +425,7 @@ def _add_delta(
         return False
     _put(state, at_location, event_id, (occurred_at, qty, standalone))
     if occurred_at > state.floor(location_id):
-        _put(state, state.moved, location_id, state.moved.get(location_id, 0) + qty)
+        _count(state, state.moved, location_id, qty)
     return True
 
 
