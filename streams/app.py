@@ -140,6 +140,9 @@ def build_app(settings: Settings, app_id: str) -> AvailabilityApp:
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         broker_request_timeout=settings.broker_request_timeout,
         producer_max_batch_size=settings.producer_max_batch_size,
+        # A dead letter may be as large as the broker takes (streams.dead_letters);
+        # Faust's default request limit (1,000,000 bytes) is below Kafka's 1 MiB.
+        producer_max_request_size=max(1_000_000, settings.dead_letter_max_bytes),
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         table_cleanup_interval=3600.0,
