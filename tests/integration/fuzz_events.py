@@ -25,6 +25,9 @@ MEGA = 1_500_000  # bytes of an oversized message: more than Kafka's default 1 M
 OPTIONAL = ("expires_at", "channel", "disposition", "voids")
 
 
+Mutation = Callable[["Fuzzer", dict[str, Any]], tuple[bytes | None, str]]
+
+
 @dataclass(frozen=True)
 class Message:
     topic: str  # one of TOPICS
@@ -238,7 +241,7 @@ class Fuzzer:
         ]
         return self.rnd.choice(choices)
 
-    MUTATIONS: ClassVar[tuple[Callable[[Fuzzer, dict[str, Any]], tuple[bytes | None, str]], ...]] = (
+    MUTATIONS: ClassVar[tuple[Mutation, ...]] = (
         _drop_field, _wrong_type, _bad_quantity, _bad_time, _too_old, _garbage, _garbage,
     )  # fmt: skip
 
