@@ -690,11 +690,13 @@ def prune(state: SkuState, *, settle_before: int, forget_before: int) -> Pruned:
         result.summary_changed = True
     if forget_before > state.forgotten_before:
         _forget_applied(state, forget_before, result)
-    _forget_lines(state, forget_before, result.redundant)
+    if _forget_lines(state, forget_before, result.redundant):
+        result.summary_changed = True
     return result
 
 
 def _forget_applied(state: SkuState, forget_before: int, result: Pruned) -> None:
+    forgotten = False
     for event_id, applied in list(state.applied.items()):
         if applied.occurred_at >= forget_before:
             continue
@@ -702,9 +704,12 @@ def _forget_applied(state: SkuState, forget_before: int, result: Pruned) -> None
         key = (applied.counter, applied.location_id)
         _put(state, state.carried, key, state.carried.get(key, 0) + applied.quantity)
         _leave(state, event_id, applied.delta_at, result.redundant)
+        forgotten = True
+    if forgotten:
+        # Only then: the summary is rewritten with it, and nothing between the old
+        # and the new time was there to forget (the worker refuses such events).
+        _set_forgotten_before(state, forget_before)
         result.summary_changed = True
-    _set_forgotten_before(state, forget_before)
-    result.summary_changed = True
 
 
 def _leave(state: SkuState, event_id: str, delta_at: str | None, redundant: list[str]) -> None:
@@ -715,7 +720,9 @@ def _leave(state: SkuState, event_id: str, delta_at: str | None, redundant: list
         redundant.append(event_id)
 
 
-def _forget_lines(state: SkuState, forget_before: int, redundant: list[str]) -> None:
+def _forget_lines(state: SkuState, forget_before: int, redundant: list[str]) -> bool:
+    """Forget the lines that are done; True when a location joined the carried ones."""
+    located = False
     for reservation_id, line in list(state.reservations.items()):
         if line.last_event_at() >= forget_before:
             continue
@@ -728,12 +735,15 @@ def _forget_lines(state: SkuState, forget_before: int, redundant: list[str]) -> 
         _withdraw(state, reservation_id, line)
         _pop(state, state.reservations, reservation_id)
         if hold is not None:
-            _put(state, state.carried_locations, hold.location_id, None)
+            if hold.location_id not in state.carried_locations:
+                _put(state, state.carried_locations, hold.location_id, None)
+                located = True
             # The create before the closer: should the worker stop between the two
             # deletions, what is left is a closed line, which counts nothing.
             redundant.append(hold.event_id)
         if line.closer is not None:
             _leave(state, line.closer.event_id, line.closer.delta_at, redundant)
+    return located
 
 
 def restore_carried(

@@ -567,6 +567,13 @@ class Processor:
                         await self._fold_and_ack(stream, gathered)
                         gathered = []
                         continue
+                else:
+                    await asyncio.wait({next_window}, timeout=self.pruner.interval)
+                    if not next_window.done():
+                        # Idle: the state is pruned here, in the fold's own task, so
+                        # that its journal entries never interleave with a batch's.
+                        await self.prune_while_idle()
+                        continue
                 events = await next_window
                 # The next window fills while this one is folded: Faust delivers events
                 # whenever the fold waits for Redis or the broker.
@@ -588,6 +595,16 @@ class Processor:
         finally:
             if next_window is not None:
                 next_window.cancel()
+
+    async def prune_while_idle(self) -> None:
+        journal = OutgoingRecords(self._producer(), self.states.journal_topic)
+        try:
+            if self.pruner.step(self.clock(), journal):
+                await asyncio.gather(*await journal.send())
+        except Exception as exc:
+            # Not durable yet, not lost: a restart folds the state back unpruned and
+            # the pruning is done again; the figures are the same either way.
+            log.warning("writing the pruned state to the journal failed: %s", exc)
 
     def waiting_events(self) -> int:
         """Events in the input partitions beyond those processed (gathered ones too)."""

@@ -1,9 +1,10 @@
 """Keeps the worker's state bounded: ``availability.state.prune`` over every owned SKU,
 a chunk at a time, and the journal entries that make it durable.
 
-It runs inside the fold (``Processor.process`` calls ``step`` before folding a
-batch), not beside it: a SKU's journal entries must reach its partition in the
-order its state changed, and two writers of the same partition could interleave.
+It runs inside the fold's task (``Processor.process`` calls ``step`` before folding
+a batch, and ``fold_windows`` while no event comes), not beside it: a SKU's journal
+entries must reach its partition in the order its state changed, and two writers of
+the same partition could interleave.
 A chunk of ``CHUNK`` SKUs at most every ``INTERVAL`` seconds keeps the pause short;
 a worker of 200,000 SKUs goes round them in under four minutes, which is nothing
 next to a horizon of days. A SKU whose pruning fails is left as it was, logged
@@ -43,7 +44,7 @@ class Pruner:
         self._owned = owned
         self._ready = ready
         self._chunk = chunk
-        self._interval = interval
+        self.interval = interval
         self._queue: list[str] = []
         self._last = 0.0
         self.pruned = 0  # SKUs whose state changed
@@ -55,7 +56,7 @@ class Pruner:
         """Prune the next chunk of SKUs if it is time; their entries go to ``journal``.
         Returns how many SKUs changed."""
         now = time.monotonic()
-        if not force and (now - self._last < self._interval or not self._ready()):
+        if not force and (now - self._last < self.interval or not self._ready()):
             return 0
         self._last = now
         states = self._states()
