@@ -910,9 +910,9 @@ class Processor:
 
     async def lag_by_partition(self) -> dict[str, int]:
         """Events after the *committed* offset, per input partition: a partition whose
-        commits are stuck shows, even while its events are being folded. (Before the
-        first commit of an assignment: events after the position.) The committed
-        offsets are kept for the metrics (``committed_by_partition``)."""
+        commits are stuck shows, even while its events are being folded (a partition
+        the group never committed counts from offset 0). The committed offsets are
+        kept for the metrics (``committed_by_partition``)."""
         consumer = self.app.consumer
         committed = committed_offsets(consumer)
         lags: dict[str, int] = {}
@@ -925,11 +925,9 @@ class Processor:
                 continue
             name = f"{tp.topic}:{tp.partition}"
             done = committed.get(tp)
-            if done is None:
-                done = await consumer.position(tp) or 0
-            else:
+            if done is not None:
                 offsets[name] = done
-            lags[name] = max(0, highwater - done)
+            lags[name] = max(0, highwater - (done or 0))
         self.committed_by_partition = offsets
         return lags
 
