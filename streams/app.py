@@ -51,6 +51,7 @@ from streams.faust_internals import (
     aiokafka_producer,
     committed_offsets,
     key_partitions,
+    mark_range_done,
     paused_partitions,
     store_dict,
 )
@@ -676,6 +677,9 @@ class Processor:
             latency.observe("publish_time", now - np.array(tally.publish_times))
         if sent:
             await asyncio.gather(*sent)
+        for tp, (start, end) in gaps.items():
+            # Folded, and everything they caused is acknowledged by the broker.
+            await mark_range_done(self.app.consumer, tp, start, end)
 
     async def _fold_messages(
         self,

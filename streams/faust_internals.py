@@ -65,6 +65,14 @@ REQUIRED: tuple[tuple[str, str, Callable[[], bool]], ...] = (
         _assigned(faust_consumer.Consumer, "_paused_partitions", "_reset_state"),
     ),
     (
+        "faust Consumer._add_gap",
+        "letting Faust commit past a skipped range the worker read and folded itself",
+        lambda: (
+            inspect.iscoroutinefunction(getattr(faust_consumer.Consumer, "_add_gap", None))
+            and _reads(faust_consumer.Consumer, "_gap", "_new_offset")()
+        ),
+    ),
+    (
         "faust memory Store._key_partition",
         "the partition of each SKU, by which a rebalance drops the SKUs moved away",
         _assigned(memory.Store, "_key_partition", "__post_init__"),
@@ -134,6 +142,14 @@ def problems(required: tuple[tuple[str, str, Callable[[], bool]], ...] = REQUIRE
 def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
     """The offsets Faust's consumer last committed (or found committed), per partition."""
     return cast(Mapping[TP, "int | None"], consumer._committed_offset)
+
+
+async def mark_range_done(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Tell Faust that offsets ``start`` to ``end - 1`` need no ack: the worker folded
+    them itself. Faust commits an offset only when every one before it since the
+    last commit is acked or a gap; a range its consumer skipped is neither, so
+    without this the partition's commits stop for good."""
+    await consumer._add_gap(tp, start, end - 1)
 
 
 def paused_partitions(consumer: Any) -> set[TP]:
