@@ -105,6 +105,33 @@ class RangeReader:
             await self._consumer.stop()
 
 
+class CommittedOffsets:
+    """Reads a consumer group's committed offsets from the broker (it never joins the
+    group: no subscription)."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+        self._servers = bootstrap_servers
+        self._group_id = group_id
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def committed(self, topic: str, partition: int) -> int | None:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._servers,
+                group_id=self._group_id,
+                client_id=f"{self._group_id}-committed",
+                enable_auto_commit=False,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        offset: int | None = await self._consumer.committed(TopicPartition(topic, partition))
+        return offset
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
 async def read_topic(
     bootstrap_servers: str, topic: str, *, timeout: float = 60.0, idle: float = 2.0
 ) -> list[Any]:

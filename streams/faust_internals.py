@@ -65,11 +65,12 @@ REQUIRED: tuple[tuple[str, str, Callable[[], bool]], ...] = (
         _assigned(faust_consumer.Consumer, "_paused_partitions", "_reset_state"),
     ),
     (
-        "faust Consumer._add_gap",
-        "letting Faust commit past a skipped range the worker read and folded itself",
+        "faust Consumer._acked and _acked_index",
+        "acking a skipped range the worker read and folded itself",
         lambda: (
-            inspect.iscoroutinefunction(getattr(faust_consumer.Consumer, "_add_gap", None))
-            and _reads(faust_consumer.Consumer, "_gap", "_new_offset")()
+            _assigned(faust_consumer.Consumer, "_acked")()
+            and _assigned(faust_consumer.Consumer, "_acked_index")()
+            and _reads(faust_consumer.Consumer, "_acked", "_new_offset")()
         ),
     ),
     (
@@ -144,12 +145,26 @@ def committed_offsets(consumer: Any) -> Mapping[TP, int | None]:
     return cast(Mapping[TP, "int | None"], consumer._committed_offset)
 
 
-async def mark_range_done(consumer: Any, tp: TP, start: int, end: int) -> None:
-    """Tell Faust that offsets ``start`` to ``end - 1`` need no ack: the worker folded
-    them itself. Faust commits an offset only when every one before it since the
-    last commit is acked or a gap; a range its consumer skipped is neither, so
-    without this the partition's commits stop for good."""
-    await consumer._add_gap(tp, start, end - 1)
+def mark_range_done(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Ack offsets ``start`` to ``end - 1`` in Faust's consumer, as its ``ack`` does
+    for a message: the worker read and folded them itself. Faust commits an offset
+    only when every one before it since the last commit is acked; a range its
+    consumer skipped never is, so without this the partition's commits stop for
+    good. An offset acked already, or below the committed one, is left alone (a
+    duplicate in the acked list would make Faust commit one offset at a time)."""
+    committed = consumer._committed_offset.get(tp)
+    acked_index = consumer._acked_index[tp]
+    acked = consumer._acked[tp]
+    for offset in range(start, end):
+        if (committed is None or offset >= committed) and offset not in acked_index:
+            acked_index.add(offset)
+            acked.append(offset)
+
+
+def set_committed_offset(consumer: Any, tp: TP, offset: int) -> None:
+    """Faust's note of a partition's committed offset, where it has none after an
+    assignment (seen after a worker restart: it then commits one offset at a time)."""
+    consumer._committed_offset[tp] = offset
 
 
 def paused_partitions(consumer: Any) -> set[TP]:
