@@ -37,6 +37,7 @@ log = logging.getLogger("bench")
 
 SAMPLE_EVERY: Final[float] = 10.0
 DEFAULT_HORIZON: Final[float] = 7 * 24 * 3600.0
+SKEW: Final[float] = 10.0  # AVAILABILITY_MAX_FUTURE_SKEW of both runs
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,17 @@ def stamp(moment: datetime) -> str:
 
 def reservation_events(run_id: str, skus: int, rng: random.Random) -> Iterator[dict[str, Any]]:
     """Lines without end, dated as they are made: created, then (70%) released or
-    fulfilled, or (30%) left to expire 5 s later."""
+    fulfilled, or (30%) left to expire 5 s later; and now and then the SKU's ERP
+    balance, which contains the fulfilments before it (on-hand deltas are bounded by
+    balances, not by the horizon)."""
     line = 0
     while True:
         line += 1
         now = datetime.now(UTC)
         sku = f"RS-{rng.randrange(skus):05d}"
+        if line % 10 == 0:
+            yield {"sku": sku, "event_id": f"{run_id}-b{line}", "type": "erp.balance",
+                   "location_id": "S1", "on_hand": 1000, "as_of": stamp(now)}  # fmt: skip
         common = {"sku": sku, "reservation_id": f"{run_id}-{line}", "location_id": "S1"}
         created = {**common, "event_id": f"{run_id}-c{line}", "type": "reservation.created",
                    "quantity": rng.randint(1, 3), "occurred_at": stamp(now)}  # fmt: skip
@@ -148,7 +154,11 @@ def measure_run(
         data_root,
         params.partitions,
         params.worker_batch_bytes,
-    ).model_copy(update={"state_horizon": horizon, "worker_metrics_port": 0})
+    ).model_copy(
+        # A short skew too: a balance settles (forgets the fulfilments it contains)
+        # once it is older than the skew.
+        update={"state_horizon": horizon, "max_future_skew": SKEW, "worker_metrics_port": 0}
+    )
     stack.settings = settings
     asyncio.run(create_topics(settings))
     already = len(stack.services)
