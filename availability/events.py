@@ -402,7 +402,7 @@ def event_time(event: Event) -> int:
 
 
 #: Events whose ids (or reservation lines) the state forgets after the horizon
-#: (``availability.state.prune``): older ones are refused as too old.
+#: (``availability.horizon.prune``): older ones are refused as too old.
 _FORGOTTEN_AFTER_HORIZON = (
     TransferShipped,
     TransferReceived,
@@ -418,7 +418,7 @@ def check_time(event: Event, now: int, max_future_skew: int, horizon: int) -> No
 
     The caller passes its clock (``now``, µs); nothing here reads one. Too old:
     a transfer leg, a damaged return or a reservation event before ``now - horizon``
-    (the state forgets their ids and lines after that: ``availability.state.prune``),
+    (the state forgets their ids and lines after that: ``availability.horizon.prune``),
     and a baseline reset before ``now - max_future_skew`` (the state forgets sales
     that a baseline older than that contains, which a later reset could need).
     """

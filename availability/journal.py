@@ -41,7 +41,8 @@ import orjson
 
 from availability.display import clip, preview
 from availability.events import ErpBalance, ErpBaselineReset, Event, event_to_dict, parse_event
-from availability.state import ALWAYS, SkuState, fold, prune, restore_carried
+from availability.horizon import prune, restore_carried
+from availability.state import ALWAYS, SkuState, fold
 
 SEPARATOR = " "
 #: Key of the carried sums in a summary record (not a location: '@' is not in their
@@ -140,7 +141,7 @@ def journal_batch(
 def prune_entries(
     state: SkuState, *, settle_before: int, forget_before: int
 ) -> list[JournalEntry] | None:
-    """``state.prune`` and the entries that make it durable: the summary, then the
+    """``horizon.prune`` and the entries that make it durable: the summary, then the
     deletions (in the order ``prune`` gives). None when nothing changed; the state
     is left as it was if pruning raises."""
     undo = state.begin()

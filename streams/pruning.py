@@ -1,4 +1,4 @@
-"""Keeps the worker's state bounded: ``availability.state.prune`` over every owned SKU,
+"""Keeps the worker's state bounded: ``availability.horizon.prune`` over every owned SKU,
 a chunk at a time, and the journal entries that make it durable.
 
 It runs inside the fold's task (``Processor.process`` calls ``step`` before folding

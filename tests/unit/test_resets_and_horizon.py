@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 import availability.state as state_module
 from availability.ats import build_availability, view
 from availability.events import Event, check_time, event_from_dict
+from availability.horizon import prune
 from availability.identifiers import parse_timestamp
 from availability.journal import JournalEntry, journal_batch, prune_entries, restore
 from availability.rules import RuleBook
-from availability.state import NEVER, SkuState, fold, prune
+from availability.state import NEVER, SkuState, fold
 from tests.reference import recompute
 from tests.unit.strategies import NOW_MINUTE, deliveries, timestamp
 
