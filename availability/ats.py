@@ -88,11 +88,13 @@ def build_availability(state: SkuState, rules: RuleBook, now: int) -> SkuAvailab
     moved = state.moved
     transit = state.transit
     damaged = state.damaged
-    found = set(baselines)
+    found = set(state.settled)
+    found.update(state.pending)
     found.update(deltas)
     found.update(damaged)
     found.update(transit)
     found.update(state.line_locations)
+    found.update(state.carried_locations)
     reserved, next_expiry = state.reserved(now)
     sku = state.sku
     resolve = rules.resolve if len(rules) else None

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from availability.display import preview
 from availability.identifiers import is_location, is_sku, parse_timestamp
 from availability.state import SkuState
 
@@ -132,7 +133,7 @@ def read_export(text: str, kind: str) -> tuple[list[ExportRow], list[LineError]]
     elif kind == "jsonl":
         records = _jsonl_records(text)
     else:
-        raise ExportFormatError(f"unknown export format {kind!r} (csv or jsonl)")
+        raise ExportFormatError(f"unknown export format {preview(kind)} (csv or jsonl)")
     rows: list[ExportRow] = []
     errors: list[LineError] = []
     first_seen: dict[tuple[str, str], int] = {}
@@ -209,33 +210,33 @@ def _row(line: int, record: Mapping[str, Any]) -> ExportRow:
         raise ValueError(f"missing {', '.join(missing)}")
     sku, location_id = record["sku"], record["location_id"]
     if not isinstance(sku, str) or not is_sku(sku):
-        raise ValueError(f"sku {sku!r} is not a valid SKU")
+        raise ValueError(f"sku {preview(sku)} is not a valid SKU")
     if not isinstance(location_id, str) or not is_location(location_id):
-        raise ValueError(f"location_id {location_id!r} is not a valid location id")
+        raise ValueError(f"location_id {preview(location_id)} is not a valid location id")
     on_hand = record["on_hand"]
     if isinstance(on_hand, str) and on_hand.lstrip("-").isdigit():
         on_hand = int(on_hand)
     if not isinstance(on_hand, int) or isinstance(on_hand, bool):
-        raise ValueError(f"on_hand {record['on_hand']!r} is not a whole number")
+        raise ValueError(f"on_hand {preview(record['on_hand'])} is not a whole number")
     as_of = record["as_of"]
     try:
         as_of_micros = parse_timestamp(as_of) if isinstance(as_of, str) else None
     except ValueError:
         as_of_micros = None
     if as_of_micros is None:
-        raise ValueError(f"as_of {as_of!r} is not an RFC 3339 timestamp")
+        raise ValueError(f"as_of {preview(as_of)} is not an RFC 3339 timestamp")
     return ExportRow(line, sku, location_id, on_hand, as_of_micros)
 
 
 def on_hand_as_of(state: SkuState, location_id: str, moment: int) -> int | None:
-    """The service's on-hand at ``moment``, or None when its ERP balance is newer
-    (the balance before it is not kept)."""
+    """The service's on-hand at ``moment``, or None when its ERP balance is newer, or
+    the events up to a newer one are forgotten (the balance before it is not kept)."""
     baseline = state.baselines.get(location_id)
-    if baseline is not None and baseline.as_of > moment:
+    if (baseline is not None and baseline.as_of > moment) or state.cut(location_id) > moment:
         return None
     total = 0 if baseline is None else baseline.on_hand
     for occurred_at, quantity, _ in state.deltas.get(location_id, {}).values():
-        if occurred_at <= moment:
+        if state.floor(location_id) < occurred_at <= moment:
             total += quantity
     return total
 

@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 import orjson
 
+from availability.display import preview
 from availability.identifiers import (
     MAX_ID_LENGTH,
     MAX_QUANTITY,
+    format_timestamp,
     is_channel,
     is_location,
     is_sku,
@@ -48,6 +50,10 @@ _KIND_BY_PREFIX = (
     ("missing required field", "missing_field"),
     ("unknown event type", "unknown_type"),
     ("field ", "invalid_field"),
+    # Refusals that are not about the event's form (the stream processor's):
+    ("timestamp in the future", "future_timestamp"),
+    ("too old", "too_old"),
+    ("internal error", "internal_error"),
 )
 INVALID_KINDS = (*(kind for _, kind in _KIND_BY_PREFIX), "invalid")
 
@@ -66,6 +72,25 @@ class ErpBalance:
     location_id: str
     on_hand: int
     as_of: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErpBaselineReset:
+    """An operator's fresh count (``services.cli baseline reset``): it replaces the
+    location's baseline as of ``as_of`` and voids the baselines named in ``voids``
+    for good (README "Baseline reset")."""
+
+    event_id: str
+    sku: str
+    location_id: str
+    on_hand: int
+    as_of: int
+    voids: tuple[str, ...]
+    operator: str
+
+
+#: Balances one reset may void.
+MAX_VOIDS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +167,7 @@ class ReservationFulfilled:
 
 Event = (
     ErpBalance
+    | ErpBaselineReset
     | PosSale
     | PosReturn
     | TransferShipped
@@ -179,7 +205,7 @@ class _Fields:
         if not is_location(value):
             raise self.fail(
                 f"field '{name}' must be a location id (1-64 characters of [A-Za-z0-9._:/-]),"
-                f" got {value!r}"
+                f" got {preview(value)}"
             )
         return str(value)
 
@@ -200,7 +226,7 @@ class _Fields:
             bound = ">= 0" if allow_zero else "> 0"
             raise self.fail(
                 f"field '{name}' must be an integer {bound} and at most {MAX_QUANTITY},"
-                f" got {value!r}"
+                f" got {preview(value)}"
             )
         return value
 
@@ -211,7 +237,7 @@ class _Fields:
                 return None
             raise self.fail(f"missing required field '{name}'")
         if not isinstance(value, str):
-            raise self.fail(f"field '{name}' must be an RFC 3339 string, got {value!r}")
+            raise self.fail(f"field '{name}' must be an RFC 3339 string, got {preview(value)}")
         try:
             return parse_timestamp(value)
         except ValueError as exc:
@@ -233,6 +259,30 @@ def _erp_balance(f: _Fields) -> Event:
     )
 
 
+def _baseline_reset(f: _Fields) -> Event:
+    voids = f.get("voids")
+    if voids is None:
+        voids = []
+    if (
+        not isinstance(voids, list)
+        or len(voids) > MAX_VOIDS
+        or not all(isinstance(v, str) and 0 < len(v) <= MAX_ID_LENGTH for v in voids)
+    ):
+        raise f.fail(
+            f"field 'voids' must be a list of at most {MAX_VOIDS} event ids"
+            f" (non-empty strings of at most {MAX_ID_LENGTH} characters)"
+        )
+    return ErpBaselineReset(
+        f.event_id,
+        f.sku,
+        f.location("location_id"),
+        f.quantity("on_hand", allow_zero=True),
+        f.required_timestamp("as_of"),
+        tuple(sorted(set(voids))),
+        f.reference("operator"),
+    )
+
+
 def _pos_sale(f: _Fields) -> Event:
     return PosSale(
         f.event_id,
@@ -248,7 +298,9 @@ def _pos_return(f: _Fields) -> Event:
     if disposition is None:
         disposition = "sellable"
     if disposition not in ("sellable", "damaged"):
-        raise f.fail(f"field 'disposition' must be 'sellable' or 'damaged', got {disposition!r}")
+        raise f.fail(
+            f"field 'disposition' must be 'sellable' or 'damaged', got {preview(disposition)}"
+        )
     return PosReturn(
         f.event_id,
         f.sku,
@@ -277,7 +329,7 @@ def _transfer(kind: type[TransferShipped] | type[TransferReceived]) -> Callable[
 def _reservation_created(f: _Fields) -> Event:
     channel = f.get("channel")
     if channel is not None and not is_channel(channel):
-        raise f.fail(f"field 'channel' must match [a-z0-9_-]{{1,32}}, got {channel!r}")
+        raise f.fail(f"field 'channel' must match [a-z0-9_-]{{1,32}}, got {preview(channel)}")
     return ReservationCreated(
         f.event_id,
         f.sku,
@@ -313,6 +365,7 @@ def _reservation_fulfilled(f: _Fields) -> Event:
 
 _PARSERS: dict[str, Callable[[_Fields], Event]] = {
     "erp.balance": _erp_balance,
+    "erp.baseline_reset": _baseline_reset,
     "pos.sale": _pos_sale,
     "pos.return": _pos_return,
     "transfer.shipped": _transfer(TransferShipped),
@@ -327,13 +380,78 @@ def event_type(event: Event) -> str:
     return _TYPE_NAMES[type(event)]
 
 
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event's canonical JSON object: what ``parse_event`` reads back as ``event``."""
+    data: dict[str, Any] = {"type": event_type(event)}
+    for name in event.__slots__:
+        value = getattr(event, name)
+        if name in _TIME_FIELDS and value is not None:
+            value = format_timestamp(value)
+        elif name == "voids":
+            value = list(value)
+        data[name] = value
+    return data
+
+
+_TIME_FIELDS = frozenset({"as_of", "occurred_at", "expires_at"})
+
+
 def event_time(event: Event) -> int:
-    """When the event happened (µs): ``as_of`` of a balance, else ``occurred_at``."""
-    return event.as_of if isinstance(event, ErpBalance) else event.occurred_at
+    """When the event happened (µs): ``as_of`` of a balance or reset, else ``occurred_at``."""
+    return event.as_of if isinstance(event, ErpBalance | ErpBaselineReset) else event.occurred_at
+
+
+#: Events whose ids (or reservation lines) the state forgets after the horizon
+#: (``availability.horizon.prune``): older ones are refused as too old.
+_FORGOTTEN_AFTER_HORIZON = (
+    TransferShipped,
+    TransferReceived,
+    ReservationCreated,
+    ReservationReleased,
+    ReservationFulfilled,
+)
+
+
+def check_time(event: Event, now: int, max_future_skew: int, horizon: int) -> None:
+    """Refuse (InvalidEvent) an event dated more than ``max_future_skew`` µs after
+    ``now``, or one older than the state keeps what makes a repeat of it harmless.
+
+    The caller passes its clock (``now``, µs); nothing here reads one. Too old:
+    a transfer leg, a damaged return or a reservation event before ``now - horizon``
+    (the state forgets their ids and lines after that: ``availability.horizon.prune``),
+    and a baseline reset before ``now - max_future_skew`` (the state forgets sales
+    that a baseline older than that contains, which a later reset could need).
+    """
+    moment = event_time(event)
+    name = "as_of" if isinstance(event, ErpBalance | ErpBaselineReset) else "occurred_at"
+    if moment > now + max_future_skew:
+        raise InvalidEvent(
+            f"timestamp in the future: {name} {format_timestamp(moment)} is more than"
+            f" {max_future_skew // 1_000_000} s after the worker's clock"
+            f" ({format_timestamp(now)})",
+            event_id=event.event_id,
+            sku=event.sku,
+        )
+    if isinstance(event, ErpBaselineReset):
+        oldest, window = now - max_future_skew, max_future_skew
+    elif isinstance(event, _FORGOTTEN_AFTER_HORIZON) or (
+        isinstance(event, PosReturn) and event.disposition == "damaged"
+    ):
+        oldest, window = now - horizon, horizon
+    else:
+        return
+    if moment < oldest:
+        raise InvalidEvent(
+            f"too old: {name} {format_timestamp(moment)} is more than"
+            f" {window // 1_000_000} s before the worker's clock ({format_timestamp(now)})",
+            event_id=event.event_id,
+            sku=event.sku,
+        )
 
 
 _TYPE_NAMES: dict[type, str] = {
     ErpBalance: "erp.balance",
+    ErpBaselineReset: "erp.baseline_reset",
     PosSale: "pos.sale",
     PosReturn: "pos.return",
     TransferShipped: "transfer.shipped",
@@ -373,12 +491,12 @@ def event_from_dict(data: object) -> Event:
         raise InvalidEvent("missing required field 'type'", event_id=known_id, sku=known_sku)
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
-        raise InvalidEvent(f"unknown event type {kind!r}", event_id=known_id, sku=known_sku)
+        raise InvalidEvent(f"unknown event type {preview(kind)}", event_id=known_id, sku=known_sku)
     if sku is None:
         raise InvalidEvent("missing required field 'sku'", event_id=known_id)
     if not is_sku(sku):
         raise InvalidEvent(
-            f"field 'sku' must be 1-128 characters of [A-Za-z0-9._:/-], got {sku!r}",
+            f"field 'sku' must be 1-128 characters of [A-Za-z0-9._:/-], got {preview(sku)}",
             event_id=known_id,
         )
     return parser(_Fields(data, event_id, sku))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from availability.display import preview
+
 SKU_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 LOCATION_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 CHANNEL_PATTERN = re.compile(r"[a-z0-9_-]{1,32}")
@@ -41,6 +43,11 @@ def is_rule_id(value: object) -> bool:
     return isinstance(value, str) and RULE_ID_PATTERN.fullmatch(value) is not None
 
 
+def format_timestamp(micros: int) -> str:
+    """Integer microseconds since the epoch -> RFC 3339 in UTC (µs precision)."""
+    return (_EPOCH + micros * _MICROSECOND).isoformat().replace("+00:00", "Z")
+
+
 def parse_timestamp(value: str) -> int:
     """RFC 3339 timestamp -> integer microseconds since the epoch (UTC).
 
@@ -49,12 +56,12 @@ def parse_timestamp(value: str) -> int:
     """
     match = _RFC3339.fullmatch(value)
     if match is None:
-        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+        raise ValueError(f"not an RFC 3339 timestamp: {preview(value)}")
     moment, fraction, offset = match.groups()
     # datetime takes at most six fractional digits.
     text = moment.upper() + "." + (fraction or "0")[:6] + offset.upper()
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"not a valid date and time: {value!r}") from None
+        raise ValueError(f"not a valid date and time: {preview(value)}") from None
     return (parsed - _EPOCH) // _MICROSECOND

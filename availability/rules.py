@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from availability.display import preview
 from availability.identifiers import (
     MAX_QUANTITY,
     is_channel,
@@ -77,7 +78,7 @@ def parse_rule(rule_id: str, body: object) -> Rule:
     if unknown:
         problems.append(f"unknown field(s): {', '.join(unknown)}")
     if body.get("rule_id") is not None and body["rule_id"] != rule_id:
-        problems.append(f"rule_id in the body ({body['rule_id']!r}) differs from the path")
+        problems.append(f"rule_id in the body ({preview(body['rule_id'])}) differs from the path")
     sku = body.get("sku")
     if sku is not None and not is_sku(sku):
         problems.append("sku must be null or 1-128 characters of [A-Za-z0-9._:/-]")
@@ -96,10 +97,11 @@ def parse_rule(rule_id: str, body: object) -> Rule:
             parsed_buffers = {}
             for channel, amount in buffers.items():
                 if not is_channel(channel):
-                    problems.append(f"channel {channel!r} must match [a-z0-9_-]{{1,32}}")
+                    problems.append(f"channel {preview(channel)} must match [a-z0-9_-]{{1,32}}")
                 elif not _is_amount(amount):
                     problems.append(
-                        f"channel_buffers[{channel!r}] must be an integer from 0 to {MAX_QUANTITY}"
+                        f"channel_buffers[{preview(channel)}] must be an integer"
+                        f" from 0 to {MAX_QUANTITY}"
                     )
                 else:
                     parsed_buffers[channel] = amount
@@ -134,7 +136,9 @@ class RuleBook:
         self._by_scope: dict[Scope, Rule] = {}
         for rule in rules:
             if not self.put(rule):
-                raise ValueError(f"rule {rule.rule_id!r} conflicts with another rule's scope")
+                raise ValueError(
+                    f"rule {preview(rule.rule_id)} conflicts with another rule's scope"
+                )
 
     def __len__(self) -> int:
         return len(self._by_id)

@@ -126,6 +126,24 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=1.0, gt=0, description="worker status to Redis")
     # Seconds between gc.freeze() calls in the worker (0: never); see streams.app.
     gc_freeze_interval: float = Field(default=10.0, ge=0)
+    # The largest record the broker takes (Kafka's message.max.bytes, 1 MiB by
+    # default): a dead letter whose original would not fit keeps only its start
+    # (streams.dead_letters).
+    dead_letter_max_bytes: int = Field(default=1024 * 1024, ge=16 * 1024)
+    # Seconds an event's occurred_at or as_of may be ahead of the worker's clock;
+    # later ones are dead-lettered (future_timestamp). Also how long a baseline must
+    # be in the past before the sales it contains are forgotten (availability.state).
+    max_future_skew: float = Field(default=300.0, ge=0)
+    # Seconds after which closed and expired reservation lines and the ids of
+    # transfers and damaged returns leave the state; events of those types older
+    # than this are dead-lettered (too_old). README "State and recovery".
+    state_horizon: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # A skipped offset range read directly (streams.app, README "Delivery
+    # guarantees") is read in pieces of at most this many records / bytes, and
+    # given up (logged, counted, and left to Kafka's redelivery) after this long.
+    gap_read_max_records: int = Field(default=10_000, ge=1)
+    gap_read_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    gap_read_timeout: float = Field(default=30.0, gt=0)
     ready_max_lag: int = Field(
         default=1000, ge=0, description="events behind that still count as caught up"
     )

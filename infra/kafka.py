@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -22,8 +23,20 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+@dataclass(frozen=True, slots=True)
+class RangePiece:
+    """A piece of a range: its records, the offset to go on from (the range's end
+    when it is all read), and how many offsets at its start were gone (deleted by
+    retention: before the partition's log start)."""
+
+    records: list[Any]
+    next_offset: int
+    lost: int = 0
+
+
 class RangeReader:
-    """Reads given offset ranges of partitions, outside any consumer group."""
+    """Reads given offset ranges of partitions, outside any consumer group, a
+    bounded piece at a time."""
 
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
         self._servers = bootstrap_servers
@@ -31,9 +44,24 @@ class RangeReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
-    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        """The records with ``start <= offset < end`` (fewer where offsets are empty)."""
-        async with self._lock:
+    async def read(
+        self,
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+        *,
+        max_records: int,
+        max_bytes: int,
+        timeout: float,
+    ) -> RangePiece:
+        """The records with ``start <= offset < end``, at most ``max_records`` of them
+        and about ``max_bytes`` of keys and values (a piece stops at the first record
+        past either bound, and holds one record at least); read the rest from
+        ``next_offset``. Offsets before the partition's log start are skipped and
+        counted in ``lost``. TimeoutError when the piece took more than ``timeout``
+        seconds (nothing is lost: ask again)."""
+        async with asyncio.timeout(timeout), self._lock:
             if self._consumer is None:
                 self._consumer = AIOKafkaConsumer(
                     bootstrap_servers=self._servers,
@@ -45,8 +73,13 @@ class RangeReader:
             consumer = self._consumer
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
+            log_start = (await consumer.beginning_offsets([tp]))[tp]
+            lost = max(0, min(end, log_start) - start)
+            start += lost
             consumer.seek(tp, start)
             records: list[Any] = []
+            size = 0
+            next_offset = end
             while (position := await consumer.position(tp)) < end:
                 batches = await consumer.getmany(tp, timeout_ms=1000)
                 if not batches.get(tp):
@@ -55,8 +88,44 @@ class RangeReader:
                         # Nothing exists past the partition's end: the rest of the
                         # range is offsets without records.
                         break
-                records.extend(r for r in batches.get(tp, []) if r.offset < end)
-            return records
+                for record in batches.get(tp, []):
+                    if record.offset >= end:
+                        break
+                    if records and (len(records) >= max_records or size >= max_bytes):
+                        next_offset = record.offset
+                        break
+                    records.append(record)
+                    size += len(record.key or b"") + len(record.value or b"")
+                if next_offset < end:
+                    break
+            return RangePiece(records, next_offset, lost)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class CommittedOffsets:
+    """Reads a consumer group's committed offsets from the broker (it never joins the
+    group: no subscription)."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+        self._servers = bootstrap_servers
+        self._group_id = group_id
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def committed(self, topic: str, partition: int) -> int | None:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._servers,
+                group_id=self._group_id,
+                client_id=f"{self._group_id}-committed",
+                enable_auto_commit=False,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        offset: int | None = await self._consumer.committed(TopicPartition(topic, partition))
+        return offset
 
     async def close(self) -> None:
         if self._consumer is not None:

@@ -229,16 +229,23 @@ class AvailabilityStore:
         record is unchanged and the feed has it). A record written for the first
         time gets ``first_version`` (the writer's clock in microseconds).
         """
+        return await self.write_encoded(
+            [(record.sku, encode_record(record)) for record in records], first_version
+        )
+
+    async def write_encoded(
+        self, records: Sequence[tuple[str, Sequence[bytes]]], first_version: int | None = None
+    ) -> list[int]:
+        """``write_records`` of records already encoded (``(sku, encode_record(...))``)."""
         if not records:
             return []
         if first_version is None:
             first_version = time.time_ns() // 1000
         seed = str(first_version).encode()
         calls = []
-        for record in records:
-            data, *fields = encode_record(record)
-            key = self.sku_key(record.sku).encode()
-            calls.append((key, data, self.change_channel(record.sku), seed, *fields))
+        for sku, (data, *fields) in records:
+            key = self.sku_key(sku).encode()
+            calls.append((key, data, self.change_channel(sku), seed, *fields))
         return [int(v) for v in await self._run_script(self._write, calls)]
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:

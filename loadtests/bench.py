@@ -24,6 +24,9 @@ ratio compares each worker count with the floor at the same count.
 SKU-location (``MEMORY USAGE`` of a sample of serving records) and the worker's
 resident memory per 100,000 SKU-locations.
 
+**State** (``loadtests.bench_state``): the worker's memory over a long
+reservation-heavy run, with a short state horizon and with the default one.
+
 Writes a table to stdout and JSON to ``--output`` (default ``bench-results/bench.json``)
 with a markdown summary beside it; logs progress to stderr. Everything it started
 is stopped on exit (also on Ctrl-C or failure), and its Redis keys are deleted.
@@ -80,6 +83,7 @@ from loadtests.bench_grpc import (
     run_producer,
     summarize_ms,
 )
+from loadtests.bench_state import StateParams, measure_state_memory, state_lines
 from loadtests.credentials import bearer, grpc_metadata
 from loadtests.floor_agent import FLOOR_FIELD, floor_key
 from loadtests.http_load import (
@@ -117,7 +121,7 @@ FRESHNESS_TARGET_RATE: Final[float] = 1000.0
 # own, so the worker folds less than it did alone on the backlog.
 HIGH_RATE_FRACTIONS: Final[tuple[float, ...]] = (0.5, 0.3, 0.2)
 SUSTAINED_P99_MS: Final[float] = 500.0
-SECTIONS: Final[tuple[str, ...]] = ("reads", "fold", "freshness")
+SECTIONS: Final[tuple[str, ...]] = ("reads", "fold", "freshness", "state")
 GRPC_GET_METHOD: Final[str] = "/availability.v1.AvailabilityService/GetAvailability"
 POLL_INTERVAL: Final[float] = 0.2
 MEMORY_SAMPLE: Final[int] = 500  # serving records whose MEMORY USAGE is taken
@@ -150,6 +154,9 @@ class Params:
     freshness_rates: tuple[str, ...]
     popularity: str
     probes_per_second: float
+    state_seconds: float
+    state_rate: float
+    state_horizon: float
 
     @property
     def events(self) -> int:
@@ -732,10 +739,25 @@ def run(params: Params, log_dir: Path) -> dict[str, Any]:
             report["reads"] = measure_reads(stack, params)
         if "fold" in params.sections:
             run_fold_sections(stack, params, report)
+        if "state" in params.sections:
+            report["state"] = measure_state_memory(stack, state_params(params), fresh_broker)
     finally:
         stack.shutdown()
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     return report
+
+
+def state_params(params: Params) -> StateParams:
+    return StateParams(
+        seconds=params.state_seconds,
+        rate=params.state_rate,
+        horizon=params.state_horizon,
+        skus=params.skus,
+        partitions=params.partitions,
+        redis_url=params.redis_url,
+        worker_batch_bytes=params.worker_batch_bytes,
+        seed=params.seed,
+    )
 
 
 def wait_caught_up(stack: Stack, settings: Settings, events: int, timeout: float = 300.0) -> None:
@@ -948,6 +970,8 @@ def render_table(report: Mapping[str, Any]) -> str:
             )
     if report.get("freshness"):
         lines += _freshness_lines(report["freshness"])
+    if report.get("state"):
+        lines += state_lines(report["state"])
     memory = report.get("memory") or {}
     if memory:
         per_location = memory["redis_bytes_per_sku_location"]
@@ -1010,12 +1034,20 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path, bool]:
         " tried at falling fractions of the one-worker backlog rate",
     )
     parser.add_argument("--probes-per-second", type=float, default=20.0)
+    parser.add_argument(
+        "--state-seconds", type=float, default=180.0, help="per run of the state section"
+    )
+    parser.add_argument("--state-rate", type=float, default=1000.0, help="events/s (state)")
+    parser.add_argument(
+        "--state-horizon", type=float, default=30.0, help="the short horizon, seconds (state)"
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
         args.skus, args.locations, args.mix_events = 500, 20, 10_000
         args.read_seconds, args.read_rounds, args.freshness_seconds = 3.0, 1, 8.0
+        args.state_seconds, args.state_horizon = 40.0, 10.0
     sections = tuple(name.strip() for name in args.sections.split(",") if name.strip())
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:
@@ -1056,6 +1088,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path, bool]:
         freshness_rates=rates,
         popularity=args.popularity,
         probes_per_second=args.probes_per_second,
+        state_seconds=args.state_seconds,
+        state_rate=args.state_rate,
+        state_horizon=args.state_horizon,
     )
     return params, args.output, args.keep_logs
 

@@ -110,7 +110,9 @@ def event_mix(
     pick_sku = sku_picker(skus, popularity, rng)
     kinds = [kind for kind, _ in MIX]
     weights = [weight for _, weight in MIX]
-    start = datetime(2026, 6, 1, tzinfo=UTC)
+    # Recent (the worker refuses some events older than its state horizon, and every
+    # event dated ahead of its clock): a day back, on the second.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     reservations: list[_Open] = []
     in_transit: list[_Open] = []
     produced = 0

@@ -11,6 +11,7 @@ import faust
 from infra.config import Settings, get_settings
 from infra.kafka import topic_problems
 from infra.logs import configure_logging, logging_config
+from streams import faust_internals
 from streams.app import Processor
 
 
@@ -25,6 +26,15 @@ def check_topics(settings: Settings) -> list[str]:
 def main() -> None:
     settings = get_settings()
     configure_logging(settings)
+    missing = faust_internals.problems()
+    if missing:
+        for problem in missing:
+            logging.error("cannot start: %s", problem)
+        logging.error(
+            "the installed faust-streaming or aiokafka differs from the versions this"
+            " worker was written for (constraints.txt); see streams/faust_internals.py"
+        )
+        sys.exit(2)
     problems = check_topics(settings)
     if problems:
         for problem in problems:

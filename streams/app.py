@@ -27,7 +27,8 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
@@ -35,18 +36,30 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT
 
-from availability.events import Event, InvalidEvent, event_time, event_type, parse_event
+from availability.display import clip
+from availability.events import Event, event_time, event_type
 from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
 from infra.config import Settings
-from infra.kafka import RangeReader
+from infra.kafka import CommittedOffsets, RangeReader
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
-from streams.dead_letters import dead_letter_record
+from streams.dead_letters import MAX_REASON_CHARS, dead_letter_record
+from streams.faust_internals import (
+    aiokafka_producer,
+    committed_offsets,
+    key_partitions,
+    mark_range_done,
+    paused_partitions,
+    set_committed_offset,
+    store_dict,
+)
+from streams.intake import Clock, Refusal, forwarded_value, read_event
 from streams.kafka import HomePartitions, OutgoingRecords, Transport
 from streams.metrics import WorkerMetrics
+from streams.pruning import Pruner
 from streams.rebuild import ServingRebuild
 from streams.serving import ServingWriter, now_micros
 
@@ -129,6 +142,9 @@ def build_app(settings: Settings, app_id: str) -> AvailabilityApp:
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         broker_request_timeout=settings.broker_request_timeout,
         producer_max_batch_size=settings.producer_max_batch_size,
+        # A dead letter may be as large as the broker takes (streams.dead_letters);
+        # Faust's default request limit (1,000,000 bytes) is below Kafka's 1 MiB.
+        producer_max_request_size=max(1_000_000, settings.dead_letter_max_bytes),
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         table_cleanup_interval=3600.0,
@@ -152,15 +168,16 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
     def _serializer_from_type(self, typ: Any) -> Any:
         return "raw"  # keys and values are the journal's own bytes
 
-    def __init__(self, *args: Any, partitions: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, partitions: int, max_future_skew: float, **kwargs: Any) -> None:
         super().__init__(*args, partitions=partitions, **kwargs)
         self.partition_count = partitions
+        self.max_future_skew = max_future_skew
         self.corrupt_entries = 0
 
     @property
     def by_sku(self) -> dict[str, SkuState]:
         """The states, as a plain dict (the table's mapping interface is slower)."""
-        return cast(dict[str, SkuState], self.data.data)
+        return cast(dict[str, SkuState], store_dict(self.data))
 
     @property
     def journal_topic(self) -> str:
@@ -171,18 +188,22 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
         self.by_sku[sku] = state
         # The memory store forgets the SKUs of partitions it no longer owns after a
         # rebalance, by this map.
-        self.data._key_partition[sku] = partition  # type: ignore[attr-defined]
+        key_partitions(self.data)[sku] = partition
 
     def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
         """Recovery: fold journal entries back into the states."""
         states = self.by_sku
-        key_partition = self.data._key_partition  # type: ignore[attr-defined]
+        key_partition = key_partitions(self.data)
+        # As the worker folds: baselines older than the skew are settled.
+        settle_before = now_micros() - int(self.max_future_skew * 1_000_000)
         for event in batch:
             message = event.message
             try:
                 if message.key is None:
                     raise CorruptEntry("an entry without a key")
-                sku = restore(states, message.key.decode(), message.value)
+                sku = restore(
+                    states, message.key.decode(), message.value, settle_before=settle_before
+                )
             except (CorruptEntry, UnicodeDecodeError) as exc:
                 # Not written by this code. Faust would log and drop the whole rest of
                 # the batch; one entry is dropped here, loudly.
@@ -203,6 +224,15 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
             key_partition[sku] = message.partition
 
 
+@dataclass(slots=True)
+class _Tally:
+    """What a batch folded: for the serving records and the latency histograms."""
+
+    changed: list[str] = field(default_factory=list)
+    event_times: list[int] = field(default_factory=list)
+    publish_times: list[float] = field(default_factory=list)
+
+
 class Processor:
     """Everything one worker does, around the Faust app that drives it."""
 
@@ -218,6 +248,7 @@ class Processor:
             name="sku-state",
             beacon=app.tables.beacon,
             partitions=settings.partitions,
+            max_future_skew=settings.max_future_skew,
             key_type=str,
             use_partitioner=True,
         )
@@ -263,6 +294,16 @@ class Processor:
         self.processed: dict[TP, int] = {}
         self._paused_seen: set[TP] = set()
         self.gap_reader = RangeReader(settings.bootstrap_servers, f"{settings.faust_app_id}-gaps")
+        self.committed_by_partition: dict[str, int] = {}
+        self.committed_reader = CommittedOffsets(settings.bootstrap_servers, settings.faust_app_id)
+        self.gap_timeouts = 0
+        self.gap_offsets_lost = 0
+        self.pruner = Pruner(
+            states=lambda: self.states.by_sku,
+            home=self.home,
+            owned=self._owned_partitions,
+            ready=self._settled,
+        )
         self.recovered = False
         self._owned: tuple[float, frozenset[int]] | None = None
         self._wire()
@@ -336,6 +377,7 @@ class Processor:
     async def close(self) -> None:
         await self.rules.stop()
         await self.gap_reader.close()
+        await self.committed_reader.close()
         try:
             await self.store.remove_worker(self.worker_id)
         except Exception as exc:
@@ -360,7 +402,7 @@ class Processor:
     def _producer(self) -> AIOKafkaProducer:
         # Faust's producer wraps aiokafka's; batches are built with aiokafka's own API
         # (streams.kafka.OutgoingRecords).
-        return cast(AIOKafkaProducer, self.app.producer._ensure_producer())  # type: ignore[attr-defined]
+        return aiokafka_producer(self.app.producer)
 
     async def _send_changes(self, changes: Sequence[tuple[str, bytes]]) -> list[Awaitable[Any]]:
         records = OutgoingRecords(self._producer(), self.settings.changes_topic)
@@ -387,6 +429,39 @@ class Processor:
             "SKUs whose serving record is waiting to be written",
             "gauge",
             lambda: self.writer.pending,
+        )
+        add(
+            "availability_worker_serving_record_errors",
+            "Serving records that could not be computed (left out, not retried until the"
+            " SKU changes again; each SKU logged once)",
+            "counter",
+            lambda: self.writer.record_errors,
+        )
+        add(
+            "availability_worker_skipped_offsets_lost",
+            "Offsets of a range the consumer skipped that retention had deleted before"
+            " the worker read it (their events are missing from the figures)",
+            "counter",
+            lambda: self.gap_offsets_lost,
+        )
+        add(
+            "availability_worker_skipped_range_timeouts",
+            "Reads of a skipped offset range that timed out (retried)",
+            "counter",
+            lambda: self.gap_timeouts,
+        )
+        add(
+            "availability_worker_states_pruned",
+            "SKU states from which settled baselines, old reservation lines or old"
+            " transfer and damaged-return ids were removed",
+            "counter",
+            lambda: self.pruner.pruned,
+        )
+        add(
+            "availability_worker_prune_errors",
+            "SKU states whose pruning failed (left as they were)",
+            "counter",
+            lambda: self.pruner.errors,
         )
         add(
             "availability_worker_change_feed_published",
@@ -496,6 +571,13 @@ class Processor:
                         await self._fold_and_ack(stream, gathered)
                         gathered = []
                         continue
+                else:
+                    await asyncio.wait({next_window}, timeout=self.pruner.interval)
+                    if not next_window.done():
+                        # Idle: the state is pruned here, in the fold's own task, so
+                        # that its journal entries never interleave with a batch's.
+                        await self.prune_while_idle()
+                        continue
                 events = await next_window
                 # The next window fills while this one is folded: Faust delivers events
                 # whenever the fold waits for Redis or the broker.
@@ -518,6 +600,16 @@ class Processor:
             if next_window is not None:
                 next_window.cancel()
 
+    async def prune_while_idle(self) -> None:
+        journal = OutgoingRecords(self._producer(), self.states.journal_topic)
+        try:
+            if self.pruner.step(self.clock(), journal):
+                await asyncio.gather(*await journal.send())
+        except Exception as exc:
+            # Not durable yet, not lost: a restart folds the state back unpruned and
+            # the pruning is done again; the figures are the same either way.
+            log.warning("writing the pruned state to the journal failed: %s", exc)
+
     def waiting_events(self) -> int:
         """Events in the input partitions beyond those processed (gathered ones too)."""
         consumer = self.app.consumer
@@ -533,6 +625,14 @@ class Processor:
         for event in events:
             await stream.ack(event)
 
+    def clock(self) -> Clock:
+        settings = self.settings
+        return Clock(
+            now_micros(),
+            int(settings.max_future_skew * 1_000_000),
+            int(settings.state_horizon * 1_000_000),
+        )
+
     async def process(self, batch: Sequence[EventT[Any]]) -> None:
         """Fold one batch. Returns once everything it wrote to Kafka is acknowledged.
 
@@ -542,34 +642,82 @@ class Processor:
         re-key and dead-letter records at once and waits, with its changelog writes,
         until the broker has them all: an offset is never committed before the
         writes its event caused. The serving records are written meanwhile.
+
+        No message can stop the fold: one that is not a valid event, or whose
+        reading, routing or folding fails for any reason, becomes a dead letter and
+        the others go on (``streams.intake``, ``journal.journal_batch``).
         """
         self.counts["batches"] += 1
         self.metrics.batches.inc()
-        by_sku: dict[str, list[tuple[Event, bytes]]] = {}
-        event_times: list[int] = []
-        publish_times: list[float] = []
-        folded: Counter[str] = Counter()
-        rekey_topic = self.settings.rekey_topic
+        clock = self.clock()
+        tally = _Tally()
         sent: list[Awaitable[Any]] = []
         gaps: dict[TP, tuple[int, int]] = {}
         messages = [event.message for event in batch]
         for message in messages:
-            self._track_offset(TP(message.topic, message.partition), message.offset, gaps)
-        if gaps:
-            messages.extend(await self._read_gaps(gaps))
+            tp = TP(message.topic, message.partition)
+            if tp not in self.processed:
+                await self._learn_committed(tp)
+            self._track_offset(tp, message.offset, gaps)
+        journal = OutgoingRecords(self._producer(), self.states.journal_topic)
+        self.pruner.step(clock, journal)
+        for tp, (start, end) in gaps.items():
+            # Read and folded a piece at a time: a skipped range may be long.
+            async for piece in self._read_gap(tp, start, end):
+                await self._fold_messages(piece, clock, tally, journal, sent)
+        await self._fold_messages(messages, clock, tally, journal, sent)
+        sent.extend(await journal.send())
+        if tally.changed:
+            # Serving records first, while the broker acknowledges the changelog: the
+            # figures are visible sooner. Safe in either order: should the worker die
+            # before the acks, the batch's offsets are not committed, and folding it
+            # again gives the very state (and records) Redis already shows.
+            self.writer.mark(tally.changed)
+            written = await self.writer.flush()
+        else:
+            written = True
+        if written and tally.event_times:
+            now = time.time()
+            latency = self.metrics.fold_latency
+            latency.observe("event_time", now - np.array(tally.event_times) / 1e6)
+            latency.observe("publish_time", now - np.array(tally.publish_times))
+        if sent:
+            await asyncio.gather(*sent)
+        for tp, (start, end) in gaps.items():
+            # Folded, and everything they caused is acknowledged by the broker.
+            mark_range_done(self.app.consumer, tp, start, end)
+
+    async def _fold_messages(
+        self,
+        messages: Sequence[Any],
+        clock: Clock,
+        tally: _Tally,
+        journal: OutgoingRecords,
+        sent: list[Awaitable[Any]],
+    ) -> None:
+        """Read, route and fold ``messages``; their journal entries go to ``journal``,
+        the acks of their dead letters and forwarded events to ``sent``."""
+        rekey_topic = self.settings.rekey_topic
+        by_sku: dict[str, list[tuple[Event, bytes, Any]]] = {}
         for message in messages:
-            try:
-                parsed = parse_event(message.value)
-            except InvalidEvent as exc:
-                sent.append(await self._dead_letter(message, exc))
+            read = read_event(message.value, clock)
+            if isinstance(read, Refusal):
+                sent.append(await self._dead_letter(message, read))
                 continue
-            home = self.home(parsed.sku)
-            if message.topic != rekey_topic and (
-                message.partition != home or message.key != parsed.sku.encode()
-            ):
+            try:
+                home = self.home(read.sku)
+                misplaced = message.topic != rekey_topic and (
+                    message.partition != home or message.key != read.sku.encode()
+                )
+                value = forwarded_value(read, message.value) if misplaced else message.value
+            except Exception as exc:  # a bug: the event goes, the batch goes on
+                refusal = Refusal.failure("routing the event", exc, read.event_id, read.sku)
+                sent.append(await self._dead_letter(message, refusal))
+                continue
+            if misplaced:
                 rekeyed = await self.rekey_topic.send(
-                    key=parsed.sku.encode(),
-                    value=message.value,
+                    key=read.sku.encode(),
+                    value=value,
                     partition=home,
                     force=True,  # now, not attached to the offset commit (see process)
                 )
@@ -577,50 +725,59 @@ class Processor:
                 self.counts["rekeyed"] += 1
                 self.metrics.rekeyed.inc()
                 continue
-            # A parsed event had a value: parse_event refuses None.
-            by_sku.setdefault(parsed.sku, []).append((parsed, cast(bytes, message.value)))
-            folded[event_type(parsed)] += 1
-            event_times.append(event_time(parsed))
-            if message.timestamp:
-                publish_times.append(message.timestamp)
+            by_sku.setdefault(read.sku, []).append((read, value, message))
 
-        for name, count in folded.items():
-            self.counts[f"folded:{name}"] += count
-            self.metrics.folded.labels(name).inc(count)
-        changed = []
         states = self.states.by_sku
-        journal = OutgoingRecords(self._producer(), self.states.journal_topic)
-        for sku, events in by_sku.items():
+        folded: Counter[str] = Counter()
+        for sku, items in by_sku.items():
             state = states.get(sku)
             new = state is None
             if state is None:
                 state = SkuState(sku)
-            entries = journal_batch(state, events)
-            if entries is None:
+            result = journal_batch(
+                state, [(event, raw) for event, raw, _ in items], settle_before=clock.settle_before
+            )
+            for index, error in result.failed:
+                event, _, message = items[index]
+                log.error(
+                    "folding event %s of %s failed; the state is as before it",
+                    event.event_id,
+                    sku,
+                    exc_info=error,
+                    extra={"event_id": event.event_id, "sku": sku},
+                )
+                refusal = Refusal.failure("folding the event", error, event.event_id, sku)
+                sent.append(await self._dead_letter(message, refusal))
+            failed = {index for index, _ in result.failed}
+            for index, (event, _, message) in enumerate(items):
+                if index in failed:
+                    continue
+                folded[event_type(event)] += 1
+                tally.event_times.append(event_time(event))
+                if message.timestamp:
+                    tally.publish_times.append(message.timestamp)
+            if not result.entries:
                 continue
             partition = self.home(sku)
             if new:
                 self.states.adopt(sku, state, partition)
-            for entry in entries:
+            for entry in result.entries:
                 journal.add(partition, entry.key.encode(), entry.value)
-            changed.append(sku)
-        sent.extend(await journal.send())
-        if changed:
-            # Serving records first, while the broker acknowledges the changelog: the
-            # figures are visible sooner. Safe in either order: should the worker die
-            # before the acks, the batch's offsets are not committed, and folding it
-            # again gives the very state (and records) Redis already shows.
-            self.writer.mark(changed)
-            written = await self.writer.flush()
-        else:
-            written = True
-        if written and event_times:
-            now = time.time()
-            latency = self.metrics.fold_latency
-            latency.observe("event_time", now - np.array(event_times) / 1e6)
-            latency.observe("publish_time", now - np.array(publish_times))
-        if sent:
-            await asyncio.gather(*sent)
+            tally.changed.append(sku)
+        for name, count in folded.items():
+            self.counts[f"folded:{name}"] += count
+            self.metrics.folded.labels(name).inc(count)
+
+    async def _learn_committed(self, tp: TP) -> None:
+        """Faust sometimes starts an assignment without the committed offsets it
+        seeked to (its note is None): it then commits one offset at a time, and the
+        gap before the first record goes unseen. The broker's is put in its place."""
+        consumer = self.app.consumer
+        if committed_offsets(consumer).get(tp) is not None:
+            return
+        offset = await self.committed_reader.committed(tp.topic, tp.partition)
+        if offset is not None:
+            set_committed_offset(consumer, tp, offset)
 
     def _track_offset(self, tp: TP, offset: int, gaps: dict[TP, tuple[int, int]]) -> None:
         """Note ``offset`` as processed; record a forward jump in ``gaps``.
@@ -635,8 +792,7 @@ class Processor:
         if expected is None:
             # First record since the assignment: it should be the one at the committed
             # offset that Faust positioned the partition at.
-            committed: dict[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
-            expected = committed.get(tp)
+            expected = committed_offsets(self.app.consumer).get(tp)
             log.info(
                 "resuming %s[%d] at offset %d (committed %s)",
                 tp.topic,
@@ -649,47 +805,91 @@ class Processor:
         if expected is None or offset >= expected:
             self.processed[tp] = offset + 1
 
-    async def _read_gaps(self, gaps: dict[TP, tuple[int, int]]) -> list[Any]:
-        records: list[Any] = []
-        for tp, (start, end) in gaps.items():
-            log.warning(
-                "%s[%d]: the consumer skipped offsets %d-%d; reading them directly",
-                tp.topic,
-                tp.partition,
-                start,
-                end - 1,
-            )
-            records.extend(await self.gap_reader.read(tp.topic, tp.partition, start, end))
-        return records
+    async def _read_gap(self, tp: TP, start: int, end: int) -> AsyncIterator[list[Any]]:
+        """The records of a skipped range, a bounded piece at a time
+        (``AVAILABILITY_GAP_READ_MAX_RECORDS`` / ``_MAX_BYTES``). A piece not read
+        within ``AVAILABILITY_GAP_READ_TIMEOUT`` is asked for again (the fold waits,
+        as for any write to the broker); offsets lost to retention are counted."""
+        settings = self.settings
+        log.warning(
+            "%s[%d]: the consumer skipped offsets %d-%d; reading them directly",
+            tp.topic,
+            tp.partition,
+            start,
+            end - 1,
+        )
+        position = start
+        while position < end:
+            try:
+                piece = await self.gap_reader.read(
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    end,
+                    max_records=settings.gap_read_max_records,
+                    max_bytes=settings.gap_read_max_bytes,
+                    timeout=settings.gap_read_timeout,
+                )
+            except TimeoutError:
+                self.gap_timeouts += 1
+                log.warning(
+                    "%s[%d]: reading skipped offsets %d-%d timed out after %.0f s; retrying",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    end - 1,
+                    settings.gap_read_timeout,
+                )
+                await asyncio.sleep(1.0)
+                continue
+            if piece.lost:
+                self.gap_offsets_lost += piece.lost
+                log.error(
+                    "%s[%d]: offsets %d-%d of a skipped range are gone (retention): %d"
+                    " events cannot be read; folding from %d on",
+                    tp.topic,
+                    tp.partition,
+                    position,
+                    position + piece.lost - 1,
+                    piece.lost,
+                    position + piece.lost,
+                    extra={"topic": tp.topic, "partition": tp.partition},
+                )
+            if piece.records:
+                yield piece.records
+            position = piece.next_offset
 
-    async def _dead_letter(self, message: Any, exc: InvalidEvent) -> Awaitable[Any]:
+    async def _dead_letter(self, message: Any, refusal: Refusal) -> Awaitable[Any]:
         log.warning(
             "dead letter from %s[%d]@%d: %s",
             message.topic,
             message.partition,
             message.offset,
-            exc.reason,
+            clip(refusal.reason, MAX_REASON_CHARS),
             extra={
-                "event_id": exc.event_id,
-                "sku": exc.sku,
+                "event_id": refusal.event_id,
+                "sku": refusal.sku,
                 "topic": message.topic,
                 "partition": message.partition,
                 "offset": message.offset,
             },
         )
         self.counts[f"dead_letters:{message.topic}"] += 1
-        self.metrics.dead_letters.labels(message.topic, exc.kind).inc()
-        return await self.dlq_topic.send(
+        self.metrics.dead_letters.labels(message.topic, refusal.kind).inc()
+        record = dead_letter_record(
             key=message.key,
-            value=dead_letter_record(
-                value=message.value,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-                reason=exc.reason,
-                event_id=exc.event_id,
-                sku=exc.sku,
-            ),
+            value=message.value,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=refusal.reason,
+            event_id=refusal.event_id,
+            sku=refusal.sku,
+            max_bytes=self.settings.dead_letter_max_bytes,
+        )
+        return await self.dlq_topic.send(
+            key=record.key,
+            value=record.value,
             force=True,  # now, not attached to the offset commit (see process)
         )
 
@@ -730,8 +930,34 @@ class Processor:
         self._progress_logged = now
 
     async def lag_by_partition(self) -> dict[str, int]:
+        """Events after the *committed* offset, per input partition: a partition whose
+        commits are stuck shows, even while its events are being folded (a partition
+        the group never committed counts from offset 0). The committed offsets are
+        kept for the metrics (``committed_by_partition``)."""
         consumer = self.app.consumer
+        committed = committed_offsets(consumer)
         lags: dict[str, int] = {}
+        offsets: dict[str, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.source.topics:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            name = f"{tp.topic}:{tp.partition}"
+            done = committed.get(tp)
+            if done is not None:
+                offsets[name] = done
+            lags[name] = max(0, highwater - (done or 0))
+        self.committed_by_partition = offsets
+        return lags
+
+    def unfolded_events(self) -> int:
+        """Events in the assigned input partitions after the last one folded (after
+        the committed offset where none was folded yet since the assignment)."""
+        consumer = self.app.consumer
+        committed = committed_offsets(consumer)
+        behind = 0
         for tp in consumer.assignment():
             if tp.topic not in self.source.topics:
                 continue
@@ -740,9 +966,9 @@ class Processor:
                 continue
             done = self.processed.get(tp)
             if done is None:
-                done = await consumer.position(tp) or 0
-            lags[f"{tp.topic}:{tp.partition}"] = max(0, highwater - done)
-        return lags
+                done = committed.get(tp) or 0
+            behind += max(0, highwater - done)
+        return behind
 
     def resume_stalled_partitions(self) -> set[TP]:
         """Resume input partitions left paused outside recovery; returns them.
@@ -758,7 +984,7 @@ class Processor:
         if not self.recovered or app.rebalancing or app.in_recovery:
             self._paused_seen = set()
             return set()
-        paused_now: set[TP] = getattr(app.consumer, "_paused_partitions", set())
+        paused_now = paused_partitions(app.consumer)
         paused = {tp for tp in paused_now if tp.topic in self.source.topics}
         stalled = paused & self._paused_seen
         self._paused_seen = paused - stalled
@@ -771,17 +997,22 @@ class Processor:
         try:
             self.resume_stalled_partitions()
             lags = await self.lag_by_partition() if self.recovered else {}
+            behind = self.unfolded_events() if self.recovered else 0
             counts, self.counts = self.counts, Counter()
             self._log_progress(counts, lags)
             await self.store.add_counts(counts)
             ready = self._reported_ready = self.ready
-            self.metrics.lag.update(lags)
+            self.metrics.lag.update(lags, self.committed_by_partition)
             await self.store.report_worker(
                 self.worker_id,
                 {
                     "worker_id": self.worker_id,
                     "recovered": ready,
-                    "lag": sum(lags.values()),
+                    # Readiness asks whether the worker has folded what is there
+                    # (README "HTTP API", /readyz); the lag per partition, like the
+                    # metrics and alerts, counts from the committed offsets.
+                    "lag": behind,
+                    "committed_lag": sum(lags.values()),
                     "lag_by_partition": lags,
                     "pending_writes": self.writer.pending,
                     "serving_writes": self.writer.writes,

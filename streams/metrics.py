@@ -72,24 +72,35 @@ class BatchHistogram(Collector):
 
 
 class LagCollector(Collector):
-    """Consumer lag per topic and partition, as of the worker's last status report."""
+    """Consumer lag and committed offsets per topic and partition, as of the worker's
+    last status report (names ``topic:partition``)."""
 
     def __init__(self) -> None:
         self._lags: Mapping[str, int] = {}
+        self._committed: Mapping[str, int] = {}
 
-    def update(self, lags: Mapping[str, int]) -> None:
+    def update(self, lags: Mapping[str, int], committed: Mapping[str, int]) -> None:
         self._lags = dict(lags)
+        self._committed = dict(committed)
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
+        lag = GaugeMetricFamily(
             "availability_worker_consumer_lag",
-            "Events in the partition not yet processed by this worker",
+            "Events in the partition after the committed offset of this worker's group",
             labels=["topic", "partition"],
         )
-        for name, lag in sorted(self._lags.items()):
+        for name, value in sorted(self._lags.items()):
             topic, _, partition = name.rpartition(":")
-            family.add_metric([topic, partition], float(lag))
-        return [family]
+            lag.add_metric([topic, partition], float(value))
+        committed = GaugeMetricFamily(
+            "availability_worker_committed_offset",
+            "The offset committed for the partition (the next event to fold)",
+            labels=["topic", "partition"],
+        )
+        for name, value in sorted(self._committed.items()):
+            topic, _, partition = name.rpartition(":")
+            committed.add_metric([topic, partition], float(value))
+        return [lag, committed]
 
 
 class Readings(Collector):

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from availability.ats import SkuAvailability, build_availability
 from availability.rules import RuleBook
 from availability.state import SkuState
-from infra.store import AvailabilityStore
+from infra.store import AvailabilityStore, encode_record
 from streams.change_feed import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class ServingWriter:
         self.rules_ready = asyncio.Event()
         self.writes = 0
         self.errors = 0
+        self.record_errors = 0  # records that could not be computed
+        self._failed: set[str] = set()  # SKUs logged for that (once each)
 
     def mark(self, skus: Iterable[str]) -> None:
         self._dirty.update(skus)
@@ -79,15 +81,20 @@ class ServingWriter:
             if not self._dirty:
                 return True
             skus, self._dirty = self._dirty, set()
-            records = self._build(skus)
+            built = self._build(skus)
+            records = [record for record, _ in built]
             try:
-                for start in range(0, len(records), WRITE_CHUNK):
-                    chunk = records[start : start + WRITE_CHUNK]
+                for start in range(0, len(built), WRITE_CHUNK):
+                    chunk = built[start : start + WRITE_CHUNK]
                     if self.feed is not None:
                         await self.feed.wait_room()
-                    versions = await self.store.write_records(chunk, self._clock())
+                    versions = await self.store.write_encoded(
+                        [(record.sku, encoded) for record, encoded in chunk], self._clock()
+                    )
                     if self.feed is not None:
-                        self.feed.add([(r, v) for r, v in zip(chunk, versions, strict=True) if v])
+                        self.feed.add(
+                            [(r, v) for (r, _), v in zip(chunk, versions, strict=True) if v]
+                        )
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 self._dirty |= skus
@@ -96,7 +103,11 @@ class ServingWriter:
             self.writes += len(records)
             return True
 
-    def _build(self, skus: Iterable[str]) -> list[SkuAvailability]:
+    def _build(self, skus: Iterable[str]) -> list[tuple[SkuAvailability, list[bytes]]]:
+        """The records of ``skus``, computed and encoded. A SKU whose record cannot be
+        computed (a bug, not bad input) is left out, counted and logged once; it is
+        not retried until its state changes again, so that it never holds up the
+        others' writes."""
         now = self._clock()
         rules = self._rules()
         records = []
@@ -106,10 +117,18 @@ class ServingWriter:
             state = self._state_of(sku)
             if state is None:
                 continue
-            record = build_availability(state, rules, now)
+            try:
+                record = build_availability(state, rules, now)
+                encoded = encode_record(record)
+            except Exception:
+                self.record_errors += 1
+                if sku not in self._failed:
+                    self._failed.add(sku)
+                    log.exception("serving layer: the record of %s cannot be computed", sku)
+                continue
             expiry = record.next_expiry
             if expiry is not None and expiry < self._scheduled.get(sku, expiry + 1):
                 self._scheduled[sku] = expiry
                 heapq.heappush(self._expiries, (expiry, sku))
-            records.append(record)
+            records.append((record, encoded))
         return records

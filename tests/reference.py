@@ -17,13 +17,22 @@ def _ts(value: str) -> int:
     return parse_timestamp(value)
 
 
+#: ``settle_before`` of a fold that settles every baseline at once (the default).
+SETTLE_ALL = 2**63 - 1
+
+
 def recompute(
     events: list[dict[str, Any]],
     now: int,
     rules: list[dict[str, Any]] | None = None,
     channel: str = "online",
+    settle_before: int = SETTLE_ALL,
 ) -> dict[str, dict[str, Any]]:
-    """sku -> the HTTP view for ``channel`` (contract section 6), for valid events."""
+    """sku -> the HTTP view for ``channel`` (contract section 6), for valid events.
+
+    ``settle_before`` as in README "Baseline reset": of the baseline candidates (ERP
+    balances and resets) dated at or before it, only the latest counts, voided or
+    not, and it contains every delta up to its time."""
     unique: dict[tuple[str, str], dict[str, Any]] = {}
     for event in events:
         unique.setdefault((event["sku"], event["event_id"]), event)
@@ -31,26 +40,58 @@ def recompute(
     for (sku, _), event in unique.items():
         by_sku.setdefault(sku, []).append(event)
     return {
-        sku: _sku_view(sku, sku_events, now, rules or [], channel)
+        sku: _sku_view(sku, sku_events, now, rules or [], channel, settle_before)
         for sku, sku_events in by_sku.items()
     }
 
 
-def _sku_view(
-    sku: str, events: list[dict[str, Any]], now: int, rules: list[dict[str, Any]], channel: str
-) -> dict[str, Any]:
-    baselines: dict[str, tuple[int, str, int]] = {}
+def _baselines(
+    events: list[dict[str, Any]], settle_before: int
+) -> tuple[dict[str, tuple[int, str, int]], dict[str, int]]:
+    """location -> the baseline (as_of, event_id, on_hand), and location -> the time
+    up to which deltas are contained (the latest candidate at or before
+    ``settle_before``)."""
+    candidates: dict[str, list[tuple[int, str, int]]] = {}
+    voided: dict[str, set[str]] = {}
     for e in events:
-        if e["type"] == "erp.balance":
-            candidate = (_ts(e["as_of"]), e["event_id"], e["on_hand"])
-            current = baselines.get(e["location_id"])
-            if current is None or candidate[:2] > current[:2]:
-                baselines[e["location_id"]] = candidate
+        if e["type"] in ("erp.balance", "erp.baseline_reset"):
+            candidates.setdefault(e["location_id"], []).append(
+                (_ts(e["as_of"]), e["event_id"], e["on_hand"])
+            )
+        if e["type"] == "erp.baseline_reset":
+            voided.setdefault(e["location_id"], set()).update(e.get("voids") or [])
+    baselines: dict[str, tuple[int, str, int]] = {}
+    cuts: dict[str, int] = {}
+    for location, found in candidates.items():
+        void = voided.get(location, set())
+        old = [c for c in found if c[0] <= settle_before]
+        eligible = [c for c in found if c[0] > settle_before and c[1] not in void]
+        if old:
+            latest = max(old, key=lambda c: c[:2])
+            cuts[location] = latest[0]
+            if latest[1] not in void:
+                eligible.append(latest)
+        if eligible:
+            baselines[location] = max(eligible, key=lambda c: c[:2])
+    return baselines, cuts
+
+
+def _sku_view(
+    sku: str,
+    events: list[dict[str, Any]],
+    now: int,
+    rules: list[dict[str, Any]],
+    channel: str,
+    settle_before: int,
+) -> dict[str, Any]:
+    baselines, cuts = _baselines(events, settle_before)
 
     deltas: list[tuple[str, int, int]] = []  # (location, occurred_at, delta)
     damaged: dict[str, int] = {}
     transit: dict[str, int] = {}
-    locations: set[str] = set(baselines)
+    locations: set[str] = {
+        e["location_id"] for e in events if e["type"] in ("erp.balance", "erp.baseline_reset")
+    }
     creates: dict[str, dict[str, Any]] = {}
     closed: set[str] = set()
     for e in events:
@@ -87,7 +128,8 @@ def _sku_view(
     for location, occurred, delta in deltas:
         baseline = baselines.get(location)
         locations.add(location)
-        if baseline is None or occurred > baseline[0]:
+        floor = max(cuts.get(location, -(2**63)), -(2**63) if baseline is None else baseline[0])
+        if occurred > floor:
             on_hand[location] = on_hand.get(location, 0) + delta
     reserved: dict[str, int] = {}
     for rid, e in creates.items():

@@ -21,6 +21,7 @@ from availability.drift import ExportFormatError
 from infra.audit import audit_record, new_audit_id, record_actions
 from infra.config import Settings, get_settings
 from services.cli import credentials
+from services.cli.baseline import reset_baseline, show_baselines
 from services.cli.dead_letters import (
     Selection,
     UsageError,
@@ -129,6 +130,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-publish",
         action="store_true",
         help="do not store the counts for the availability_drift_sku_locations gauge",
+    )
+    baseline = commands.add_parser(
+        "baseline",
+        help="show a SKU's ERP baselines; reset a location's baseline from a fresh count",
+        description="A location's baseline is its latest ERP balance (README, Baseline"
+        " reset). `show` folds it back from the workers' journal; `reset` publishes an"
+        " erp.baseline_reset event: the count becomes the baseline as of now, and the"
+        " voided balances can never be the baseline again.",
+    )
+    baseline_commands = baseline.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show_cmd = baseline_commands.add_parser(
+        "show", help="the baselines the workers hold for a SKU (every location, or one)"
+    )
+    show_cmd.add_argument("--sku", required=True)
+    show_cmd.add_argument("--location", help="only this location")
+    show_cmd.add_argument("--json", action="store_true", help="print JSON")
+    reset_cmd = baseline_commands.add_parser(
+        "reset",
+        help="replace a location's baseline with a fresh count dated now",
+        description="Publishes an erp.baseline_reset event to the ERP topic. Without"
+        " --void, the current baseline is voided when it is dated in the future (it"
+        " hides every later sale); with --void, the named balances are.",
+    )
+    reset_cmd.add_argument("--sku", required=True)
+    reset_cmd.add_argument("--location", required=True)
+    reset_cmd.add_argument("--on-hand", type=_count, required=True, help="the fresh count")
+    reset_cmd.add_argument(
+        "--void",
+        dest="voids",
+        action="append",
+        metavar="EVENT_ID",
+        help="a balance that must never be the baseline again; repeatable",
     )
     commands.add_parser(
         "drift-job",
@@ -276,6 +309,29 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             publish=not args.no_publish,
             say=say,
         )
+    if args.command == "baseline" and args.action == "show":
+        return await show_baselines(
+            settings, sku=args.sku, location_id=args.location, as_json=args.json, say=say
+        )
+    if args.command == "baseline" and args.action == "reset":
+        resetter = operator_actor(settings)
+        done = await reset_baseline(
+            settings,
+            sku=args.sku,
+            location_id=args.location,
+            on_hand=args.on_hand,
+            voids=args.voids,
+            operator=resetter.subject,
+            say=say,
+        )
+        resource = f"baseline:{args.sku}@{args.location}"
+        after = {"on_hand": args.on_hand, "voids": args.voids}
+        await record_actions(
+            settings,
+            [(resource, audit_record(audit_id=new_audit_id("baseline"), actor=resetter,
+                                     action="baseline.reset", resource=resource, after=after))],
+        )  # fmt: skip
+        return done
     if args.command == "drift-job":
         return await drift_job(settings, say)
     raise AssertionError(f"unhandled command {args.command}")

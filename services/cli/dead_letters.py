@@ -54,6 +54,14 @@ class DeadLetter:
     event_id: str | None
     sku: str | None
     dead_lettered_at: str
+    # Set when the original was too large for the dead letter: only its start is in
+    # ``original`` (streams.dead_letters), and it cannot be replayed.
+    original_size: int | None = None
+    original_sha256: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_size is not None
 
     @property
     def id(self) -> str:
@@ -62,8 +70,10 @@ class DeadLetter:
     def preview(self, width: int = PREVIEW_WIDTH) -> str:
         if self.original is None:
             return "(no value)"
-        text = self.original.decode("utf-8", errors="replace")
+        text = self.original[: width * 4].decode("utf-8", errors="replace")
         text = "".join(ch if ch.isprintable() else "." for ch in text)
+        if self.truncated:
+            text = "(truncated) " + text
         return text if len(text) <= width else text[: width - 1] + "…"
 
     def as_json(self, replay: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -80,6 +90,9 @@ class DeadLetter:
             "original": self.original.decode("utf-8", errors="replace")
             if self.original is not None
             else None,
+            "original_truncated": self.truncated,
+            "original_size": self.original_size,
+            "original_sha256": self.original_sha256,
             "replayed": dict(replay) if replay is not None else None,
         }
 
@@ -111,6 +124,10 @@ def parse_dead_letter(
             event_id=data.get("event_id"),
             sku=data.get("sku"),
             dead_lettered_at=str(data.get("dead_lettered_at", "")),
+            original_size=int(data["original_size"]) if data.get("original_truncated") else None,
+            original_sha256=str(data["original_sha256"])
+            if data.get("original_truncated")
+            else None,
         )
     except (KeyError, TypeError, binascii.Error) as exc:
         raise ValueError(f"missing or malformed field: {exc}") from None
@@ -235,6 +252,13 @@ def replay_value(letter: DeadLetter, patch: Mapping[str, Any] | None) -> bytes:
     """The bytes to publish; ValueError if the letter cannot be replayed as asked."""
     if letter.original is None:
         raise ValueError("the original message had no value")
+    if letter.truncated:
+        raise ValueError(
+            f"the original was too large for the dead-letter topic: only its first"
+            f" {len(letter.original)} of {letter.original_size} bytes are kept"
+            f" (sha256 of the whole: {letter.original_sha256}), so it cannot be replayed;"
+            " publish the event again from its source"
+        )
     if patch is None:
         return letter.original
     try:

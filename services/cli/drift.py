@@ -60,13 +60,15 @@ async def load_states(settings: Settings, say: Say) -> dict[str, SkuState]:
     say(f"reading the service's state from {topic} ...")
     started = time.monotonic()
     records = await read_topic(settings.bootstrap_servers, topic, timeout=1800.0)
+    # Folded as the workers fold it: baselines older than the skew are settled.
+    settle_before = time.time_ns() // 1000 - int(settings.max_future_skew * 1_000_000)
     states: dict[str, SkuState] = {}
     corrupt = 0
     for record in records:
         try:
             if record.key is None:
                 raise CorruptEntry("an entry without a key")
-            restore(states, record.key.decode(), record.value)
+            restore(states, record.key.decode(), record.value, settle_before=settle_before)
         except (CorruptEntry, UnicodeDecodeError):
             corrupt += 1
     say(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from availability.display import preview
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_location, is_sku
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 
@@ -68,20 +69,15 @@ def _well_formed(request: M | Malformed) -> M:
     return request
 
 
-def _shown(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def require_sku(value: str, field: str = "sku") -> str:
     if not is_sku(value):
-        raise InvalidArgument(f"{field} must be {SKU_RULE}, got {_shown(value)}")
+        raise InvalidArgument(f"{field} must be {SKU_RULE}, got {preview(value)}")
     return value
 
 
 def require_location(value: str, field: str = "location_id") -> str:
     if not is_location(value):
-        raise InvalidArgument(f"{field} must be {LOCATION_RULE}, got {_shown(value)}")
+        raise InvalidArgument(f"{field} must be {LOCATION_RULE}, got {preview(value)}")
     return value
 
 
@@ -89,7 +85,7 @@ def resolve_channel(value: str, field: str = "channel") -> str:
     """The channel to answer for: empty means ``online`` (proto3 has no "unset")."""
     channel = value or DEFAULT_CHANNEL
     if not is_channel(channel):
-        raise InvalidArgument(f"{field} must be {CHANNEL_RULE}, got {_shown(value)}")
+        raise InvalidArgument(f"{field} must be {CHANNEL_RULE}, got {preview(value)}")
     return channel
 
 

@@ -62,7 +62,7 @@ class ServingCollector(Collector):
                 dead.add_metric([name.removeprefix(DEAD_LETTERS_PREFIX)], value)
         lag = GaugeMetricFamily(
             "availability_consumer_lag",
-            "Events not yet processed, per stream-processor worker and topic:partition",
+            "Events past the committed offset, per stream-processor worker and topic:partition",
             labels=["worker", "partition"],
         )
         for worker_id, status in sorted(self._workers.items()):

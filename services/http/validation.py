@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 
+from availability.display import preview
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_location, is_rule_id, is_sku
 from services.http.errors import PAYLOAD_TOO_LARGE, ApiError
 
@@ -25,8 +26,8 @@ RULE_ID_RULE = "1-128 characters of [A-Za-z0-9._:-]"
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    # Bounded whatever the value: a body nested 1,000 deep must give 400, not 500.
+    return preview(value, 80)
 
 
 def _require(value: object, valid: Callable[[object], bool], rule: str, field: str) -> str:

@@ -13,7 +13,10 @@ from typing import Any
 
 from infra.config import Settings
 
-START = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+# Recent, as production events are: the worker refuses transfers, damaged returns and
+# reservation events older than its state horizon (AVAILABILITY_STATE_HORIZON, 7 days)
+# and anything dated ahead of its clock. Six hours back, on the hour.
+START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
 
 
 def stamp(moment: datetime) -> str:

@@ -290,9 +290,19 @@ async def test_the_worker_serves_its_metrics_and_logs_json(
         await wait_for_dead_letters(settings, 2)
         url = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics"
         deadline = time.monotonic() + 10
+        topic = settings.erp_topic
         while True:  # lag and readiness come with the next status report
             text = (await client.get(url)).text
-            if "availability_worker_ready 1.0" in text and "worker_consumer_lag{" in text:
+            samples = metric_samples(text)
+            # The lag counts from the committed offsets: the 22 events of the topic
+            # (2 refused, 20 balances) are all committed within a few seconds.
+            done = sum(
+                samples.get(
+                    f'availability_worker_committed_offset{{partition="{p}",topic="{topic}"}}', 0
+                )
+                for p in range(4)
+            )
+            if "availability_worker_ready 1.0" in text and done == 22:
                 break
             assert time.monotonic() < deadline, text
             await asyncio.sleep(0.2)
@@ -309,8 +319,9 @@ async def test_the_worker_serves_its_metrics_and_logs_json(
     assert samples["availability_worker_serving_writes_total"] >= 20
     assert samples["availability_worker_serving_write_errors_total"] == 0
     assert samples["availability_worker_skus"] == 20
-    lag = f'availability_worker_consumer_lag{{partition="0",topic="{settings.erp_topic}"}}'
-    assert samples[lag] == 0
+    for partition in range(4):
+        lag = f'availability_worker_consumer_lag{{partition="{partition}",topic="{topic}"}}'
+        assert samples[lag] == 0
 
     lines = [orjson.loads(line) for line in start_service.handles[0].log_text().splitlines()
              if line.startswith("{")]  # fmt: skip

@@ -30,8 +30,21 @@ def _event(kind: str, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dic
     return st.fixed_dictionaries({"type": st.just(kind), "sku": st.sampled_from(SKUS), **fields})
 
 
+#: The ids event_sets gives (a reset names some of them in ``voids``).
+EVENT_IDS = [f"e{i:03d}" for i in range(40)]
+
+baseline_resets = _event(
+    "erp.baseline_reset",
+    location_id=locations,
+    on_hand=st.integers(0, 100),
+    as_of=times,
+    voids=st.lists(st.sampled_from(EVENT_IDS), max_size=3),
+    operator=st.just("op"),
+)
+
 events = st.one_of(
     _event("erp.balance", location_id=locations, on_hand=st.integers(0, 100), as_of=times),
+    baseline_resets,
     _event("pos.sale", location_id=locations, quantity=quantities, occurred_at=times),
     _event(
         "pos.return",

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+from typing import Any
 
 import orjson
 import pytest
 
+from availability.events import ErpBalance, event_to_dict, invalid_kind, parse_event
+from availability.identifiers import parse_timestamp
+from availability.state import SkuState, fold
 from infra.config import Settings
 from services.cli.__main__ import build_parser
+from services.cli.baseline import baseline_rows, default_voids, reset_event
 from services.cli.dead_letters import (
     DeadLetter,
     Selection,
@@ -19,13 +25,15 @@ from services.cli.dead_letters import (
     parse_since,
     replay_value,
 )
-from streams.dead_letters import dead_letter_record
+from streams.dead_letters import dead_letter_record, failure_reason
 
 SETTINGS = Settings(topic_prefix="acme.")
+MIB = 1024 * 1024
 
 
 def letter(**fields: object) -> DeadLetter:
-    value = dead_letter_record(
+    record = dead_letter_record(
+        key=b"S",
         value=fields.pop("value", b'{"event_id":"e1","sku":"S"}'),  # type: ignore[arg-type]
         topic=str(fields.pop("topic", "acme.pos.transactions")),
         partition=2,
@@ -33,8 +41,9 @@ def letter(**fields: object) -> DeadLetter:
         reason=str(fields.pop("reason", "missing required field 'location_id'")),
         event_id="e1",
         sku="S",
+        max_bytes=int(fields.pop("max_bytes", MIB)),  # type: ignore[call-overload]
     )
-    return parse_dead_letter(0, 7, b"S", value)
+    return parse_dead_letter(0, 7, record.key, record.value)
 
 
 def test_a_dead_letter_record_reads_back_as_written() -> None:
@@ -144,8 +153,116 @@ def test_the_parser_refuses_bad_arguments_with_exit_code_2(
 
 def test_original_bytes_survive_base64() -> None:
     raw = bytes(range(256))
-    record = orjson.loads(
-        dead_letter_record(value=raw, topic="t", partition=0, offset=0, reason="r")
+    record = dead_letter_record(
+        key=None, value=raw, topic="t", partition=0, offset=0, reason="r", max_bytes=MIB
     )
-    assert base64.b64decode(record["original"]) == raw
-    assert parse_dead_letter(0, 0, None, orjson.dumps(record)).original == raw
+    assert base64.b64decode(orjson.loads(record.value)["original"]) == raw
+    read = parse_dead_letter(0, 0, None, record.value)
+    assert read.original == raw
+    assert not read.truncated
+    assert "original_truncated" not in orjson.loads(record.value)
+
+
+@pytest.mark.parametrize("size", [MIB - 2000, MIB, 1_500_000, 20 * MIB])
+def test_an_original_too_large_for_the_broker_is_kept_truncated_with_its_digest(
+    size: int,
+) -> None:
+    raw = bytes(n % 251 for n in range(size))
+    record = dead_letter_record(
+        key=b"SKU-1",
+        value=raw,
+        topic="t",
+        partition=0,
+        offset=0,
+        reason="x" * 50_000,
+        max_bytes=MIB,
+    )
+    assert len(record.value) + len(record.key or b"") <= MIB - 1000
+    data = orjson.loads(record.value)
+    assert len(data["reason"]) == 1000
+    read = parse_dead_letter(0, 0, record.key, record.value)
+    assert read.truncated
+    assert read.original_size == size
+    assert read.original_sha256 == hashlib.sha256(raw).hexdigest()
+    assert read.original is not None and raw.startswith(read.original)
+    assert len(read.original) > MIB // 2  # as much as fits is kept
+    assert read.preview().startswith("(truncated) ")
+    assert read.as_json(None)["original_truncated"] is True
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        replay_value(read, None)
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        replay_value(read, {"location_id": "S1"})
+
+
+def test_an_oversized_key_is_cut_and_described() -> None:
+    key = b"k" * (2 * MIB)
+    record = dead_letter_record(
+        key=key, value=b"{}", topic="t", partition=0, offset=0, reason="r", max_bytes=MIB
+    )
+    assert record.key is not None and len(record.key) + len(record.value) <= MIB
+    data = orjson.loads(record.value)
+    assert (data["key_truncated"], data["key_size"]) == (True, 2 * MIB)
+    assert data["key_sha256"] == hashlib.sha256(key).hexdigest()
+    assert base64.b64decode(data["original"]) == b"{}"
+
+
+def test_an_unexpected_failure_has_a_bounded_reason_of_its_own_kind() -> None:
+    reason = failure_reason("folding", KeyError("x" * 10_000))
+    assert reason.startswith("internal error while folding: KeyError: ")
+    assert len(reason) == 1000
+    assert invalid_kind(reason) == "internal_error"
+
+
+# --- baseline show / reset ---------------------------------------------------------
+
+
+def test_a_reset_event_is_dated_now_names_its_operator_and_reads_back() -> None:
+    now = parse_timestamp("2026-11-22T10:00:00Z")
+    event = reset_event(
+        sku="SKU-1", location_id="S1", on_hand=12, voids=["b-2099"], operator="alice", now=now
+    )
+    assert (event.as_of, event.on_hand, event.voids, event.operator) == (
+        now,
+        12,
+        ("b-2099",),
+        "alice",
+    )
+    assert event.event_id.startswith("reset-2026-11-22T10:00:00Z-")
+    assert parse_event(orjson.dumps(event_to_dict(event))) == event
+    again = reset_event(
+        sku="SKU-1", location_id="S1", on_hand=12, voids=[], operator="alice", now=now
+    )
+    assert again.event_id != event.event_id  # every count is an event of its own
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sku": "bad sku"}, "--sku"),
+        ({"location_id": ""}, "--location"),
+        ({"on_hand": -1}, "--on-hand"),
+        ({"operator": ""}, "--operator"),
+        ({"voids": [""]}, "voids"),
+    ],
+)
+def test_a_reset_that_the_worker_would_refuse_is_refused_here(
+    changes: dict[str, object], message: str
+) -> None:
+    fields: dict[str, Any] = {
+        "sku": "SKU-1", "location_id": "S1", "on_hand": 1, "voids": [], "operator": "a", "now": 0,
+    }  # fmt: skip
+    with pytest.raises(UsageError, match=message):
+        reset_event(**{**fields, **changes})
+
+
+def test_the_default_void_is_a_baseline_dated_in_the_future() -> None:
+    now = parse_timestamp("2026-11-22T10:00:00Z")
+    state = SkuState("S")
+    fold(state, ErpBalance("b-2099", "S", "L", 500, parse_timestamp("2099-01-01T00:00:00Z")))
+    fold(state, ErpBalance("b-old", "S", "M", 5, now - 1))
+    assert default_voids(state, "L", now) == ["b-2099"]
+    assert default_voids(state, "M", now) == []
+    assert default_voids(None, "L", now) == []
+    rows = baseline_rows(state, "L", now)
+    assert rows[1] == ["L", "BASELINE", "b-2099", "500", "2099-01-01T00:00:00Z (future)"]
+    assert rows[-1] == ["L", "on hand", "", "500", ""]

@@ -72,6 +72,9 @@ def test_commands_that_write_refuse_without_ops(
     assert cli.main(["rebuild", "--no-wait"]) == 2
     assert "not authorised" in capsys.readouterr().err
     assert cli.main(["dead-letters", "replay", "--id", "0:1"]) == 2
+    reset = ["baseline", "reset", "--sku", "S", "--location", "L", "--on-hand", "3"]
+    assert cli.main(reset) == 2
+    assert "lacks the scope this needs: ops" in capsys.readouterr().err
 
 
 def test_whoami(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from availability.events import (
     ErpBalance,
+    ErpBaselineReset,
     Event,
     InvalidEvent,
     PosReturn,
@@ -21,9 +22,12 @@ from availability.events import (
     ReservationReleased,
     TransferReceived,
     TransferShipped,
+    check_time,
     event_from_dict,
+    event_to_dict,
     parse_event,
 )
+from availability.identifiers import format_timestamp
 
 T1 = "2026-11-22T10:15:30.123Z"
 T2 = "2026-11-22T12:00:00Z"
@@ -33,6 +37,7 @@ US2 = calendar.timegm((2026, 11, 22, 12, 0, 0)) * 1_000_000
 
 ALL_MODELS = (
     ErpBalance,
+    ErpBaselineReset,
     PosSale,
     PosReturn,
     TransferShipped,
@@ -125,6 +130,24 @@ VALID: dict[str, tuple[dict[str, Any], Event]] = {
             event_id="e1", sku="SKU-1", reservation_id="R-1", location_id="S-1", occurred_at=US1
         ),
     ),
+    "erp.baseline_reset": (
+        {
+            "location_id": "S-1",
+            "on_hand": 7,
+            "as_of": T1,
+            "voids": ["b9", "b2", "b9"],
+            "operator": "alice",
+        },
+        ErpBaselineReset(
+            event_id="e1",
+            sku="SKU-1",
+            location_id="S-1",
+            on_hand=7,
+            as_of=US1,
+            voids=("b2", "b9"),
+            operator="alice",
+        ),
+    ),
     "reservation.fulfilled": (
         {"reservation_id": "R-1", "location_id": "S-1", "quantity": 2, "occurred_at": T1},
         ReservationFulfilled(
@@ -137,7 +160,7 @@ VALID: dict[str, tuple[dict[str, Any], Event]] = {
         ),
     ),
 }
-OPTIONAL = {"disposition", "expires_at", "channel"}
+OPTIONAL = {"disposition", "expires_at", "channel", "voids"}
 
 
 def body(kind: str, **changes: Any) -> dict[str, Any]:
@@ -298,6 +321,11 @@ BAD_FIELDS: list[tuple[str, str, Any, str]] = [
     ("reservation.created", "quantity", 0, "field 'quantity'"),
     ("reservation.fulfilled", "quantity", 2.5, "field 'quantity'"),
     ("erp.balance", "on_hand", -1, "field 'on_hand' must be an integer >= 0"),
+    ("erp.baseline_reset", "voids", "b1", "field 'voids' must be a list"),
+    ("erp.baseline_reset", "voids", [""], "field 'voids' must be a list"),
+    ("erp.baseline_reset", "voids", ["x"] * 101, "at most 100 event ids"),
+    ("erp.baseline_reset", "operator", "", "field 'operator' must be a non-empty string"),
+    ("erp.baseline_reset", "on_hand", -1, "field 'on_hand' must be an integer >= 0"),
     ("erp.balance", "on_hand", "10", "field 'on_hand' must be an integer >= 0"),
     ("erp.balance", "on_hand", 1_000_000_001, "field 'on_hand'"),
     ("pos.sale", "type", "pos.refund", "unknown event type 'pos.refund'"),
@@ -400,3 +428,70 @@ def test_any_json_value_parses_or_raises_invalid_event(data: Any) -> None:
 @given(st.binary(max_size=40) | st.text(max_size=40))
 def test_arbitrary_bytes_parse_or_raise_invalid_event(message: bytes | str) -> None:
     outcome(parse_event, message)
+
+
+# --- the worker's clock: future and too-old events -------------------------------
+
+SECOND = 1_000_000
+SKEW, HORIZON = 300 * SECOND, 7 * 24 * 3600 * SECOND
+
+
+def time_refusal(kind: str, moment: int, now: int, **changes: Any) -> str | None:
+    """The kind of ``check_time``'s refusal of a ``kind`` event dated ``moment``."""
+    stamp = format_timestamp(moment)
+    name = "as_of" if kind.startswith("erp.") else "occurred_at"
+    event = parse_event(raw(body(kind, **{name: stamp, **changes})))
+    try:
+        check_time(event, now, SKEW, HORIZON)
+    except InvalidEvent as exc:
+        assert exc.event_id == "e1" and exc.sku == "SKU-1"
+        return exc.kind
+    return None
+
+
+@pytest.mark.parametrize("kind", list(VALID))
+def test_every_event_dated_beyond_the_skew_is_refused_as_future(kind: str) -> None:
+    assert time_refusal(kind, US1 + SKEW, US1) is None
+    assert time_refusal(kind, US1 + SKEW + 1, US1) == "future_timestamp"
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "window"),
+    [
+        ("transfer.shipped", {}, HORIZON),
+        ("transfer.received", {}, HORIZON),
+        ("reservation.created", {}, HORIZON),
+        ("reservation.released", {}, HORIZON),
+        ("reservation.fulfilled", {}, HORIZON),
+        ("pos.return", {"disposition": "damaged"}, HORIZON),
+        ("erp.baseline_reset", {}, SKEW),
+        ("erp.balance", {}, None),
+        ("pos.sale", {}, None),
+        ("pos.return", {"disposition": "sellable"}, None),
+    ],
+)
+def test_events_whose_repeat_the_state_may_not_recognise_are_refused_when_too_old(
+    kind: str, changes: dict[str, Any], window: int | None
+) -> None:
+    now = US2
+    if window is None:  # never too old: a baseline contains these, whenever
+        assert time_refusal(kind, 0, now, **changes) is None
+        return
+    assert time_refusal(kind, now - window, now, **changes) is None
+    assert time_refusal(kind, now - window - 1, now, **changes) == "too_old"
+
+
+def test_time_refusals_name_the_field_and_both_times() -> None:
+    event = parse_event(raw(body("pos.sale", occurred_at="2026-11-22T13:00:00Z")))
+    with pytest.raises(InvalidEvent) as refused:
+        check_time(event, US2, SKEW, HORIZON)
+    assert refused.value.reason == (
+        "timestamp in the future: occurred_at 2026-11-22T13:00:00Z is more than 300 s after"
+        " the worker's clock (2026-11-22T12:00:00Z)"
+    )
+
+
+@pytest.mark.parametrize("kind", list(VALID))
+def test_the_canonical_form_reads_back_as_the_same_event(kind: str) -> None:
+    event = parse_event(raw(body(kind, extra="x" * 100_000)))
+    assert parse_event(orjson.dumps(event_to_dict(event))) == event

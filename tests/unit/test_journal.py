@@ -40,10 +40,11 @@ def write_journal(
             by_sku.setdefault(event.sku, []).append((event, orjson.dumps(raw)))
         for sku, events in by_sku.items():
             state = states.get(sku) or SkuState(sku)
-            entries = journal_batch(state, events)
-            if entries is not None:
+            result = journal_batch(state, events)
+            assert not result.failed
+            if result.entries:
                 states[sku] = state
-                journal.extend(entries)
+                journal.extend(result.entries)
     return states, journal
 
 

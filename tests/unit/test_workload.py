@@ -86,3 +86,22 @@ def test_zipf_popularity_follows_the_80_20_rule_and_uniform_does_not() -> None:
 def test_unknown_popularity_is_refused() -> None:
     with pytest.raises(ValueError, match="popularity"):
         next(event_mix("r", 10, 5, 1, popularity="pareto"))
+
+
+def test_the_state_benchmark_makes_valid_lines_and_measures_growth() -> None:
+    import random
+    from itertools import islice
+
+    from availability.events import event_from_dict
+    from loadtests.bench_state import growth, reservation_events
+
+    events = list(islice(reservation_events("run", 50, random.Random(1)), 300))
+    kinds = {event_from_dict(e).__class__.__name__ for e in events}
+    assert kinds == {
+        "ReservationCreated", "ReservationReleased", "ReservationFulfilled", "ErpBalance",
+    }  # fmt: skip
+    lines = {e["reservation_id"] for e in events if "reservation_id" in e}
+    assert len(lines) > 150  # a new line each time
+    run = {"samples": [{"seconds": s, "rss_mib": 100 + s / 10} for s in (0, 30, 60, 90)]}
+    assert growth(run, warm=30) == 6.0
+    assert growth(run, warm=90) is None

@@ -1,0 +1,245 @@
+"""``make bench`` section ``state``: a worker's memory over a long reservation-heavy run.
+
+A stream of reservation lines (each created, then most released or fulfilled at
+once, the rest left to expire a few seconds later), every line on a new
+``reservation_id``, is published at a steady rate through one real worker, twice:
+with a short state horizon (``--state-horizon``, so that lines leave the state
+within the run, README "State and recovery") and with the default horizon of 7 days
+(nothing leaves: the control). The worker's resident memory is sampled every
+``SAMPLE_EVERY`` seconds while events are folded. With the short horizon, memory
+must stop growing once a horizon's worth of lines is held; the control shows what
+it grows by without pruning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import redis
+from aiokafka import AIOKafkaProducer
+
+from dev.processes import stop_process as stop_child_process
+from infra.config import Settings
+from infra.topics import create_topics
+from loadtests.bench_grpc import BenchError, Stack, bench_settings, delete_keys
+
+log = logging.getLogger("bench")
+
+SAMPLE_EVERY: Final[float] = 10.0
+DEFAULT_HORIZON: Final[float] = 7 * 24 * 3600.0
+SKEW: Final[float] = 10.0  # AVAILABILITY_MAX_FUTURE_SKEW of both runs
+
+
+@dataclass(frozen=True)
+class StateParams:
+    seconds: float  # how long events are published, per run
+    rate: float  # events per second
+    horizon: float  # the short horizon
+    skus: int
+    partitions: int
+    redis_url: str
+    worker_batch_bytes: int
+    seed: int
+
+
+def stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def reservation_events(run_id: str, skus: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Lines without end, dated as they are made: created, then (70%) released or
+    fulfilled, or (30%) left to expire 5 s later; and now and then the SKU's ERP
+    balance, which contains the fulfilments before it (on-hand deltas are bounded by
+    balances, not by the horizon)."""
+    line = 0
+    while True:
+        line += 1
+        now = datetime.now(UTC)
+        sku = f"RS-{rng.randrange(skus):05d}"
+        if line % 10 == 0:
+            yield {"sku": sku, "event_id": f"{run_id}-b{line}", "type": "erp.balance",
+                   "location_id": "S1", "on_hand": 1000, "as_of": stamp(now)}  # fmt: skip
+        common = {"sku": sku, "reservation_id": f"{run_id}-{line}", "location_id": "S1"}
+        created = {**common, "event_id": f"{run_id}-c{line}", "type": "reservation.created",
+                   "quantity": rng.randint(1, 3), "occurred_at": stamp(now)}  # fmt: skip
+        roll = rng.random()
+        if roll < 0.3:
+            created["expires_at"] = stamp(now + timedelta(seconds=5))
+            yield created
+        elif roll < 0.65:
+            yield created
+            yield {**common, "event_id": f"{run_id}-x{line}", "type": "reservation.released",
+                   "occurred_at": stamp(now)}  # fmt: skip
+        else:
+            yield created
+            yield {**common, "event_id": f"{run_id}-f{line}", "type": "reservation.fulfilled",
+                   "quantity": 1, "occurred_at": stamp(now)}  # fmt: skip
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def handled(client: redis.Redis, settings: Settings) -> int:
+    counters: dict[bytes, bytes] = client.hgetall(f"{settings.redis_key_prefix}:counters")  # type: ignore[assignment]
+    return sum(int(v) for k, v in counters.items() if k.startswith((b"folded:", b"dead_letters:")))
+
+
+async def publish_steadily(
+    settings: Settings,
+    params: StateParams,
+    run_id: str,
+    sample: Callable[[int], None],
+) -> int:
+    """Publish at ``params.rate`` for ``params.seconds``, calling ``sample(published)``
+    every SAMPLE_EVERY seconds; returns how many were published."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks=1,
+        linger_ms=5,
+        max_batch_size=65536,
+        client_id="bench-state",
+    )
+    await producer.start()
+    events = reservation_events(run_id, params.skus, random.Random(params.seed))
+    published = 0
+    started = time.monotonic()
+    next_sample = started
+    try:
+        while (elapsed := time.monotonic() - started) < params.seconds:
+            due = int(elapsed * params.rate) + int(params.rate / 10)
+            sends = []
+            while published < due:
+                event = next(events)
+                sends.append(
+                    await producer.send(
+                        settings.reservations_topic,
+                        orjson.dumps(event),
+                        key=event["sku"].encode(),
+                    )
+                )
+                published += 1
+            await asyncio.gather(*sends)
+            if time.monotonic() >= next_sample:
+                sample(published)
+                next_sample += SAMPLE_EVERY
+            await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+    return published
+
+
+def measure_run(
+    stack: Stack, params: StateParams, horizon: float, fresh_broker: Callable[[Stack], None]
+) -> dict[str, Any]:
+    fresh_broker(stack)
+    assert stack.broker is not None
+    data_root = Path(tempfile.mkdtemp(prefix="state-", dir=stack.log_dir))
+    settings = bench_settings(
+        stack.broker.url,
+        params.redis_url,
+        data_root,
+        params.partitions,
+        params.worker_batch_bytes,
+    ).model_copy(
+        # A short skew too: a balance settles (forgets the fulfilments it contains)
+        # once it is older than the skew.
+        update={"state_horizon": horizon, "max_future_skew": SKEW, "worker_metrics_port": 0}
+    )
+    stack.settings = settings
+    asyncio.run(create_topics(settings))
+    already = len(stack.services)
+    worker = stack.start_service(f"worker-state-{horizon:.0f}", "streams", settings)
+    client = redis.Redis.from_url(params.redis_url)
+    samples: list[dict[str, Any]] = []
+    started = time.monotonic()
+
+    def sample(published: int) -> None:
+        stack.check_alive()
+        samples.append(
+            {
+                "seconds": round(time.monotonic() - started),
+                "published": published,
+                "folded": handled(client, settings),
+                "rss_mib": rss_mib(worker.proc.pid),
+            }
+        )
+        log.info("state (horizon %.0f s): %s", horizon, samples[-1])
+
+    try:
+        # The worker up and caught up on nothing first: its start is not measured.
+        deadline = time.monotonic() + 120
+        while not client.hgetall(f"{settings.redis_key_prefix}:workers"):
+            stack.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError("the worker did not report within 120 s")
+            time.sleep(0.5)
+        run_id = settings.topic_prefix.rstrip(".")
+        published = asyncio.run(publish_steadily(settings, params, run_id, sample))
+        deadline = time.monotonic() + 300
+        while handled(client, settings) < published:
+            stack.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError("the worker did not fold the state run within 300 s")
+            time.sleep(0.5)
+        sample(published)
+        return {"horizon_seconds": horizon, "published": published, "samples": samples}
+    finally:
+        for service in reversed(stack.services[already:]):
+            stop_child_process(service.proc, 10.0)
+            service.log_file.close()
+            stack.services.remove(service)
+        client.close()
+        delete_keys(settings)
+        stack.settings = None
+
+
+def growth(run: Mapping[str, Any], warm: float) -> float | None:
+    """RSS MiB gained per minute over the samples after ``warm`` seconds."""
+    late = [s for s in run["samples"] if s["seconds"] >= warm]
+    if len(late) < 2:
+        return None
+    span = late[-1]["seconds"] - late[0]["seconds"]
+    return round((late[-1]["rss_mib"] - late[0]["rss_mib"]) / span * 60, 1) if span else None
+
+
+def measure_state_memory(
+    stack: Stack, params: StateParams, fresh_broker: Callable[[Stack], None]
+) -> dict[str, Any]:
+    runs = [measure_run(stack, params, h, fresh_broker) for h in (params.horizon, DEFAULT_HORIZON)]
+    # Warm: the first horizon's worth of lines, and a sample's time for them to fold.
+    warm = params.horizon + 2 * SAMPLE_EVERY
+    for run in runs:
+        run["rss_growth_mib_per_minute_after_warmup"] = growth(run, warm)
+    return {"rate": params.rate, "seconds": params.seconds, "runs": runs, "warm_seconds": warm}
+
+
+def state_lines(state: Mapping[str, Any]) -> Sequence[str]:
+    lines = [
+        "",
+        f"state memory: reservation lines at {state['rate']:.0f} events/s for"
+        f" {state['seconds']:.0f} s, worker RSS MiB over time",
+    ]
+    for run in state["runs"]:
+        horizon = run["horizon_seconds"]
+        label = f"horizon {horizon:.0f} s" if horizon < DEFAULT_HORIZON else "horizon 7 days"
+        points = ", ".join(f"{s['seconds']}s {s['rss_mib']}" for s in run["samples"])
+        lines.append(f"  {label:<16} {points}")
+        lines.append(
+            f"  {'':<16} growth after {state['warm_seconds']:.0f} s:"
+            f" {run['rss_growth_mib_per_minute_after_warmup']} MiB/min"
+        )
+    return lines
