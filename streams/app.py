@@ -40,11 +40,11 @@ from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
 from infra.config import Settings
+from infra.dead_letters import dead_letter_record
 from infra.kafka import RangeReader
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
-from streams.dead_letters import dead_letter_record
 from streams.kafka import HomePartitions, OutgoingRecords, Transport
 from streams.metrics import WorkerMetrics
 from streams.rebuild import ServingRebuild
