@@ -16,6 +16,8 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``partitions`` how many partitions the SKUs are spread over
     ``p:<n>``      the epoch in which partition n's records were all written
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
+``{prefix}:webhook:{<target>:<webhook id>}``  a Shopify webhook whose events the broker
+    acknowledged (``services.webhooks``); expires after the dedupe TTL
 
 An answer tail is the JSON of ``{"ats": .., "locations": [..]}`` without its
 opening brace; a read puts ``{"sku":..,"channel":..,`` in front of it, so serving a
@@ -430,6 +432,19 @@ class AvailabilityStore:
     async def counts(self) -> dict[str, int]:
         raw = await self.client.hgetall(self._counters_key)
         return {_text(name): int(value) for name, value in raw.items()}
+
+    # --- Shopify webhooks delivered (services.webhooks) ---
+
+    def webhook_key(self, target: str, webhook_id: str) -> str:
+        return f"{self.prefix}:webhook:{{{target}:{webhook_id}}}"
+
+    async def webhook_delivered(self, target: str, webhook_id: str) -> bool:
+        return bool(await self.client.exists(self.webhook_key(target, webhook_id)))
+
+    async def mark_webhook_delivered(self, target: str, webhook_id: str, ttl: int) -> bool:
+        """SET NX with a TTL of ``ttl`` seconds; False when it was marked already."""
+        key = self.webhook_key(target, webhook_id)
+        return bool(await self.client.set(key, b"1", nx=True, ex=ttl))
 
 
 def _text(value: bytes | str) -> str:
