@@ -13,8 +13,9 @@ parses the body:
 - the signature matches the body (in constant time): else 401, nothing published.
 
 Then ``services.webhooks.receiver`` does the rest, and the answer is 200 (also for a
-repeat, a topic we do not handle, and a webhook dead-lettered) or 503 when the
-broker did not acknowledge in time, so that Shopify retries.
+repeat, a topic we do not handle, and a webhook dead-lettered) or 503, so that
+Shopify retries, when the broker did not acknowledge in time or another delivery of
+the same webhook is being processed at that moment.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from services.http.errors import ApiError
 from services.http.responses import json_response
 from services.http.validation import read_body
 from services.webhooks.publisher import PublishFailed
-from services.webhooks.receiver import WebhookReceiver
+from services.webhooks.receiver import InProgress, WebhookReceiver
 from services.webhooks.signature import verify
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -115,7 +116,11 @@ def receiver_of(request: Request) -> WebhookReceiver:
         400: {"model": schemas.ErrorBody, "description": "Not a Shopify webhook: a header missing"},
         401: {"model": schemas.ErrorBody, "description": "Unknown shop, or a bad signature"},
         413: {"model": schemas.ErrorBody, "description": "A body over 1 MiB"},
-        503: {"model": schemas.ErrorBody, "description": "The broker did not acknowledge"},
+        503: {
+            "model": schemas.ErrorBody,
+            "description": "The broker did not acknowledge in time, or another delivery of"
+            " the webhook is being processed",
+        },
         "default": {"model": schemas.ErrorBody, "description": "Error"},
     },
 )
@@ -151,6 +156,6 @@ async def shopify_webhook(request: Request) -> Response:
         raise refuse(INVALID, ApiError.invalid(message))
     try:
         outcome = await receiver.process(shop, str(topic), webhook_id, body)
-    except PublishFailed as exc:
+    except (PublishFailed, InProgress) as exc:
         raise refuse(UNAVAILABLE, ApiError.unavailable(f"{exc}; retry")) from None
     return json_response(outcome.to_data())

@@ -4,16 +4,22 @@
 the signature. In order:
 
 1. A topic that is not an order topic is answered 200 and ignored.
-2. A webhook id already marked in Redis is a repeat: answered 200, nothing published.
+2. The webhook id is claimed in Redis (one script: set if absent, ``pending`` for
+   ``PENDING_SECONDS``). Already ``done``: a repeat, answered 200, nothing published.
+   ``pending``: another delivery of it is being processed right now (Shopify "may
+   deliver twice"): ``InProgress``, answered 503 so that Shopify retries later and
+   then finds it done.
 3. The payload is mapped (``services.webhooks.orders``) to events, plus a dead letter
    per line that cannot be mapped; a payload that cannot be read at all becomes one
    dead letter of the raw body. Either way Shopify gets 200: retrying would not help.
 4. Everything is published and acknowledged by the broker within
-   ``AVAILABILITY_SHOPIFY_WEBHOOK_PUBLISH_TIMEOUT``; else ``PublishFailed`` (503, and
-   Shopify retries).
-5. Only then is the webhook id marked (``SET NX`` with the dedupe TTL): a failure
-   before this point leaves it unmarked, so Shopify's retry is processed again, and
-   the same events are published again, which the fold applies once.
+   ``AVAILABILITY_SHOPIFY_WEBHOOK_PUBLISH_TIMEOUT``; else ``PublishFailed`` (503, so
+   Shopify retries), and the claim is given back.
+5. Only then is the webhook id marked ``done``, for
+   ``AVAILABILITY_SHOPIFY_WEBHOOK_DEDUPE_TTL``. A failure before this point leaves it
+   unmarked (or its claim expiring), so Shopify's retry is processed again and
+   publishes the same events again, which the fold applies once: their ids come from
+   the order, not from the delivery.
 
 Redis is only an optimisation here: when it cannot be reached in time, the webhook is
 processed as if it were new (its events are idempotent) and not marked.
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: Longest wait for Redis, per call: it must not eat Shopify's 5 s.
 REDIS_WAIT: Final = 0.5
+#: How long a claim holds a webhook id while one delivery is processed: far beyond the
+#: publish timeout, and short enough that a process killed meanwhile delays Shopify's
+#: retries by seconds, not hours.
+PENDING_SECONDS: Final = 30
 #: A dead letter keeps at most this much of an unreadable body (base64 makes it a third
 #: larger, and a Kafka record is 1 MB at most by default).
 MAX_DEAD_BODY: Final = 512 * 1024
@@ -54,7 +64,17 @@ DUPLICATE: Final = "duplicate"
 IGNORED: Final = "ignored"
 DEAD_LETTERED: Final = "dead_lettered"
 NO_CHANGE: Final = "no_change"  # e.g. a refund of returned goods
+#: The dead-letter reason label of a payload that could not be read.
 MALFORMED: Final = "malformed"
+
+# What Redis says of a webhook id (``AvailabilityStore.claim_webhook``).
+DONE: Final = "done"
+PENDING: Final = "pending"
+UNCLAIMED: Final = "unclaimed"  # Redis could not be asked
+
+
+class InProgress(Exception):
+    """Another delivery of the same webhook is being processed now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,33 +130,49 @@ class WebhookReceiver:
         await self.publisher.close()
 
     async def process(self, shop: WebhookShop, topic: str, webhook_id: str, body: bytes) -> Outcome:
-        """Raises ``PublishFailed`` when the broker did not acknowledge in time."""
+        """Raises ``InProgress``, or ``PublishFailed`` when the broker did not
+        acknowledge in time (the route answers both with 503)."""
         if topic not in TOPICS:
             log.info("shopify webhook %s (%s) from %s ignored", webhook_id, topic, shop.name)
             return self._answered(topic, Outcome(IGNORED))
-        if await self._delivered(shop, webhook_id):
+        state = await self._claim(shop, webhook_id)
+        if state == DONE:
             log.info("shopify webhook %s (%s) from %s is a repeat", webhook_id, topic, shop.name)
             return self._answered(topic, Outcome(DUPLICATE))
+        if state == PENDING:
+            raise InProgress(f"another delivery of webhook {webhook_id} is being processed")
+        try:
+            outcome = await self._publish(shop, topic, webhook_id, body)
+        except BaseException:
+            if state is None:
+                await self._redis("giving back", self.store.release_webhook(shop.name, webhook_id))
+            raise
+        if state is None:
+            ttl = self.settings.shopify_webhook_dedupe_ttl
+            await self._redis("marking", self.store.webhook_done(shop.name, webhook_id, ttl))
+        return self._answered(topic, outcome)
+
+    async def _publish(
+        self, shop: WebhookShop, topic: str, webhook_id: str, body: bytes
+    ) -> Outcome:
         context = {
             "shop": shop.domain,
             "target": shop.name,
             "topic": topic,
             "webhook_id": webhook_id,
         }
+        timeout = self.settings.shopify_webhook_publish_timeout
         try:
             mapped = map_webhook(topic, orjson.loads(body), shop.mapping)
         except (orjson.JSONDecodeError, MalformedWebhook) as exc:
             reason = f"the {topic} webhook cannot be read: {exc}"
-            records = [self._unreadable(topic, body, reason, context)]
-            await self.publisher.publish(records, self.settings.shopify_webhook_publish_timeout)
+            await self.publisher.publish([self._unreadable(topic, body, reason, context)], timeout)
             self.metrics.dead_letters.labels(MALFORMED).inc()
             log.warning(
                 "shopify webhook %s from %s dead-lettered: %s", webhook_id, shop.name, reason
             )
-            await self._mark(shop, webhook_id)
-            return self._answered(topic, Outcome(DEAD_LETTERED, 0, 1))
-        records = self._records(mapped, context)
-        await self.publisher.publish(records, self.settings.shopify_webhook_publish_timeout)
+            return Outcome(DEAD_LETTERED, 0, 1)
+        await self.publisher.publish(self._records(mapped, context), timeout)
         for line in mapped.unmapped:
             self.metrics.dead_letters.labels(line.kind).inc()
             log.warning(
@@ -148,7 +184,6 @@ class WebhookReceiver:
                 line.line_item_id,
                 line.reason,
             )
-        await self._mark(shop, webhook_id)
         log.info(
             "shopify webhook %s (%s) from %s: order %d, %d events, %d dead letters",
             webhook_id,
@@ -158,9 +193,7 @@ class WebhookReceiver:
             len(mapped.events),
             len(mapped.unmapped),
         )
-        return self._answered(
-            topic, Outcome(_outcome(mapped), len(mapped.events), len(mapped.unmapped))
-        )
+        return Outcome(_outcome(mapped), len(mapped.events), len(mapped.unmapped))
 
     def _answered(self, topic: str, outcome: Outcome) -> Outcome:
         self.metrics.answered(topic, outcome.outcome)
@@ -177,7 +210,7 @@ class WebhookReceiver:
             value = dead_letter_record(
                 value=orjson.dumps(line.event),
                 topic=topic,
-                partition=-1,  # never on the topic: replay publishes it there
+                partition=-1,  # never on the topic: a replay publishes it there
                 offset=-1,
                 reason=line.reason,
                 event_id=line.event["event_id"],
@@ -203,24 +236,24 @@ class WebhookReceiver:
         )
         return Record(self.settings.dlq_topic, None, value)
 
-    async def _delivered(self, shop: WebhookShop, webhook_id: str) -> bool:
+    async def _claim(self, shop: WebhookShop, webhook_id: str) -> str | None:
+        """None: ours to process; else DONE, PENDING, or UNCLAIMED when Redis is away."""
         try:
             async with asyncio.timeout(REDIS_WAIT):
-                return await self.store.webhook_delivered(shop.name, webhook_id)
+                return await self.store.claim_webhook(shop.name, webhook_id, PENDING_SECONDS)
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning(
                 "shopify webhooks: Redis not answering (%r); %s taken as new", exc, webhook_id
             )
-            return False
+            return UNCLAIMED
 
-    async def _mark(self, shop: WebhookShop, webhook_id: str) -> None:
-        ttl = self.settings.shopify_webhook_dedupe_ttl
+    async def _redis(self, what: str, call: Awaitable[None]) -> None:
         try:
             async with asyncio.timeout(REDIS_WAIT):
-                await self.store.mark_webhook_delivered(shop.name, webhook_id, ttl)
+                await call
         except (TimeoutError, RedisError, OSError) as exc:
-            # The events are acknowledged: a repeat will publish them again, harmlessly.
-            log.warning("shopify webhooks: could not mark %s delivered: %r", webhook_id, exc)
+            # At worst a repeat is processed again, publishing the same events.
+            log.warning("shopify webhooks: %s a webhook id failed: %r", what, exc)
 
 
 def _outcome(mapped: Mapped) -> str:

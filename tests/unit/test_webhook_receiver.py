@@ -22,7 +22,7 @@ from infra.store import AvailabilityStore
 from services.cli.dead_letters import parse_dead_letter
 from services.webhooks.orders import ShopMapping
 from services.webhooks.publisher import Publisher, PublishFailed, Record
-from services.webhooks.receiver import WebhookMetrics, WebhookReceiver
+from services.webhooks.receiver import InProgress, WebhookMetrics, WebhookReceiver
 from services.webhooks.shops import WebhookConfigError, WebhookShop, WebhookShops
 from services.webhooks.signature import sign, verify
 
@@ -101,22 +101,34 @@ def test_default_locations_must_name_a_target_and_a_location(
 
 
 class FakeStore:
+    """``claim_webhook`` and friends, as the Redis script behaves."""
+
     def __init__(self) -> None:
-        self.marked: dict[tuple[str, str], int] = {}
+        self.marks: dict[tuple[str, str], str] = {}
+        self.ttls: dict[tuple[str, str], int] = {}
         self.down = False
         self.calls: list[str] = []
 
-    async def webhook_delivered(self, target: str, webhook_id: str) -> bool:
-        self.calls.append("delivered?")
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
         if self.down:
             raise RedisConnectionError("down")
-        return (target, webhook_id) in self.marked
 
-    async def mark_webhook_delivered(self, target: str, webhook_id: str, ttl: int) -> bool:
-        self.calls.append("mark")
-        if self.down:
-            raise RedisConnectionError("down")
-        return self.marked.setdefault((target, webhook_id), ttl) == ttl
+    async def claim_webhook(self, target: str, webhook_id: str, seconds: int) -> str | None:
+        self._call("claim")
+        state = self.marks.get((target, webhook_id))
+        if state is None:
+            self.marks[(target, webhook_id)] = "pending"
+        return state
+
+    async def webhook_done(self, target: str, webhook_id: str, ttl: int) -> None:
+        self._call("done")
+        self.marks[(target, webhook_id)] = "done"
+        self.ttls[(target, webhook_id)] = ttl
+
+    async def release_webhook(self, target: str, webhook_id: str) -> None:
+        self._call("release")
+        self.marks.pop((target, webhook_id), None)
 
 
 class FakePublisher:
@@ -170,11 +182,12 @@ def test_events_are_published_then_the_webhook_is_marked_and_a_repeat_dropped() 
     made, store, publisher = receiver()
     first = asyncio.run(made.process(SHOP, "orders/create", "w-1", order()))
     assert first.to_data() == {"outcome": "published", "events": 1, "dead_letters": 0}
-    assert store.calls == ["delivered?", "publish", "mark"]  # marked only once acknowledged
+    assert store.calls == ["claim", "publish", "done"]  # done only once acknowledged
     [record] = publisher.published
     assert (record.topic, record.key) == ("acme.orders.reservations", b"SKU-1")
     assert orjson.loads(record.value)["reservation_id"] == "shopify:main:5001:6001"
-    assert store.marked == {("main", "w-1"): SETTINGS.shopify_webhook_dedupe_ttl}
+    assert store.marks == {("main", "w-1"): "done"}
+    assert store.ttls == {("main", "w-1"): SETTINGS.shopify_webhook_dedupe_ttl}
 
     again = asyncio.run(made.process(SHOP, "orders/create", "w-1", order()))
     assert again.outcome == "duplicate" and len(publisher.published) == 1
@@ -185,9 +198,17 @@ def test_a_broker_failure_leaves_the_webhook_unmarked_for_shopifys_retry() -> No
     publisher.fail = True
     with pytest.raises(PublishFailed):
         asyncio.run(made.process(SHOP, "orders/create", "w-2", order()))
-    assert store.marked == {}
+    assert store.marks == {} and store.calls == ["claim", "publish", "release"]
     publisher.fail = False
     assert asyncio.run(made.process(SHOP, "orders/create", "w-2", order())).outcome == "published"
+
+
+def test_a_delivery_arriving_while_another_is_processed_is_told_to_retry() -> None:
+    made, store, publisher = receiver()
+    store.marks[("main", "w-7")] = "pending"
+    with pytest.raises(InProgress, match="w-7"):
+        asyncio.run(made.process(SHOP, "orders/create", "w-7", order()))
+    assert publisher.published == [] and store.marks[("main", "w-7")] == "pending"
 
 
 def test_without_redis_the_webhook_is_processed_anyway() -> None:
@@ -217,7 +238,7 @@ def test_an_unmappable_line_is_dead_lettered_where_replay_can_take_it() -> None:
         "order_id": 5001,
         "line_item_id": 6001,
     }
-    assert ("main", "w-4") in store.marked
+    assert store.marks[("main", "w-4")] == "done"
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"id": 1}', b"\xff\xfe"])
