@@ -107,7 +107,8 @@ def receiver_of(request: Request) -> WebhookReceiver:
         " No bearer token: the signature is the credential. 200 once the events are"
         " acknowledged by the broker, for a repeat (same X-Shopify-Webhook-Id), for a"
         " topic that is not handled, and for lines that cannot be mapped (dead-lettered);"
-        " 503 when the broker did not acknowledge in time, so that Shopify retries."
+        " 503, so that Shopify retries, when the broker did not acknowledge in time or"
+        " another delivery of the same webhook is being processed at that moment."
     ),
     response_model=None,
     openapi_extra=_DOCUMENTED,
