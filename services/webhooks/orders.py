@@ -114,7 +114,8 @@ def _order_created(order: Mapping[str, Any], shop: ShopMapping) -> Mapped:
     occurred_at = _timestamp(order, "created_at")
     location = _location(order.get("location_id"), shop, "the order")
     for line, line_id in _lines(order, "line_items"):
-        if _holds_no_stock(line) or line.get("quantity") == 0:
+        # A line edited down to nothing reserves nothing (not a mapping failure).
+        if _holds_no_stock(line) or (type(line.get("quantity")) is int and line["quantity"] == 0):
             mapped.skipped += 1
             continue
         rid = reservation_id(shop.target, mapped.order_id, line_id)
