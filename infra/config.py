@@ -98,6 +98,17 @@ class Settings(BaseSettings):
     # The shops served: a JSON list of infra.shopify_config.ShopifyTarget.
     shopify_targets: list[ShopifyTarget] = Field(default_factory=list)
 
+    # --- Shopify order webhooks (README "Shopify order webhooks") ---
+    # Target name -> our location_id, for orders that name no location (online orders):
+    # where their reservations are held. A target without one dead-letters such orders.
+    shopify_webhook_default_locations: dict[str, str] = Field(default_factory=dict)
+    # Seconds a delivered webhook id is remembered, to drop Shopify's repeats; longer
+    # than Shopify's retries of one delivery (8 over about 4 hours).
+    shopify_webhook_dedupe_ttl: int = Field(default=48 * 3600, ge=60)
+    # Longest wait for the broker to acknowledge a webhook's events before answering
+    # 503 (Shopify gives up on an answer after 5 s and retries).
+    shopify_webhook_publish_timeout: float = Field(default=3.0, gt=0, le=4.5)
+
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
     replication_factor: int = Field(default=1, ge=1)

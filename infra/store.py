@@ -16,6 +16,9 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``partitions`` how many partitions the SKUs are spread over
     ``p:<n>``      the epoch in which partition n's records were all written
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
+``{prefix}:webhook:{<target>:<webhook id>}``  a Shopify webhook (``services.webhooks``):
+    ``pending`` while one delivery of it is being processed (briefly), ``done`` once the
+    broker acknowledged its events (until the dedupe TTL)
 
 An answer tail is the JSON of ``{"ats": .., "locations": [..]}`` without its
 opening brace; a read puts ``{"sku":..,"channel":..,`` in front of it, so serving a
@@ -73,6 +76,15 @@ _MARK_BUILT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
 return 1
+"""
+
+# Claims a Shopify webhook for processing: nil when this caller got it (marked pending
+# for ARGV[1] seconds), else what it is marked (pending: in progress elsewhere; done).
+_CLAIM_WEBHOOK = """
+local state = redis.call('GET', KEYS[1])
+if state then return state end
+redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
+return false
 """
 
 #: How long a read that found the serving layer complete trusts that.
@@ -183,6 +195,7 @@ class AvailabilityStore:
         self._write = client.register_script(_WRITE_RECORD)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
         self._mark_built = client.register_script(_MARK_BUILT)
+        self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
         self._workers_key = f"{prefix}:workers"
         self._counters_key = f"{prefix}:counters"
         self._serving_key = f"{prefix}:serving"
@@ -437,6 +450,28 @@ class AvailabilityStore:
     async def counts(self) -> dict[str, int]:
         raw = await self.client.hgetall(self._counters_key)
         return {_text(name): int(value) for name, value in raw.items()}
+
+    # --- Shopify webhooks (services.webhooks) ---
+
+    def webhook_key(self, target: str, webhook_id: str) -> str:
+        return f"{self.prefix}:webhook:{{{target}:{webhook_id}}}"
+
+    async def claim_webhook(self, target: str, webhook_id: str, seconds: int) -> str | None:
+        """None: the caller may process the webhook (it is marked ``pending`` for
+        ``seconds``); else ``pending`` (another delivery is being processed) or
+        ``done``."""
+        state = await self._claim_webhook(
+            keys=[self.webhook_key(target, webhook_id)], args=[seconds]
+        )
+        return None if state is None else _text(state)
+
+    async def webhook_done(self, target: str, webhook_id: str, ttl: int) -> None:
+        """The webhook's events are acknowledged: repeats are dropped for ``ttl`` seconds."""
+        await self.client.set(self.webhook_key(target, webhook_id), b"done", ex=ttl)
+
+    async def release_webhook(self, target: str, webhook_id: str) -> None:
+        """Processing failed: a retry of the webhook may claim it at once."""
+        await self.client.delete(self.webhook_key(target, webhook_id))
 
 
 def _text(value: bytes | str) -> str:

@@ -42,11 +42,11 @@ from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
 from infra.config import Settings
+from infra.dead_letters import MAX_REASON_CHARS, dead_letter_record
 from infra.kafka import CommittedOffsets, RangeReader
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
-from streams.dead_letters import MAX_REASON_CHARS, dead_letter_record
 from streams.faust_internals import (
     aiokafka_producer,
     committed_offsets,

@@ -23,7 +23,7 @@ from availability.events import (
     parse_event,
 )
 from availability.journal import MAX_ENTRY_BYTES
-from streams.dead_letters import failure_reason
+from infra.dead_letters import failure_reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """``dead-letters list`` and ``dead-letters replay``.
 
-A dead letter (``streams.dead_letters``) keeps the original message's bytes and key,
+A dead letter (``infra.dead_letters``) keeps the original message's bytes and key,
 where it came from and why it was refused. Replay publishes the original bytes (or,
 with a patch, the original JSON object with some fields replaced) to the topic it
 came from, with its original key. Each replay is noted in a compacted ledger topic

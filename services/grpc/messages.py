@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 from availability.display import preview
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_location, is_sku
+from availability.watch_thresholds import Thresholds
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 
 MAX_BATCH_SKUS = 500
@@ -118,8 +119,9 @@ def parse_batch(
 
 def parse_watch(
     request: pb.WatchAvailabilityRequest | Malformed,
-) -> tuple[list[str], str, list[str] | None]:
-    """(distinct skus in request order, channel, location_ids or None for all)."""
+) -> tuple[list[str], str, list[str] | None, Thresholds]:
+    """(distinct skus in request order, channel, location_ids or None for all,
+    thresholds)."""
     request = _well_formed(request)
     # The counts first: nothing below looks at a request larger than these.
     listed = len(request.skus)
@@ -145,7 +147,18 @@ def parse_watch(
     channel = resolve_channel(request.channel)
     for index, location_id in enumerate(request.location_ids):
         require_location(location_id, f"location_ids[{index}]")
-    return skus, channel, list(request.location_ids) or None
+    return skus, channel, list(request.location_ids) or None, parse_thresholds(request)
+
+
+def parse_thresholds(request: pb.WatchAvailabilityRequest) -> Thresholds:
+    """A watch's ``low_stock`` (at least 0) and ``min_delta`` (at least 1); unset: None."""
+    low_stock = request.low_stock if request.HasField("low_stock") else None
+    if low_stock is not None and low_stock < 0:
+        raise InvalidArgument(f"low_stock must be at least 0, got {low_stock}")
+    min_delta = request.min_delta if request.HasField("min_delta") else None
+    if min_delta is not None and min_delta < 1:
+        raise InvalidArgument(f"min_delta must be at least 1, got {min_delta}")
+    return Thresholds(low_stock, min_delta)
 
 
 def location_message(location: Mapping[str, Any]) -> pb.LocationAvailability:

@@ -147,7 +147,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         self, request: pb.WatchAvailabilityRequest | Malformed, context: WatchContext
     ) -> AsyncIterator[pb.WatchAvailabilityResponse]:
         try:
-            skus, channel, location_ids = parse_watch(request)
+            skus, channel, location_ids, thresholds = parse_watch(request)
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         identity = caller(context)
@@ -155,7 +155,7 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
         # "anonymous": a quota would cap them all together, so only the server's applies.
         owner = None if identity.kind == "anonymous" else identity
         try:
-            watch = await self.hub.open(skus, channel, location_ids, owner)
+            watch = await self.hub.open(skus, channel, location_ids, owner, thresholds)
         except TooManyWatches as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except WatchClosed as exc:

@@ -19,6 +19,11 @@ later on the channel; versions tell which, and older ones are dropped. A watch
 whose confirmations do not come within ``subscribe_timeout`` seconds ends with
 ``WatchClosed`` instead of waiting for ever.
 
+Thresholds (``availability.watch_thresholds``): a watch with ``low_stock`` or
+``min_delta`` compares each change with the figures it last *sent* and sends only
+those the thresholds call for. The decision is made when a change is taken to be
+sent, so coalescing still keeps one pending change per SKU.
+
 Limits: ``max_watches`` open watches per process, and ``max_per_identity`` per
 caller (``Identity``: kind and subject), so one credential cannot take every slot.
 """
@@ -37,6 +42,7 @@ import redis.exceptions
 from redis.asyncio.client import PubSub
 
 from availability.ats import SkuAvailability, watched_view
+from availability.watch_thresholds import NO_THRESHOLDS, Thresholds, figures_of, worth_sending
 from infra.store import AvailabilityStore
 from services.auth.identity import Identity
 
@@ -93,18 +99,21 @@ class Watch:
         channel: str,
         location_ids: Collection[str] | None,
         owner: Identity | None = None,
+        thresholds: Thresholds = NO_THRESHOLDS,
     ):
         self.skus = list(dict.fromkeys(skus))
         self.owner = owner
         self.channel = channel
         self.location_ids = frozenset(location_ids) if location_ids else None
+        self.thresholds = thresholds
         self._versions: dict[str, int] = dict.fromkeys(self.skus, -1)  # shown or dropped
-        self._shown: dict[str, dict[str, Any]] = {}
+        self._shown: dict[str, dict[str, Any]] = {}  # the last answer sent per SKU
         self._latest: dict[str, tuple[int, SkuAvailability | None]] = {}
         self._initial: list[tuple[str, int, SkuAvailability | None]] | None = None
         self._wake = asyncio.Event()
         self.closed: str | None = None
         self.coalesced = 0  # changes superseded before they were sent
+        self.held_back = 0  # changes the thresholds did not call for
 
     def offer(self, sku: str, version: int, availability: SkuAvailability | None) -> None:
         """A change of ``sku``'s record; keeps only the newest unsent one."""
@@ -129,8 +138,7 @@ class Watch:
             self.closed = reason
         self._wake.set()
 
-    def _show(self, sku: str, version: int, availability: SkuAvailability | None) -> dict[str, Any]:
-        answer = watched_view(sku, availability, self.channel, self.location_ids)
+    def _show(self, sku: str, version: int, answer: dict[str, Any]) -> dict[str, Any]:
         self._versions[sku] = version
         self._shown[sku] = answer
         return answer
@@ -144,7 +152,8 @@ class Watch:
                 raise WatchClosed(self.closed)
         initial, self._initial = self._initial, []
         for sku, version, availability in initial:
-            yield Update(sku, version, self._show(sku, version, availability), True)
+            answer = watched_view(sku, availability, self.channel, self.location_ids)
+            yield Update(sku, version, self._show(sku, version, answer), True)
         while True:
             if self.closed is not None:
                 raise WatchClosed(self.closed)
@@ -157,9 +166,23 @@ class Watch:
             if version <= self._versions[sku]:
                 continue  # already in what was shown
             before = self._shown.get(sku)
-            answer = self._show(sku, version, availability)
-            if answer != before:
-                yield Update(sku, version, answer, False)
+            answer = watched_view(sku, availability, self.channel, self.location_ids)
+            if not self._calls_for_sending(before, answer):
+                # Not sent: later changes are still compared with what was sent last,
+                # but this version is seen, so an older one arriving late is dropped.
+                self._versions[sku] = version
+                continue
+            yield Update(sku, version, self._show(sku, version, answer), False)
+
+    def _calls_for_sending(self, before: dict[str, Any] | None, answer: dict[str, Any]) -> bool:
+        if answer == before:
+            return False
+        if before is None or not self.thresholds.active:
+            return True
+        if worth_sending(self.thresholds, figures_of(before), figures_of(answer)):
+            return True
+        self.held_back += 1
+        return False
 
 
 class WatchHub:
@@ -203,9 +226,11 @@ class WatchHub:
         channel: str,
         location_ids: Collection[str] | None,
         owner: Identity | None = None,
+        thresholds: Thresholds = NO_THRESHOLDS,
     ) -> Watch:
         """A started watch: subscribed, with its initial figures read. ``owner``: the
-        caller whose quota it counts against (None: only the server's limit applies).
+        caller whose quota it counts against (None: only the server's limit applies);
+        ``thresholds``: which changes it sends.
 
         Raises ``TooManyWatches``, ``WatchClosed`` (shutting down, or the subscription
         not confirmed in time) or a Redis error.
@@ -219,7 +244,7 @@ class WatchHub:
                 f"the credential of {owner.subject!r} holds its quota of"
                 f" {self.max_per_identity} watches per credential; close one first"
             )
-        watch = Watch(skus, channel, location_ids, owner)
+        watch = Watch(skus, channel, location_ids, owner, thresholds)
         self._open.add(watch)
         if owner is not None:
             key = _owner_key(owner)

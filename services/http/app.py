@@ -16,12 +16,15 @@ from infra.config import Settings, get_settings
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from services.auth.authenticator import Authenticator
-from services.http import routes_availability, routes_ops, routes_rules
+from services.http import routes_availability, routes_ops, routes_rules, routes_webhooks
 from services.http.access import BEARER_SCHEME, OPEN, AccessTable, Authentication
 from services.http.errors import install_error_handlers
 from services.http.hot_reads import HotReads
 from services.http.metrics import Metrics, MetricsMiddleware
 from services.http.resources import RulesConnection, Services
+from services.webhooks.publisher import Publisher
+from services.webhooks.receiver import WebhookMetrics, WebhookReceiver
+from services.webhooks.shops import WebhookShops
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cfg = settings if settings is not None else get_settings()
     metrics = Metrics()
     authenticator = Authenticator.from_settings(cfg)
+    webhook_shops = WebhookShops.from_settings(cfg)  # client secrets read once, here
+    webhook_metrics = WebhookMetrics(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,12 +66,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rules_log = RulesLog(cfg)
         audit = AuditLog(cfg)
         rules = RulesConnection(rules_log, [audit, AuditRelay(cfg, rules_log)])
+        webhooks = WebhookReceiver(cfg, webhook_shops, store, Publisher(cfg), webhook_metrics)
         try:
             await authenticator.start()
             await rules.start(wait=RULES_STARTUP_WAIT)
+            webhooks.start()
             app.state.services = Services(cfg, store, rules, metrics, audit)
+            setattr(app.state, routes_webhooks.STATE_ATTRIBUTE, webhooks)
             yield
         finally:
+            await webhooks.close()
             await rules.close()
             await store.close()
             await authenticator.close()
@@ -84,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_availability.router)
     app.include_router(routes_rules.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_webhooks.router)
     _document_bearer_scheme(app)
     table = AccessTable.from_app(
         app,

@@ -13,6 +13,7 @@ from availability.events import ErpBalance, event_to_dict, invalid_kind, parse_e
 from availability.identifiers import parse_timestamp
 from availability.state import SkuState, fold
 from infra.config import Settings
+from infra.dead_letters import dead_letter_record, failure_reason
 from services.cli.__main__ import build_parser
 from services.cli.baseline import baseline_rows, default_voids, reset_event
 from services.cli.dead_letters import (
@@ -25,7 +26,6 @@ from services.cli.dead_letters import (
     parse_since,
     replay_value,
 )
-from streams.dead_letters import dead_letter_record, failure_reason
 
 SETTINGS = Settings(topic_prefix="acme.")
 MIB = 1024 * 1024
@@ -44,6 +44,32 @@ def letter(**fields: object) -> DeadLetter:
         max_bytes=int(fields.pop("max_bytes", MIB)),  # type: ignore[call-overload]
     )
     return parse_dead_letter(0, 7, record.key, record.value)
+
+
+def test_a_dead_letter_that_never_was_on_its_topic_reads_back_with_its_context() -> None:
+    value = dead_letter_record(
+        key=b"S",
+        value=b'{"event_id":"shopify:main:1:2:created","sku":"S","location_id":null}',
+        topic="acme.orders.reservations",
+        partition=-1,
+        offset=-1,
+        reason="the order names no location",
+        event_id="shopify:main:1:2:created",
+        sku="S",
+        context={"webhook_id": "w-1", "shop": "main.myshopify.com"},
+        max_bytes=MIB,
+    ).value
+    assert orjson.loads(value)["context"] == {"webhook_id": "w-1", "shop": "main.myshopify.com"}
+    read = parse_dead_letter(1, 3, b"S", value)
+    assert (read.topic, read.source_partition, read.source_offset) == (
+        "acme.orders.reservations", -1, -1,
+    )  # fmt: skip
+    # Replayable like any other: a patch supplies what was missing.
+    patched = orjson.loads(replay_value(read, {"location_id": "WH-1"}))
+    assert patched["location_id"] == "WH-1"
+    assert "context" not in orjson.loads(dead_letter_record(
+        key=None, value=None, topic="t", partition=0, offset=0, reason="r", max_bytes=MIB
+    ).value)  # fmt: skip
 
 
 def test_a_dead_letter_record_reads_back_as_written() -> None:

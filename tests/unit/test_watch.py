@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from availability.ats import LocationAvailability, SkuAvailability
+from availability.watch_thresholds import Thresholds, figures_of
 from infra.store import AvailabilityStore
 from services.auth.identity import Identity
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
@@ -137,6 +138,41 @@ async def test_location_filter_sends_only_what_it_shows() -> None:
     assert (change.version, change.answer["ats"], change.answer["channel"]) == (3, 4, "pos")
 
 
+async def test_low_stock_sends_the_crossing_and_what_follows_below_the_level() -> None:
+    watch = Watch(["A"], "online", ["S1"], thresholds=Thresholds(low_stock=2))
+    watch.start([(1, stock("A", S1=5, S2=0))])
+    updates = Reader(watch)
+    [initial] = await updates.take(1)  # always sent, whatever the level
+    assert initial.answer["ats"] == 5
+    sent = []
+    for version, left in enumerate([4, 3, 2, 1, 0, 6, 7], start=2):
+        watch.offer("A", version, stock("A", S1=left, S2=version))
+        sent += await updates.all_ready()
+    assert [(u.version, u.answer["ats"]) for u in sent] == [(4, 2), (5, 1), (6, 0), (7, 6)]
+    assert all(not u.initial for u in sent)
+    assert watch.held_back == 3  # 4, 3 and 7: above the level (S2 is not watched)
+    watch.offer("A", 5, stock("A", S1=0))  # an old version arriving late is dropped
+    assert await updates.nothing_ready()
+
+
+async def test_min_delta_compares_with_the_last_figures_sent() -> None:
+    watch = Watch(["A"], "online", None, thresholds=Thresholds(min_delta=3))
+    watch.start([(1, stock("A", S1=10, S2=10))])
+    updates = Reader(watch)
+    await updates.take(1)
+    sent = []
+    for version, (s1, s2) in enumerate([(9, 10), (8, 11), (7, 12), (7, 13)], start=2):
+        watch.offer("A", version, stock("A", S1=s1, S2=s2))
+        sent += await updates.all_ready()
+    # 10 -> 9 -> 8: small moves held back; 7 is 3 below the 10 last sent.
+    assert [(u.version, figures_of(u.answer)) for u in sent] == [(4, {"S1": 7, "S2": 12})]
+    # Other figures changing without an ats move send nothing under thresholds.
+    watch.offer("A", 6, SkuAvailability("A", (LocationAvailability("S1", 9, 2, 0, 0, 0, {}),
+                                              LocationAvailability("S2", 13, 1, 0, 0, 0, {})),
+                                        None))  # fmt: skip
+    assert await updates.nothing_ready()
+
+
 async def test_closing_ends_the_updates() -> None:
     watch = Watch(["A"], "online", None)
     updates = Reader(watch)  # waiting for the initial read
@@ -198,10 +234,12 @@ def test_versions_increase_and_the_last_figures_arrive(
 
 def test_parse_watch() -> None:
     request = pb.WatchAvailabilityRequest(skus=["A", "B", "A"], location_ids=["S1"])
-    assert parse_watch(request) == (["A", "B"], "online", ["S1"])
+    assert parse_watch(request) == (["A", "B"], "online", ["S1"], Thresholds())
     assert parse_watch(pb.WatchAvailabilityRequest(skus=["A"], channel="pos")) == (
-        ["A"], "pos", None,
+        ["A"], "pos", None, Thresholds(),
     )  # fmt: skip
+    with_thresholds = pb.WatchAvailabilityRequest(skus=["A"], low_stock=0, min_delta=5)
+    assert parse_watch(with_thresholds)[3] == Thresholds(low_stock=0, min_delta=5)
     assert len(parse_watch(pb.WatchAvailabilityRequest(skus=["A"] * 900))[0]) == 1
     bad = [
         (pb.WatchAvailabilityRequest(), "at least one"),
@@ -209,6 +247,9 @@ def test_parse_watch() -> None:
         (pb.WatchAvailabilityRequest(skus=["A", "no good"]), "skus[1]"),
         (pb.WatchAvailabilityRequest(skus=["A"], channel="POS"), "channel"),
         (pb.WatchAvailabilityRequest(skus=["A"], location_ids=["S1", "x y"]), "location_ids[1]"),
+        (pb.WatchAvailabilityRequest(skus=["A"], low_stock=-1), "low_stock must be at least 0"),
+        (pb.WatchAvailabilityRequest(skus=["A"], min_delta=0), "min_delta must be at least 1"),
+        (pb.WatchAvailabilityRequest(skus=["A"], min_delta=-3), "min_delta"),
     ]
     for request, named in bad:
         with pytest.raises(InvalidArgument, match=named.replace("[", r"\[")):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"availability/v1/availability.proto\x12\x0f\x61vailability.v1\"g\n\x16GetAvailabilityRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x18\n\x0blocation_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_location_idJ\x05\x08\x64\x10\xc8\x01\"C\n\x1b\x42\x61tchGetAvailabilityRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\tJ\x05\x08\x64\x10\xc8\x01\"d\n\x1c\x42\x61tchGetAvailabilityResponse\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x1d.availability.v1.AvailabilityJ\x05\x08\x64\x10\xc8\x01\"V\n\x18WatchAvailabilityRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x14\n\x0clocation_ids\x18\x03 \x03(\tJ\x05\x08\x64\x10\xc8\x01\"y\n\x19WatchAvailabilityResponse\x12\x33\n\x0c\x61vailability\x18\x01 \x01(\x0b\x32\x1d.availability.v1.Availability\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07initial\x18\x03 \x01(\x08J\x05\x08\x64\x10\xc8\x01\"z\n\x0c\x41vailability\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0b\n\x03\x61ts\x18\x03 \x01(\x03\x12\x38\n\tlocations\x18\x04 \x03(\x0b\x32%.availability.v1.LocationAvailabilityJ\x05\x08\x64\x10\xc8\x01\"\xad\x01\n\x14LocationAvailability\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\x12\n\nin_transit\x18\x04 \x01(\x03\x12\x0f\n\x07\x64\x61maged\x18\x05 \x01(\x03\x12\x14\n\x0csafety_stock\x18\x06 \x01(\x03\x12\x0e\n\x06\x62uffer\x18\x07 \x01(\x03\x12\x0b\n\x03\x61ts\x18\x08 \x01(\x03J\x05\x08\x64\x10\xc8\x01\x32\xd3\x02\n\x13\x41vailabilityService\x12Y\n\x0fGetAvailability\x12\'.availability.v1.GetAvailabilityRequest\x1a\x1d.availability.v1.Availability\x12s\n\x14\x42\x61tchGetAvailability\x12,.availability.v1.BatchGetAvailabilityRequest\x1a-.availability.v1.BatchGetAvailabilityResponse\x12l\n\x11WatchAvailability\x12).availability.v1.WatchAvailabilityRequest\x1a*.availability.v1.WatchAvailabilityResponse0\x01\x42\x37\n\x13\x63om.availability.v1P\x01Z\x1e\x61vailability/v1;availabilityv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"availability/v1/availability.proto\x12\x0f\x61vailability.v1\"g\n\x16GetAvailabilityRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x18\n\x0blocation_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_location_idJ\x05\x08\x64\x10\xc8\x01\"C\n\x1b\x42\x61tchGetAvailabilityRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\tJ\x05\x08\x64\x10\xc8\x01\"d\n\x1c\x42\x61tchGetAvailabilityResponse\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12,\n\x05items\x18\x02 \x03(\x0b\x32\x1d.availability.v1.AvailabilityJ\x05\x08\x64\x10\xc8\x01\"\xa2\x01\n\x18WatchAvailabilityRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x14\n\x0clocation_ids\x18\x03 \x03(\t\x12\x16\n\tlow_stock\x18\x64 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tmin_delta\x18\x65 \x01(\x03H\x01\x88\x01\x01\x42\x0c\n\n_low_stockB\x0c\n\n_min_deltaJ\x05\x08\x66\x10\xc8\x01\"y\n\x19WatchAvailabilityResponse\x12\x33\n\x0c\x61vailability\x18\x01 \x01(\x0b\x32\x1d.availability.v1.Availability\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07initial\x18\x03 \x01(\x08J\x05\x08\x64\x10\xc8\x01\"z\n\x0c\x41vailability\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0b\n\x03\x61ts\x18\x03 \x01(\x03\x12\x38\n\tlocations\x18\x04 \x03(\x0b\x32%.availability.v1.LocationAvailabilityJ\x05\x08\x64\x10\xc8\x01\"\xad\x01\n\x14LocationAvailability\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x03\x12\x10\n\x08reserved\x18\x03 \x01(\x03\x12\x12\n\nin_transit\x18\x04 \x01(\x03\x12\x0f\n\x07\x64\x61maged\x18\x05 \x01(\x03\x12\x14\n\x0csafety_stock\x18\x06 \x01(\x03\x12\x0e\n\x06\x62uffer\x18\x07 \x01(\x03\x12\x0b\n\x03\x61ts\x18\x08 \x01(\x03J\x05\x08\x64\x10\xc8\x01\x32\xd3\x02\n\x13\x41vailabilityService\x12Y\n\x0fGetAvailability\x12\'.availability.v1.GetAvailabilityRequest\x1a\x1d.availability.v1.Availability\x12s\n\x14\x42\x61tchGetAvailability\x12,.availability.v1.BatchGetAvailabilityRequest\x1a-.availability.v1.BatchGetAvailabilityResponse\x12l\n\x11WatchAvailability\x12).availability.v1.WatchAvailabilityRequest\x1a*.availability.v1.WatchAvailabilityResponse0\x01\x42\x37\n\x13\x63om.availability.v1P\x01Z\x1e\x61vailability/v1;availabilityv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,14 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHGETAVAILABILITYREQUEST']._serialized_end=227
   _globals['_BATCHGETAVAILABILITYRESPONSE']._serialized_start=229
   _globals['_BATCHGETAVAILABILITYRESPONSE']._serialized_end=329
-  _globals['_WATCHAVAILABILITYREQUEST']._serialized_start=331
-  _globals['_WATCHAVAILABILITYREQUEST']._serialized_end=417
-  _globals['_WATCHAVAILABILITYRESPONSE']._serialized_start=419
-  _globals['_WATCHAVAILABILITYRESPONSE']._serialized_end=540
-  _globals['_AVAILABILITY']._serialized_start=542
-  _globals['_AVAILABILITY']._serialized_end=664
-  _globals['_LOCATIONAVAILABILITY']._serialized_start=667
-  _globals['_LOCATIONAVAILABILITY']._serialized_end=840
-  _globals['_AVAILABILITYSERVICE']._serialized_start=843
-  _globals['_AVAILABILITYSERVICE']._serialized_end=1182
+  _globals['_WATCHAVAILABILITYREQUEST']._serialized_start=332
+  _globals['_WATCHAVAILABILITYREQUEST']._serialized_end=494
+  _globals['_WATCHAVAILABILITYRESPONSE']._serialized_start=496
+  _globals['_WATCHAVAILABILITYRESPONSE']._serialized_end=617
+  _globals['_AVAILABILITY']._serialized_start=619
+  _globals['_AVAILABILITY']._serialized_end=741
+  _globals['_LOCATIONAVAILABILITY']._serialized_start=744
+  _globals['_LOCATIONAVAILABILITY']._serialized_end=917
+  _globals['_AVAILABILITYSERVICE']._serialized_start=920
+  _globals['_AVAILABILITYSERVICE']._serialized_end=1259
 # @@protoc_insertion_point(module_scope)

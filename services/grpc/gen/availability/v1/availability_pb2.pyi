@@ -33,14 +33,18 @@ class BatchGetAvailabilityResponse(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Availability, _Mapping]]] = ...) -> None: ...
 
 class WatchAvailabilityRequest(_message.Message):
-    __slots__ = ("skus", "channel", "location_ids")
+    __slots__ = ("skus", "channel", "location_ids", "low_stock", "min_delta")
     SKUS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     LOCATION_IDS_FIELD_NUMBER: _ClassVar[int]
+    LOW_STOCK_FIELD_NUMBER: _ClassVar[int]
+    MIN_DELTA_FIELD_NUMBER: _ClassVar[int]
     skus: _containers.RepeatedScalarFieldContainer[str]
     channel: str
     location_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, skus: _Optional[_Iterable[str]] = ..., channel: _Optional[str] = ..., location_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    low_stock: int
+    min_delta: int
+    def __init__(self, skus: _Optional[_Iterable[str]] = ..., channel: _Optional[str] = ..., location_ids: _Optional[_Iterable[str]] = ..., low_stock: _Optional[int] = ..., min_delta: _Optional[int] = ...) -> None: ...
 
 class WatchAvailabilityResponse(_message.Message):
     __slots__ = ("availability", "version", "initial")

@@ -95,23 +95,25 @@ class AvailabilityServiceServicer:
         """Live figures for up to 500 SKUs on one channel, optionally narrowed to some
         locations. First one message per requested SKU with its current figures
         (initial = true; a SKU never seen has version 0, ats 0 and no locations), then
-        one message each time what the watch shows of a SKU changes.
+        one message each time what the watch shows of a SKU changes (with low_stock or
+        min_delta: each change they call for, see WatchAvailabilityRequest).
 
         Every message carries the SKU's complete figures as the watch shows them, never
-        a difference, so the latest message of a SKU is always its current state. Its
-        version increases strictly within a watch. Consecutive versions mean no change
-        of the SKU's record came in between; a gap means changes came in between that
-        did not alter what this watch shows (another location), or that were coalesced
-        into the later figures because the client read more slowly than they came.
-        The server holds at most the latest unsent figures per SKU for a watch, never
-        a queue.
+        a difference, so (without thresholds) the latest message of a SKU is always its
+        current state. Its version increases strictly within a watch. Consecutive
+        versions mean no change of the SKU's record came in between; a gap means changes
+        came in between that did not alter what this watch shows (another location),
+        that its thresholds did not call for, or that were coalesced into the later
+        figures because the client read more slowly than they came. The server holds at
+        most the latest unsent figures per SKU for a watch, never a queue.
 
         The stream ends with UNAVAILABLE when the server stops or loses its connection
         to the store; reconnect and take the new initial figures as they are, whatever
         their version. INVALID_ARGUMENT for no SKU, more than 500 distinct SKUs, more
-        than 1000 listed, more than 100 location_ids, or a malformed field (named, e.g.
-        "skus[3]", "location_ids[0]"); RESOURCE_EXHAUSTED when the server holds its
-        maximum number of watches, or the caller's credential its quota of them.
+        than 1000 listed, more than 100 location_ids, a malformed field (named, e.g.
+        "skus[3]", "location_ids[0]"), a low_stock below 0 or a min_delta below 1;
+        RESOURCE_EXHAUSTED when the server holds its maximum number of watches, or the
+        caller's credential its quota of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,6 @@
-"""Dead-letter records (contract section 2; README "Dead letters").
+"""Dead-letter records (contract section 2; README "Dead letters"), shared by the
+worker (events it cannot apply) and the HTTP API (Shopify order webhooks it cannot
+map, README "Shopify order webhooks").
 
 A dead letter must itself be a record the broker takes, whatever the event was: the
 reason is cut to ``MAX_REASON_CHARS``, and when the original (base64 in the JSON
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -59,9 +62,14 @@ def dead_letter_record(
     event_id: str | None = None,
     sku: str | None = None,
     max_bytes: int,
+    context: Mapping[str, Any] | None = None,
 ) -> DeadLetterRecord:
     """The dead letter of one message: its Kafka key is the original's (cut when it
-    alone would not fit), its value this JSON, at most ``max_bytes`` in all."""
+    alone would not fit), its value this JSON, at most ``max_bytes`` in all.
+
+    ``partition`` and ``offset`` are -1 for a message that never was on ``topic`` (a
+    webhook's event that could not be completed). ``context``, when given, is added as
+    it is (readers ignore fields they do not know); keep it small."""
     document: dict[str, Any] = {
         "original": "",
         "original_is_null": value is None,
@@ -75,6 +83,8 @@ def dead_letter_record(
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
     }
+    if context is not None:
+        document["context"] = dict(context)
     budget = max_bytes - RECORD_OVERHEAD
     if key is not None and len(key) > budget // 4:
         # A key this large is never a SKU; keep its start, say what it was.
