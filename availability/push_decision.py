@@ -126,4 +126,4 @@ def backoff(attempt: int, jitter: float, base: float = 0.2, cap: float = 10.0) -
     """Seconds before retry ``attempt`` (1, 2, ...): exponential up to ``cap``, times
     ``jitter`` in [0.5, 1.5) (pass ``0.5 + random()``), so that retries of many calls
     do not arrive together."""
-    return min(cap, base * 2 ** max(0, attempt - 1)) * jitter
+    return min(cap, base * 2.0 ** max(0, attempt - 1)) * jitter

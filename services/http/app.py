@@ -13,10 +13,11 @@ from fastapi.openapi.utils import get_openapi
 from infra.audit import AuditLog
 from infra.audit_relay import AuditRelay
 from infra.config import Settings, get_settings
+from infra.push_policy_log import PushPolicyLog
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from services.auth.authenticator import Authenticator
-from services.http import routes_availability, routes_ops, routes_rules
+from services.http import routes_availability, routes_ops, routes_push_policies, routes_rules
 from services.http.access import BEARER_SCHEME, OPEN, AccessTable, Authentication
 from services.http.errors import install_error_handlers
 from services.http.hot_reads import HotReads
@@ -59,12 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cfg.redis_url, cfg.redis_key_prefix, cfg.redis_max_connections
         )
         rules_log = RulesLog(cfg)
-        audit = AuditLog(cfg)
-        rules = RulesConnection(rules_log, [audit, AuditRelay(cfg, rules_log)])
+        push_policies = PushPolicyLog(cfg)
+        audit = AuditLog(cfg, frozenset({"rule", PushPolicyLog.kind}))
+        relay = AuditRelay(cfg, rules_log, push_policies)
+        rules = RulesConnection(rules_log, [push_policies, audit, relay])
         try:
             await authenticator.start()
             await rules.start(wait=RULES_STARTUP_WAIT)
-            app.state.services = Services(cfg, store, rules, metrics, audit)
+            app.state.services = Services(cfg, store, rules, metrics, audit, push_policies)
             yield
         finally:
             await rules.close()
@@ -83,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes_availability.router)
     app.include_router(routes_rules.router)
+    app.include_router(routes_push_policies.router)
     app.include_router(routes_ops.router)
     _document_bearer_scheme(app)
     table = AccessTable.from_app(
