@@ -156,7 +156,7 @@ class ShopifyClient:
     ) -> Answer | tuple[str, float]:
         """An answer, or (what went wrong, seconds to wait) for a retry."""
         assert self._session is not None, "start() first"
-        body = orjson.dumps({"query": document, "variables": variables})
+        body = orjson.dumps({"query": document, "variables": variables, "operationName": operation})
         calls = self.metrics.calls
         try:
             async with self._session.post(
