@@ -437,20 +437,25 @@ class PushTarget:
         """Send every call of the journal again, with its key (a crash left them)."""
         journal = await self.state.journal()
         for key, call in journal.items():
-            try:
-                answer = await self.client.call(
-                    "SetQuantities", docs.SET_QUANTITIES, call["variables"], SET_COST
-                )
-            except InternalError:
-                await self.state.journal_done(key)
-                continue
-            except TargetRefused as exc:
-                self._stop(exc)
-                return
-            payload = answer.data.get("inventorySetQuantities") or {}
-            codes = {str(e.get("code")) for e in payload.get("userErrors") or ()}
+            deadline = self.clock() + self.settings.push_call_timeout
+            while True:
+                try:
+                    answer = await self.client.call(
+                        "SetQuantities", docs.SET_QUANTITIES, call["variables"], SET_COST
+                    )
+                except InternalError:
+                    codes = {"INTERNAL_SERVER_ERROR"}
+                    break
+                except TargetRefused as exc:
+                    self._stop(exc)
+                    return
+                payload = answer.data.get("inventorySetQuantities") or {}
+                codes = {str(e.get("code")) for e in payload.get("userErrors") or ()}
+                if CONCURRENT not in codes or self.clock() > deadline:
+                    break
+                await asyncio.sleep(0.5)  # the first attempt is still running in the shop
             if CONCURRENT in codes:
-                continue  # another process is sending it now
+                continue  # another process is sending it now: its answer settles it
             if not codes:
                 levels = [(str(s), str(loc), int(q), int(v)) for s, loc, q, v in call["levels"]]
                 states = await self.state.load(sorted({s for s, _, _, _ in levels}))

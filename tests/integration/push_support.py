@@ -142,3 +142,26 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.1) -> No
 
 def encode(records: Iterable[Mapping[str, Any]]) -> list[bytes]:
     return [orjson.dumps(r) for r in records]
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """A sample's value from a process's /metrics (0 when absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        base, _, rest = series.partition("{")
+        got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+        if base == name and got == want:
+            return float(value)
+    return 0.0
+
+
+def wait_consuming(handle: Any, timeout: float = 30.0) -> None:
+    """Until the push process has its partitions (the group's first rebalance)."""
+    wait_for(lambda: "assigned" in handle.log_path.read_text(errors="replace"), timeout)

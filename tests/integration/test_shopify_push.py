@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from types import MappingProxyType
 
 import orjson
@@ -20,10 +21,13 @@ from tests.integration.push_support import (
     TOKEN_ENV,
     assert_no_call_applied_twice,
     feed_record,
+    metric,
+    mutations,
     push_settings,
     seed_shop,
     shop_levels,
     target,
+    wait_consuming,
     wait_for,
 )
 from tests.integration.shopify_support import TOKEN
@@ -103,3 +107,127 @@ async def test_status_lists_unmapped_skus_and_resync_corrects_the_shop(
     assert shop_levels(standin)[("SKU-2", "STORE-001")] == 7
     code, out = cli(s, "push", "resync", "--target", "nope")
     assert code == 2 and "no target 'nope'" in out
+
+
+async def test_a_stale_compare_never_raises_the_shop_on_figures_without_its_sales(
+    settings: Settings, start_service: StartService, standin: StandIn
+) -> None:
+    locations = seed_shop(standin, ["SKU-1"])
+    s = push_settings(settings, [target(standin, locations)], push_stale_hold=3.0)
+    start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN})
+    level = ("SKU-1", "STORE-001")
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 1, {"STORE-001": 10})])
+    wait_for(lambda: shop_levels(standin).get(level) == 10)
+    # Shopify sells 3 that our figures do not hold yet; ours moves for another reason.
+    standin.set_levels("SKU-1", "STORE-001", available=7)
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 2, {"STORE-001": 9})])
+    wait_for(lambda: any("STALE" in str(c.get("outcome")) for c in standin.calls()))
+    # Re-read: min(ours 9, shop 7) = 7, nothing raised; then a raise is held too.
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 3, {"STORE-001": 12})])
+    time.sleep(1.0)
+    assert shop_levels(standin)[level] == 7
+    assert any(c.get("operationName") == "ItemsWithLevel" for c in standin.calls())
+    # Lowering is always safe, hold or not.
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 4, {"STORE-001": 5})])
+    wait_for(lambda: shop_levels(standin)[level] == 5)
+    # Once the hold is over, our figures (by now with Shopify's sales) may raise it.
+    time.sleep(3.0)
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 5, {"STORE-001": 12})])
+    wait_for(lambda: shop_levels(standin)[level] == 12)
+    assert metric(s.push_metrics_port, "availability_push_disagreements_total", target="main") >= 1
+    kinds = {"target": "main", "kind": "stale_compare"}
+    assert metric(s.push_metrics_port, "availability_push_failures_total", **kinds) >= 1
+    assert_no_call_applied_twice(standin)
+
+
+async def test_calls_are_paced_by_the_bucket_and_wait_when_throttled(
+    settings: Settings, start_service: StartService, standin: StandIn
+) -> None:
+    skus = [f"SKU-{n}" for n in range(20)]
+    locations = seed_shop(standin, skus, bucket={"maximumAvailable": 30, "restoreRate": 10})
+    s = push_settings(settings, [target(standin, locations)])
+    wait_consuming(start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN}))
+    await produce(s, s.changes_topic, [feed_record("SKU-0", 1, {"STORE-001": 1})])
+    want = {("SKU-0", "STORE-001"): 1}
+    wait_for(lambda: shop_levels(standin) == want)
+    standin.bucket(currentlyAvailable=0)  # another app has just spent the bucket
+    for version, sku in enumerate(skus[1:], start=2):
+        # One at a time, so that calls follow each other faster than the bucket refills.
+        await produce(s, s.changes_topic, [feed_record(sku, version, {"STORE-001": version})])
+        want[(sku, "STORE-001")] = version
+        time.sleep(0.1)
+    wait_for(lambda: shop_levels(standin) == want, timeout=30)
+    calls = standin.calls()
+    throttled = [c for c in calls if c["outcome"] == "throttled"]
+    # The call after the bucket was emptied behind our back is throttled; the push
+    # waits the restore time and sends the same call again (for a mutation: the same
+    # idempotency key); every later call is paced by what the answers said.
+    assert 1 <= len(throttled) <= 2, [c["outcome"] for c in calls]
+    done = [c["variables"] for c in calls if c["outcome"] == "ok"]
+    assert all(c["variables"] in done for c in throttled)
+    assert len(mutations(standin)) >= 3
+    assert metric(s.push_metrics_port, "availability_push_throttled_seconds_total", target="main") > 0
+    assert_no_call_applied_twice(standin)
+
+
+async def test_lost_answers_and_5xx_are_retried_with_the_same_key(
+    settings: Settings, start_service: StartService, standin: StandIn
+) -> None:
+    locations = seed_shop(standin, ["SKU-1", "SKU-2"])
+    s = push_settings(settings, [target(standin, locations)])
+    standin.fault("status", status=503, phase="after", operation="mutation", count=1)
+    standin.fault("drop", phase="after", operation="mutation", count=1)
+    standin.fault("status", status=502, phase="before", operation="mutation", count=1)
+    push = start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN})
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 1, {"STORE-001": 4, "WH-1": 6})])
+    wait_for(lambda: len([c for c in mutations(standin) if c["outcome"] == "ok"]) >= 1)
+    standin.fault("internal_error", operation="mutation", count=1)
+    await produce(s, s.changes_topic, [feed_record("SKU-2", 1, {"STORE-001": 2})])
+    want = {("SKU-1", "STORE-001"): 4, ("SKU-1", "WH-1"): 6, ("SKU-2", "STORE-001"): 2}
+    wait_for(lambda: shop_levels(standin) == want)
+    calls = mutations(standin)
+    first_key = calls[0]["variables"]["idempotencyKey"]
+    same = [c for c in calls if c["variables"]["idempotencyKey"] == first_key]
+    # Applied, answer lost (503); applied, connection dropped; then (after a 502 that
+    # the stand-in logs without a shop) answered from Shopify's record, not applied again.
+    assert [c["outcome"] for c in same] == ["ok+fault:status", "ok+fault:drop", "ok"]
+    assert "HTTP 502; retrying" in push.log_path.read_text()
+    # INTERNAL_SERVER_ERROR spends the key: the call goes again under a new one.
+    internal = [c for c in calls if c["outcome"] == "internal_error"]
+    assert len(internal) == 1
+    assert internal[0]["variables"]["idempotencyKey"] != calls[-1]["variables"]["idempotencyKey"]
+    assert standin.state()["adjustment_groups"] == 2
+    assert_no_call_applied_twice(standin)
+
+
+async def test_401_and_403_stop_their_target_and_the_others_go_on(
+    settings: Settings, start_service: StartService, standin: StandIn
+) -> None:
+    locations = seed_shop(standin, ["SKU-1"])
+    standin.put_shop(tokens=[{"token": "shpat_forbidden_x", "label": "x", "forbidden": True}])
+    targets = [
+        target(standin, locations),
+        target(standin, locations, name="revoked", token_env="REVOKED_TOKEN"),
+        target(standin, locations, name="unapproved", token_env="UNAPPROVED_TOKEN"),
+    ]
+    s = push_settings(settings, targets)
+    env = {
+        TOKEN_ENV: TOKEN,
+        "REVOKED_TOKEN": "shpat_revoked",
+        "UNAPPROVED_TOKEN": "shpat_forbidden_x",
+    }
+    push = start_service("services.push", s, extra_env=env)
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 1, {"STORE-001": 3})])
+    wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 3)
+    port = s.push_metrics_port
+    wait_for(lambda: metric(port, "availability_push_target_up", target="revoked") == 0)
+    wait_for(lambda: metric(port, "availability_push_target_up", target="unapproved") == 0)
+    assert metric(port, "availability_push_target_up", target="main") == 1
+    await produce(s, s.changes_topic, [feed_record("SKU-1", 2, {"STORE-001": 8})])
+    wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 8)
+    log_text = push.log_path.read_text()
+    assert "shopify push to revoked STOPPED: unauthorized" in log_text
+    assert "shopify push to unapproved STOPPED: forbidden" in log_text
+    assert "shpat_" not in log_text  # no token is ever logged
+    code, out = cli(s, "push", "status")
+    assert code == 1 and "revoked (standin.myshopify.com): stopped" in out, out
