@@ -9,7 +9,9 @@ import sys
 import time
 from types import MappingProxyType
 
+import httpx
 import orjson
+import redis.asyncio as aioredis
 
 from availability.ats import LocationAvailability, SkuAvailability
 from dev.processes import process_env
@@ -32,7 +34,7 @@ from tests.integration.push_support import (
 )
 from tests.integration.shopify_support import TOKEN
 from tests.integration.shopify_support import standin as standin
-from tests.integration.support import produce
+from tests.integration.support import auth_headers, produce, wait_http_ready, wait_until
 
 
 async def test_figures_reach_the_shop_and_unknown_items_are_listed(
@@ -166,7 +168,9 @@ async def test_calls_are_paced_by_the_bucket_and_wait_when_throttled(
     done = [c["variables"] for c in calls if c["outcome"] == "ok"]
     assert all(c["variables"] in done for c in throttled)
     assert len(mutations(standin)) >= 3
-    assert metric(s.push_metrics_port, "availability_push_throttled_seconds_total", target="main") > 0
+    assert (
+        metric(s.push_metrics_port, "availability_push_throttled_seconds_total", target="main") > 0
+    )
     assert_no_call_applied_twice(standin)
 
 
@@ -231,3 +235,108 @@ async def test_401_and_403_stop_their_target_and_the_others_go_on(
     assert "shpat_" not in log_text  # no token is ever logged
     code, out = cli(s, "push", "status")
     assert code == 1 and "revoked (standin.myshopify.com): stopped" in out, out
+
+
+async def test_kill_9_mid_run_then_restart_ends_with_our_figures_and_nothing_applied_twice(
+    settings: Settings, start_service: StartService, standin: StandIn
+) -> None:
+    skus = [f"SKU-{n:03d}" for n in range(120)]
+    locations = seed_shop(standin, skus)
+    s = push_settings(settings, [target(standin, locations)], push_max_in_flight=2)
+    # Calls take a while in the shop, so that the kill finds some under way.
+    standin.fault("slow", seconds=0.4, operation="mutation", probability=0.7, seed=7)
+    push = start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN})
+    wait_consuming(push)
+    final: dict[tuple[str, str], int] = {}
+    version = 0
+
+    async def round_of(offset: int) -> None:
+        nonlocal version
+        version += 1
+        records = []
+        for n, sku in enumerate(skus):
+            figures = {"STORE-001": (n + offset) % 17, "WH-1": (n * 3 + offset) % 23}
+            records.append(feed_record(sku, version, figures))
+            final.update({(sku, loc): q for loc, q in figures.items()})
+        await produce(s, s.changes_topic, records, max_batch_size=65536)
+
+    await round_of(0)
+    wait_for(lambda: len(mutations(standin)) >= 1, timeout=30)
+    # The next call is held 1.5 s in the shop (then applied): the kill finds it under way.
+    standin.clear_faults()
+    standin.fault("slow", seconds=1.5, operation="mutation", count=1)
+    await round_of(5)
+    time.sleep(0.6)
+    push.kill()  # SIGKILL
+    push.wait(10)
+    await round_of(11)
+    standin.clear_faults()
+    push.start()
+    wait_for(lambda: shop_levels(standin) == final, timeout=60)
+    assert_no_call_applied_twice(standin)
+    # The call under way at the kill was sent again with its key, and answered from
+    # the shop's record of it.
+    assert "of a previous run sent again: applied" in push.log_path.read_text()
+    journal = f"{s.redis_key_prefix}:push:main:inflight"
+    client = aioredis.Redis.from_url(s.redis_url)
+    try:
+        await wait_until(lambda: _empty(client, journal), timeout=10)
+    finally:
+        await client.aclose()
+
+
+async def _empty(client: aioredis.Redis, key: str) -> bool:
+    return int(await client.hlen(key)) == 0
+
+
+async def test_policies_over_http_shape_what_the_worker_s_figures_push(
+    settings: Settings, start_service: StartService, standin: StandIn
+) -> None:
+    locations = seed_shop(standin, ["SKU-1"])
+    s = push_settings(settings, [target(standin, locations)])
+    start_service("streams", s)
+    start_service("services.http", s)
+    await wait_http_ready(s.http_port, timeout=60)
+    push = start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN})
+    base = f"http://127.0.0.1:{s.http_port}/v1/push-policies"
+    async with httpx.AsyncClient(headers=auth_headers(), timeout=10) as http:
+        body = {"min_delta": 5, "max_staleness_s": 3}
+        put = await http.put(f"{base}/default", json=body)
+        assert put.status_code == 200, put.text
+        clash = await http.put(f"{base}/other", json={"sku": None})
+        assert clash.status_code == 409 and clash.json()["error"]["code"] == "scope_conflict"
+        bad = await http.put(f"{base}/bad", json={"low_stok": 1})
+        assert bad.status_code == 400 and "low_stok" in bad.json()["error"]["message"]
+        listed = (await http.get(base)).json()["policies"]
+        assert [p["policy_id"] for p in listed] == ["default"]
+        history = (await http.get(f"{base}/default/history")).json()["history"]
+        assert history[0]["action"] == "push_policy.put"
+        assert history[0]["actor"]["subject"] == "tests"
+        wait_consuming(push)
+        at = "2026-11-22T09:00:00Z"
+        await produce(s, s.erp_topic, [erp("e1", 100, at)])
+        wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 100, timeout=30)
+        await produce(s, s.pos_topic, [sale("s1", 2)])  # 98: below min_delta, waits
+        time.sleep(1.0)
+        assert shop_levels(standin)[("SKU-1", "STORE-001")] == 100
+        wait_for(lambda: shop_levels(standin)[("SKU-1", "STORE-001")] == 98, timeout=10)
+        await produce(s, s.pos_topic, [sale("s2", 10)])  # 88: at once
+        wait_for(lambda: shop_levels(standin)[("SKU-1", "STORE-001")] == 88, timeout=3)
+        # The online buffer of a rule counts; the policy's deletion is audited.
+        rule = {"channel_buffers": {"online": 3}}
+        assert (await http.put(f"http://127.0.0.1:{s.http_port}/v1/rules/r", json=rule)).is_success
+        assert (await http.delete(f"{base}/default")).status_code == 204
+        wait_for(lambda: shop_levels(standin)[("SKU-1", "STORE-001")] == 85, timeout=5)
+        assert (await http.get(f"{base}/default")).status_code == 404
+        history = (await http.get(f"{base}/default/history")).json()["history"]
+        assert [h["action"] for h in history] == ["push_policy.put", "push_policy.delete"]
+
+
+def erp(event_id: str, on_hand: int, as_of: str) -> dict[str, object]:
+    return {"event_id": event_id, "type": "erp.balance", "sku": "SKU-1",
+            "location_id": "STORE-001", "on_hand": on_hand, "as_of": as_of}  # fmt: skip
+
+
+def sale(event_id: str, quantity: int) -> dict[str, object]:
+    return {"event_id": event_id, "type": "pos.sale", "sku": "SKU-1", "location_id": "STORE-001",
+            "quantity": quantity, "occurred_at": "2026-11-22T10:00:00Z"}  # fmt: skip
