@@ -84,3 +84,7 @@ async def test_make_run_creates_a_development_credential_and_requires_it(
     stack.kill(signal.SIGINT)
     assert stack.wait(timeout=60) == 0
     assert "[stack] api stopped" in stack.log_text()
+    # The Shopify stand-in and the push to it (README "Shopify push").
+    assert "   Shopify    stand-in http://127.0.0.1:" in stack.log_text()
+    assert "[stack] push stopped (exit 0)" in stack.log_text()
+    assert "[stack] Shopify stand-in stopped" in stack.log_text()
