@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -94,7 +95,7 @@ class PushEngine:
 
     async def _consume(self, writers: Sequence[asyncio.Task[None]]) -> None:
         assert self.consumer is not None
-        last_report = 0.0
+        last_report = last_freeze = 0.0
         channels = sorted({t.config.channel for t in self.targets})
         while True:
             for writer in writers:
@@ -121,6 +122,12 @@ class PushEngine:
                 last_report = now
                 await self.commit()
                 await self.report()
+            freeze = self.settings.gc_freeze_interval
+            if freeze and now - last_freeze >= freeze:
+                # The levels' state is long-lived: out of full collections, whose pauses
+                # over a large catalogue are what a change waits for (as in the worker).
+                last_freeze = now
+                gc.freeze()
 
     async def _ingest(
         self, target: PushTarget, changes: Sequence[tuple[int, int, FeedChange]]
