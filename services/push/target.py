@@ -30,6 +30,7 @@ from availability.push_policy import PushPolicyBook
 from infra import shopify_documents as docs
 from infra.config import Settings
 from infra.shopify_config import ShopifyTarget
+from services.push import shop_reads
 from services.push.levels import Key, Levels, Pending
 from services.push.metrics import PushMetrics
 from services.push.shopify import GraphQLFailure, InternalError, ShopifyClient, TargetRefused
@@ -363,35 +364,8 @@ class PushTarget:
                 self.levels.requeue(entry, now)
 
     async def read_levels(self, skus: Sequence[str], location: str) -> dict[str, int]:
-        """The shop's ``available`` of each SKU at one of our locations (0 where the
-        item is not stocked there; SKUs it has no item for are left out)."""
-        found: dict[str, int] = {}
-        wanted = set(skus)
-        for start in range(0, len(skus), docs.MAX_BATCH):
-            chunk = list(skus[start : start + docs.MAX_BATCH])
-            after = None
-            while True:
-                variables = {
-                    "query": docs.sku_search(chunk),
-                    "first": len(chunk),
-                    "after": after,
-                    "locationId": self.config.locations[location],
-                }
-                answer = await self.client.call(
-                    "ItemsWithLevel", docs.ITEMS_WITH_LEVEL, variables, 2 + 3 * len(chunk)
-                )
-                page = answer.data["inventoryItems"]
-                for node in page["nodes"]:
-                    if node.get("sku") not in wanted or node["sku"] in found:
-                        continue
-                    quantities = (node.get("inventoryLevel") or {}).get("quantities") or []
-                    found[node["sku"]] = next(
-                        (int(q["quantity"]) for q in quantities if q["name"] == "available"), 0
-                    )
-                if not page["pageInfo"]["hasNextPage"]:
-                    break
-                after = page["pageInfo"]["endCursor"]
-        return found
+        """The shop's ``available`` of each SKU at one of our locations."""
+        return await shop_reads.read_levels(self.client, skus, self.config.locations[location])
 
     # ------------------------------------------------------------------ item ids
 
@@ -414,22 +388,8 @@ class PushTarget:
             self.metrics.unmapped.labels(self.name).set(self.unmapped)
 
     async def find_items(self, skus: Sequence[str]) -> dict[str, str]:
-        """SKU -> inventory item GID, "" for a SKU the shop has no item for (search is
-        loose: only an exact ``sku`` counts)."""
-        found: dict[str, str] = dict.fromkeys(skus, "")
-        after = None
-        while True:
-            variables = {"query": docs.sku_search(skus), "first": len(skus), "after": after}
-            answer = await self.client.call(
-                "ItemsBySku", docs.ITEMS_BY_SKU, variables, 2 + len(skus)
-            )
-            page = answer.data["inventoryItems"]
-            for node in page["nodes"]:
-                if node.get("sku") in found and not found[node["sku"]]:
-                    found[node["sku"]] = node["id"]
-            if not page["pageInfo"]["hasNextPage"]:
-                return found
-            after = page["pageInfo"]["endCursor"]
+        """SKU -> inventory item GID ("" for none)."""
+        return await shop_reads.find_items(self.client, skus)
 
     # ------------------------------------------------------------------ recovery, stops
 
