@@ -40,6 +40,7 @@ from dev.processes import (
     stop_process,
 )
 from dev.redis_server import ensure_redis
+from dev.shopify_dev import DevShop, ShopifyDevError, start_dev_shop
 from infra.config import Settings, get_settings
 from infra.topics import TopicError, create_topics
 
@@ -132,6 +133,7 @@ class _Stack:
         self.stop_requested = threading.Event()
         self.hurry = threading.Event()
         self.fresh_broker = False
+        self.shop: DevShop | None = None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested.is_set():
@@ -189,6 +191,9 @@ class _Stack:
     def shutdown(self) -> None:
         for child in reversed(self.children):
             child.stop(10.0, self.hurry)
+        if self.shop is not None:
+            self.shop.close()
+            print("[stack] Shopify stand-in stopped", flush=True)
         if self.redis is not None:
             stop_process(self.redis, 5.0, hurry=self.hurry)
             print("[stack] Redis stopped", flush=True)
@@ -228,7 +233,7 @@ def _clear_serving_keys(settings: Settings) -> None:
         client.close()
 
 
-def _banner(settings: Settings, key_file: Path) -> str:
+def _banner(settings: Settings, key_file: Path, shop: DevShop | None = None) -> str:
     base = f"http://127.0.0.1:{settings.http_port}"
     bearer = '-H "authorization: Bearer $AVAILABILITY_TOKEN"'
     return "\n".join(
@@ -247,6 +252,16 @@ def _banner(settings: Settings, key_file: Path) -> str:
             "              .venv/bin/python -m dev.sample_data --event "
             '\'{"event_id":"e1","type":"pos.sale","sku":"SKU-0001",'
             '"location_id":"STORE-001","quantity":1,"occurred_at":"2026-11-22T10:15:30.123Z"}\'',
+            *(
+                [
+                    f"   Shopify    stand-in {shop.url} (shop {shop.standin.shop}; levels:"
+                    f" curl -s {shop.url}/_standin/state)",
+                    f"   push       to it (metrics :{settings.push_metrics_port}/metrics;"
+                    " .venv/bin/python -m services.cli push status)",
+                ]
+                if shop is not None
+                else ["   Shopify    no stand-in, no push (see the log above)"]
+            ),
             "   stop       Ctrl-C",
             "=" * 72,
             "",
@@ -266,8 +281,18 @@ def cmd_run(settings: Settings, sample_data: bool, ready_timeout: float, state_d
         if stack.stop_requested.is_set():
             raise StackError("interrupted")
         stack.start_child("worker", "streams", {})
-        stack.start_child("api", "services.http", auth_env)
+        shop_env: dict[str, str] = {}
+        try:
+            stack.shop = start_dev_shop(settings, state_dir)
+            print(f"[stack] Shopify stand-in at {stack.shop.url}", flush=True)
+            shop_env = stack.shop.env
+        except ShopifyDevError as exc:
+            print(f"[stack] no Shopify stand-in, so no push: {exc}", flush=True)
+        # The API takes the shop's order webhooks, so it knows the targets too.
+        stack.start_child("api", "services.http", {**auth_env, **shop_env})
         stack.start_child("grpc", "services.grpc", auth_env)
+        if stack.shop is not None:
+            stack.start_child("push", "services.push", shop_env)
         ready_url = f"http://127.0.0.1:{settings.http_port}/readyz"
         print(f"[stack] waiting for {ready_url} (up to {ready_timeout:.0f} s)", flush=True)
         wait_http_ok(ready_url, ready_timeout, alive=stack.dead_child, stop=stack.stop_requested)
@@ -278,7 +303,7 @@ def cmd_run(settings: Settings, sample_data: bool, ready_timeout: float, state_d
             )
             if result.returncode != 0:
                 print(f"[stack] sample data failed (exit {result.returncode})", flush=True)
-        print(_banner(settings, key_file), flush=True)
+        print(_banner(settings, key_file, stack.shop), flush=True)
         while not stack.stop_requested.wait(0.5):
             problem = stack.dead_child()
             if problem is not None:

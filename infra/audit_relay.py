@@ -1,20 +1,22 @@
-"""The audit relay: copies every change of the rules log into the audit trail.
+"""The audit relay: copies every change of the policy logs (the rules, the push
+policies: ``infra.policy_log``) into the audit trail.
 
-A rule's record carries who wrote it in its headers, so the change and its author
-are one write. The relay turns each change the rules log's fold made
-(``RulesLog.changes``: the rule before and after) into an audit record
-``rules@<offset>`` and commits how far it got.
+A policy's record carries who wrote it in its headers, so the change and its author
+are one write. The relay turns each change a policy log's fold made
+(``PolicyLog.changes``: the policy before and after) into an audit record
+``<audit_prefix>@<offset>`` (``rules@42``, ``push_policies@7``) and commits how far it
+got, per log.
 
-Exactly one relay works at a time, whichever API replica holds the rules topic's
+Exactly one relay works on a log at a time, whichever API replica holds the log's
 only partition in the consumer group ``<app_id>-audit-relay`` (Kafka's group
 protocol elects it; the group's committed offset is the relay's progress). The
-group consumer fetches nothing itself: the partition is paused and the changes come
-from the process's own rules log, which has folded the topic from its start and
-so knows every rule's value before each change. A relay that dies between writing
-and committing writes the same ``audit_id``s again on its successor: readers count
-each once.
+group consumer fetches nothing itself: the partitions are paused and the changes
+come from the process's own policy logs, which have folded their topics from the
+start and so know every policy's value before each change. A relay that dies
+between writing and committing writes the same ``audit_id``s again on its
+successor: readers count each once.
 
-The rules topic keeps a record at least ``RULES_COMPACTION_LAG_MS`` before
+A policy topic keeps a record at least ``RULES_COMPACTION_LAG_MS`` before
 compaction may drop it (``infra.topics``): a relay that stays down longer could miss
 a change that a later one superseded (the later one is still recorded).
 """
@@ -29,9 +31,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from infra.audit import actor_from_headers, audit_record
 from infra.config import Settings
-from infra.rules_log import Change, RulesLog
+from infra.policy_log import PolicyLog
+from infra.rules_log import RulesLog
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +42,14 @@ RELAY_INTERVAL = 0.5
 
 
 def rule_audit_id(offset: int) -> str:
-    return f"rules@{offset}"
-
-
-def rule_audit_record(settings: Settings, change: Change) -> bytes:
-    actor, at = actor_from_headers(change.headers)
-    return audit_record(
-        audit_id=rule_audit_id(change.offset),
-        actor=actor,
-        action="rule.delete" if change.after is None else "rule.put",
-        resource=f"rule:{change.rule_id}",
-        before=None if change.before is None else change.before.to_data(),
-        after=None if change.after is None else change.after.to_data(),
-        at=at,
-        source={"topic": settings.rules_topic, "offset": change.offset},
-    )
+    return f"{RulesLog.audit_prefix}@{offset}"
 
 
 class AuditRelay:
-    def __init__(self, settings: Settings, rules: RulesLog) -> None:
+    def __init__(self, settings: Settings, *logs: PolicyLog[Any]) -> None:
         self.settings = settings
-        self.rules = rules
+        self.logs = {TopicPartition(log.topic, 0): log for log in logs}
         self.group = f"{settings.faust_app_id}-audit-relay"
-        self._tp = TopicPartition(settings.rules_topic, 0)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -70,9 +57,13 @@ class AuditRelay:
         self.last_error: str | None = None
 
     @property
+    def rules(self) -> PolicyLog[Any]:
+        return next(iter(self.logs.values()))
+
+    @property
     def active(self) -> bool:
-        """True while this process is the elected relay."""
-        return self._consumer is not None and self._tp in self._consumer.assignment()
+        """True while this process is the elected relay of at least one log."""
+        return self._consumer is not None and bool(set(self.logs) & self._consumer.assignment())
 
     async def start(self) -> None:
         servers = self.settings.bootstrap_servers
@@ -85,7 +76,7 @@ class AuditRelay:
             client_id=f"{self.settings.faust_app_id}-audit-relay",
         )
         await self._consumer.start()
-        self._consumer.subscribe([self.settings.rules_topic])
+        self._consumer.subscribe([tp.topic for tp in self.logs])
         self._producer = AIOKafkaProducer(
             bootstrap_servers=servers,
             acks="all",
@@ -108,11 +99,11 @@ class AuditRelay:
         while True:
             try:
                 # Keeps the group membership alive (and handles rebalances); the
-                # partition is paused, so nothing is fetched.
+                # partitions are paused, so nothing is fetched.
                 await self._consumer.getmany(timeout_ms=100)
-                if self.active:
-                    self._consumer.pause(self._tp)
-                    await self.relay()
+                for tp in self._consumer.assignment() & set(self.logs):
+                    self._consumer.pause(tp)
+                    await self.relay(tp)
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
@@ -121,37 +112,44 @@ class AuditRelay:
                 log.warning("audit relay: %s", self.last_error)
                 await asyncio.sleep(1.0)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await self.rules.wait_advanced(RELAY_INTERVAL)
+            waits = [
+                asyncio.ensure_future(p.wait_advanced(RELAY_INTERVAL)) for p in self.logs.values()
+            ]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
-    async def relay(self) -> int:
-        """Write the audit records of the changes since the committed offset."""
+    async def relay(self, tp: TopicPartition | None = None) -> int:
+        """Write the audit records of one log's changes since its committed offset."""
         assert self._consumer is not None and self._producer is not None
-        committed = await self._consumer.committed(self._tp) or 0
-        folded_to = self.rules.position
+        tp = tp or next(iter(self.logs))
+        policies = self.logs[tp]
+        committed = await self._consumer.committed(tp) or 0
+        folded_to = policies.position
         if folded_to <= committed:
             return 0
-        changes = [c for c in self.rules.changes_from(committed) if c.offset < folded_to]
-        if self.rules.changes and self.rules.changes[0].offset > committed and committed > 0:
-            # Should not happen: the rules log keeps far more than a relay trails by.
+        changes = [c for c in policies.changes_from(committed) if c.offset < folded_to]
+        if policies.changes and policies.changes[0].offset > committed and committed > 0:
+            # Should not happen: a policy log keeps far more than a relay trails by.
             log.error(
-                "audit relay: changes before offset %d are no longer held; relaying from there",
-                self.rules.changes[0].offset,
+                "audit relay: %s changes before offset %d are no longer held; relaying from there",
+                policies.kind,
+                policies.changes[0].offset,
             )
         sent: list[Any] = []
         for change in changes:
-            value = rule_audit_record(self.settings, change)
             sent.append(
                 await self._producer.send(
                     self.settings.audit_topic,
-                    value,
-                    key=f"rule:{change.rule_id}".encode(),
+                    policies.audit_record(change),
+                    key=policies.resource(change.policy_id).encode(),
                     partition=0,
                 )
             )
         await asyncio.gather(*sent)
-        await self._consumer.commit({self._tp: OffsetAndMetadata(folded_to, "")})
+        await self._consumer.commit({tp: OffsetAndMetadata(folded_to, "")})
         self.relayed += len(changes)
         if changes:
-            log.info("audit relay: %d rule change(s) recorded", len(changes))
+            log.info("audit relay: %d %s change(s) recorded", len(changes), policies.kind)
         return len(changes)

@@ -109,6 +109,36 @@ class Settings(BaseSettings):
     # 503 (Shopify gives up on an answer after 5 s and retries).
     shopify_webhook_publish_timeout: float = Field(default=3.0, gt=0, le=4.5)
 
+    # --- Shopify push (README "Shopify push") ---
+    # The push process's Prometheus /metrics (0: not served).
+    push_metrics_port: int = Field(default=9182, ge=0, le=65535)
+    # Push policies in total (every push process and API replica holds them all).
+    push_max_policies: int = Field(default=10_000, ge=1)
+    # Calls under way at once per shop (the bucket paces them whatever this is).
+    push_max_in_flight: int = Field(default=4, ge=1, le=64)
+    # Seconds to wait for one answer from Shopify before the call is retried.
+    push_call_timeout: float = Field(default=30.0, gt=0)
+    # Seconds after a stale compare during which our figures may not raise the level
+    # above what Shopify held (its sales reach our figures through the order webhooks).
+    push_stale_hold: float = Field(default=30.0, ge=0)
+    # Item ids are asked again after this many seconds; an unmapped SKU after the next.
+    push_item_ttl: float = Field(default=86_400.0, gt=0)
+    push_unmapped_retry: float = Field(default=600.0, gt=0)
+    # A target stopped by 401/403 is tried again (its secret read anew) this often.
+    push_stopped_retry: float = Field(default=300.0, gt=0)
+    # Seconds between the push's status reports (Redis, for `push status`) and commits.
+    push_status_interval: float = Field(default=1.0, gt=0)
+
+    @property
+    def push_policies_topic(self) -> str:
+        """Source of truth for push policies: one partition, compacted, keyed by id."""
+        return self.topic("availability.push_policies")
+
+    @property
+    def push_group(self) -> str:
+        """The push processes' consumer group on the change feed."""
+        return f"{self.faust_app_id}-push"
+
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
     replication_factor: int = Field(default=1, ge=1)

@@ -34,16 +34,15 @@ async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
         settings.replication_factor,
         topic_configs={"cleanup.policy": "compact"},
     )
-    for name in (settings.rules_topic, settings.dlq_replays_topic):
+    for name in (settings.rules_topic, settings.push_policies_topic, settings.dlq_replays_topic):
         wanted[name] = NewTopic(
             name, 1, settings.replication_factor, topic_configs={"cleanup.policy": "compact"}
         )
     # A rule's record must outlive compaction until the audit relay has copied it
     # (infra.audit_relay): a week of relay downtime before a superseded change could
     # be compacted away unrecorded.
-    wanted[settings.rules_topic].topic_configs["min.compaction.lag.ms"] = str(
-        RULES_COMPACTION_LAG_MS
-    )
+    for policies in (settings.rules_topic, settings.push_policies_topic):
+        wanted[policies].topic_configs["min.compaction.lag.ms"] = str(RULES_COMPACTION_LAG_MS)
     wanted[settings.audit_topic] = NewTopic(
         settings.audit_topic,
         1,

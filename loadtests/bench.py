@@ -67,6 +67,7 @@ from dev.sample_data import topic_for
 from infra.config import Settings
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
+from loadtests import bench_push
 from loadtests.bench_grpc import (
     WORKER_BATCH_BYTES,
     BenchError,
@@ -121,7 +122,7 @@ FRESHNESS_TARGET_RATE: Final[float] = 1000.0
 # own, so the worker folds less than it did alone on the backlog.
 HIGH_RATE_FRACTIONS: Final[tuple[float, ...]] = (0.5, 0.3, 0.2)
 SUSTAINED_P99_MS: Final[float] = 500.0
-SECTIONS: Final[tuple[str, ...]] = ("reads", "fold", "freshness", "state")
+SECTIONS: Final[tuple[str, ...]] = ("reads", "fold", "freshness", "state", "push")
 GRPC_GET_METHOD: Final[str] = "/availability.v1.AvailabilityService/GetAvailability"
 POLL_INTERVAL: Final[float] = 0.2
 MEMORY_SAMPLE: Final[int] = 500  # serving records whose MEMORY USAGE is taken
@@ -741,6 +742,8 @@ def run(params: Params, log_dir: Path) -> dict[str, Any]:
             run_fold_sections(stack, params, report)
         if "state" in params.sections:
             report["state"] = measure_state_memory(stack, state_params(params), fresh_broker)
+        if "push" in params.sections:  # loadtests.bench_push
+            report["push"] = bench_push.measure(stack, bench_push.from_bench(params))
     finally:
         stack.shutdown()
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
@@ -982,6 +985,8 @@ def render_table(report: Mapping[str, Any]) -> str:
             f"  Redis bytes per SKU-location             {per_location}",
             f"  worker RSS MiB per 100,000 SKU-locations {rss}",
         ]
+    if "push" in report:
+        lines.append(bench_push.render(report["push"]))
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from availability.drift import ExportFormatError
 from infra.audit import audit_record, new_audit_id, record_actions
 from infra.config import Settings, get_settings
 from services.cli import credentials
+from services.cli import push as push_commands
 from services.cli.baseline import reset_baseline, show_baselines
 from services.cli.dead_letters import (
     Selection,
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         " counts published for Prometheus. Off (exits at once) while the interval is 0.",
     )
     credentials.add_parser(commands)
+    push_commands.add_parser(commands)
     return parser
 
 
@@ -273,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "credentials":
         return credentials.run(args, settings, say)
+    if args.command == "push":
+        return await push_commands.run(args, settings, say)
     if args.command == "rebuild":
         rebuilder = operator_actor(settings)
         resource = "serving:all"

@@ -13,10 +13,17 @@ from fastapi.openapi.utils import get_openapi
 from infra.audit import AuditLog
 from infra.audit_relay import AuditRelay
 from infra.config import Settings, get_settings
+from infra.push_policy_log import PushPolicyLog
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from services.auth.authenticator import Authenticator
-from services.http import routes_availability, routes_ops, routes_rules, routes_webhooks
+from services.http import (
+    routes_availability,
+    routes_ops,
+    routes_push_policies,
+    routes_rules,
+    routes_webhooks,
+)
 from services.http.access import BEARER_SCHEME, OPEN, AccessTable, Authentication
 from services.http.errors import install_error_handlers
 from services.http.hot_reads import HotReads
@@ -64,14 +71,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cfg.redis_url, cfg.redis_key_prefix, cfg.redis_max_connections
         )
         rules_log = RulesLog(cfg)
-        audit = AuditLog(cfg)
-        rules = RulesConnection(rules_log, [audit, AuditRelay(cfg, rules_log)])
+        push_policies = PushPolicyLog(cfg)
+        audit = AuditLog(cfg, frozenset({"rule", PushPolicyLog.kind}))
+        relay = AuditRelay(cfg, rules_log, push_policies)
+        rules = RulesConnection(rules_log, [push_policies, audit, relay])
         webhooks = WebhookReceiver(cfg, webhook_shops, store, Publisher(cfg), webhook_metrics)
         try:
             await authenticator.start()
             await rules.start(wait=RULES_STARTUP_WAIT)
             webhooks.start()
-            app.state.services = Services(cfg, store, rules, metrics, audit)
+            app.state.services = Services(cfg, store, rules, metrics, audit, push_policies)
             setattr(app.state, routes_webhooks.STATE_ATTRIBUTE, webhooks)
             yield
         finally:
@@ -92,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(routes_availability.router)
     app.include_router(routes_rules.router)
+    app.include_router(routes_push_policies.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_webhooks.router)
     _document_bearer_scheme(app)

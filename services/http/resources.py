@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from infra.audit import AuditLog
 from infra.config import Settings
+from infra.push_policy_log import PushPolicyLog
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from services.http.errors import ApiError
@@ -141,3 +142,4 @@ class Services:
     rules: RulesConnection
     metrics: Metrics
     audit: AuditLog
+    push_policies: PushPolicyLog | None = None

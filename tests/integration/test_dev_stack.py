@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -17,7 +20,14 @@ from dev.redis_server import redis_answers
 from infra.config import Settings
 from infra.topics import create_topics
 from tests.integration.conftest import StartService
-from tests.integration.support import consume_all, produce, settings_env, topic_partitions
+from tests.integration.scenario import stamp
+from tests.integration.support import (
+    consume_all,
+    produce,
+    settings_env,
+    topic_partitions,
+    wait_until,
+)
 
 
 async def test_topics_exist_with_configured_partitions(settings: Settings) -> None:
@@ -81,6 +91,54 @@ async def test_make_run_creates_a_development_credential_and_requires_it(
             "/v1/availability/SKU-0001", headers={"authorization": f"Bearer {key}"}
         )
         assert with_key.status_code == 404  # accepted; the SKU has no events
+        await push_and_order_round_trip(settings, client, key, stack.log_text())
     stack.kill(signal.SIGINT)
     assert stack.wait(timeout=60) == 0
     assert "[stack] api stopped" in stack.log_text()
+    # The Shopify stand-in and the push to it (README "Shopify push").
+    assert "   Shopify    stand-in http://127.0.0.1:" in stack.log_text()
+    assert "[stack] push stopped (exit 0)" in stack.log_text()
+    assert "[stack] Shopify stand-in stopped" in stack.log_text()
+
+
+async def push_and_order_round_trip(
+    settings: Settings, client: httpx.AsyncClient, key: str, banner: str
+) -> None:
+    """What make run wires together: a balance reaches the stand-in shop through the
+    push, and a checkout in the shop comes back through its signed order webhook as a
+    reservation that lowers our figure."""
+    found = re.search(r"stand-in (http://127\.0\.0\.1:\d+) \(shop ([^;]+);", banner)
+    assert found, banner
+    shop_url, shop = found.groups()
+    when = stamp(datetime.now(UTC) - timedelta(seconds=5))
+    balance = {"event_id": "dev-erp-1", "type": "erp.balance", "sku": "SKU-0001",
+               "location_id": "STORE-001", "on_hand": 9, "as_of": when}  # fmt: skip
+    await produce(settings, settings.erp_topic, [balance])
+    headers = {"authorization": f"Bearer {key}"}
+
+    async def ats() -> int | None:
+        answer = await client.get("/v1/availability/SKU-0001", headers=headers)
+        return int(answer.json()["ats"]) if answer.status_code == 200 else None
+
+    async def shop_available() -> int | None:
+        view = (await client.get(f"{shop_url}/_standin/state", params={"shop": shop})).json()
+        item = next(i["id"] for i in view["items"] if i["sku"] == "SKU-0001")
+        place = next(x["id"] for x in view["locations"] if x["name"] == "STORE-001")
+        for level in view["levels"]:
+            if level["inventory_item_id"] == item and level["location_id"] == place:
+                return int(level["available"])
+        return None
+
+    await wait_until(lambda: _equals(ats, 9), timeout=60)
+    await wait_until(lambda: _equals(shop_available, 9), timeout=60)
+    order = await client.post(
+        f"{shop_url}/_standin/checkout",
+        json={"shop": shop, "location": "STORE-001",
+              "line_items": [{"sku": "SKU-0001", "quantity": 1}]},
+    )  # fmt: skip
+    assert order.status_code == 200, order.text
+    await wait_until(lambda: _equals(ats, 8), timeout=60)
+
+
+async def _equals(read: Callable[[], Awaitable[int | None]], expected: int) -> bool:
+    return await read() == expected
