@@ -315,7 +315,7 @@ async def test_worker_killed_mid_stream_ends_in_the_same_state(
         await publish(settings, chunks[0])
         await wait_until_folded(store, 1, timeout=90)
         publishing = asyncio.create_task(publish_slowly(settings, chunks[1:]))
-        await wait_until_folded(store, len(deliveries) // 4, timeout=60)
+        await wait_until_folded(store, len(deliveries) // 4, timeout=120)
         worker.kill(signal.SIGKILL)
         worker.wait(10)
         assert not publishing.done(), "publishing ended before the worker was killed"
