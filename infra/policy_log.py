@@ -51,6 +51,8 @@ class Book(Protocol[P]):
 
     def conflict(self, policy: P, /) -> P | None: ...
 
+    def all(self) -> list[P]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Change:

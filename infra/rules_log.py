@@ -10,26 +10,11 @@ import orjson
 
 from availability.rules import Rule, RuleBook, parse_rule
 from infra.config import Settings
-from infra.policy_log import MAX_CHANGES_KEPT, Change, PolicyChange, PolicyLog
+from infra.policy_log import MAX_CHANGES_KEPT, Change, PolicyChange, PolicyLog, TooManyPolicies
 
-__all__ = ["MAX_CHANGES_KEPT", "Change", "RuleConflict", "RulesLog", "TooManyRules", "encode_rule"]
+__all__ = ["MAX_CHANGES_KEPT", "Change", "RulesLog", "encode_rule"]
 
 RuleChange = PolicyChange
-
-
-class RuleConflict(Exception):
-    def __init__(self, holder: Rule) -> None:
-        super().__init__(f"rule {holder.rule_id!r} already holds this scope")
-        self.holder = holder
-
-
-class TooManyRules(Exception):
-    """A new rule beyond ``AVAILABILITY_MAX_RULES``: every worker and API replica folds
-    every rule into memory and consults them for every SKU-location it computes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} rules exist, the most this deployment allows")
-        self.limit = limit
 
 
 def encode_rule(rule: Rule) -> bytes:
@@ -55,8 +40,7 @@ class RulesLog(PolicyLog[Rule]):
     def to_data(self, policy: Rule) -> dict[str, Any]:
         return policy.to_data()
 
-    def conflict_error(self, holder: Rule) -> Exception:
-        return RuleConflict(holder)
-
     def limit_error(self) -> Exception:
-        return TooManyRules(self.max_count)
+        # Every worker and API replica folds every rule into memory and consults them
+        # for every SKU-location it computes.
+        return TooManyPolicies(self.max_count, "rules")

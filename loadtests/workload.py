@@ -101,18 +101,20 @@ def event_mix(
     count: int,
     seed: int = 7,
     popularity: str = "zipf",
+    start: datetime | None = None,
 ) -> Iterator[Event]:
     """``count`` events of ``MIX`` over SKUs drawn by ``popularity`` and locations
-    drawn uniformly, in publish order."""
+    drawn uniformly, in publish order, one millisecond apart from ``start``."""
     if skus < 1 or locations < 2:
         raise ValueError("the mix needs at least one SKU and two locations")
     rng = random.Random(seed)
     pick_sku = sku_picker(skus, popularity, rng)
     kinds = [kind for kind, _ in MIX]
     weights = [weight for _, weight in MIX]
-    # Recent (the worker refuses some events older than its state horizon, and every
-    # event dated ahead of its clock): a day back, on the second.
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    # Recent by default (the worker refuses some events older than its state horizon,
+    # and every event dated ahead of its clock): a day back, on the second.
+    if start is None:
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     reservations: list[_Open] = []
     in_transit: list[_Open] = []
     produced = 0
