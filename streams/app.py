@@ -327,6 +327,11 @@ class Processor:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
 
         @app.task  # type: ignore[untyped-decorator]
+        async def beat() -> None:
+            # /livez on the metrics port fails when this stops (infra.probes).
+            await self.metrics.heartbeat.run()
+
+        @app.task  # type: ignore[untyped-decorator]
         async def publish_changes() -> None:
             await self.feed.run()
 
