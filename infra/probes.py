@@ -53,8 +53,10 @@ class LoopHeartbeat:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start beating on the running loop (call from a coroutine on it)."""
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        """Start beating on the running loop (call from a coroutine on it); a second
+        call while it beats changes nothing."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -121,6 +121,14 @@ class AvailabilityApp(faust.App):
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.processor is not None:
+            # /livez on the metrics port fails when the loop stops turning
+            # (infra.probes). Started here, not as an app task: Faust starts those
+            # only after the first table recovery, which may take minutes.
+            self.processor.metrics.heartbeat.start()
+
     async def on_stop(self) -> None:
         if self.processor is not None:
             await self.processor.drain_feed()  # while the producer still runs
@@ -325,11 +333,6 @@ class Processor:
         async def dump_tasks_on_signal() -> None:
             # For an operator asking a stuck worker where it waits: kill -USR1 <pid>.
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_task_stacks)
-
-        @app.task  # type: ignore[untyped-decorator]
-        async def beat() -> None:
-            # /livez on the metrics port fails when this stops (infra.probes).
-            await self.metrics.heartbeat.run()
 
         @app.task  # type: ignore[untyped-decorator]
         async def publish_changes() -> None:

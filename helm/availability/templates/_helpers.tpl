@@ -209,7 +209,11 @@ Settings that have a *_FILE form are mounted as files instead (availability.volu
 {{- end }}
 {{- end }}
 
-{{/* Volumes: (dict "ctx" $ "kafka" true "apiKeys" false "shopify" false "grpcTls" false) */}}
+{{- define "availability.webhookTargets" -}}
+{{- range .Values.shopify.targets }}{{ if .webhooks }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/* Volumes: (dict "ctx" $ "kafka" true "apiKeys" true "shopify" "all"|"webhooks"|"" "grpcTls" true) */}}
 {{- define "availability.volumes" -}}
 {{- $ := .ctx }}
 - name: tmp
@@ -235,10 +239,22 @@ Settings that have a *_FILE form are mounted as files instead (availability.volu
       - key: {{ include "availability.apiKeysSecretKey" $ }}
         path: api-keys.json
 {{- end }}
-{{- if and .shopify $.Values.shopify.targets }}
+{{- if and (eq .shopify "all") $.Values.shopify.targets }}
 - name: shopify
   secret:
     secretName: {{ include "availability.shopifySecret" $ }}
+{{- else if and (eq .shopify "webhooks") (include "availability.webhookTargets" $) }}
+# Only the client secrets that verify the shops' webhooks: the HTTP API never calls a shop.
+- name: shopify
+  secret:
+    secretName: {{ include "availability.shopifySecret" $ }}
+    items:
+      {{- range $.Values.shopify.targets }}
+      {{- if .webhooks }}
+      - key: {{ .name }}.client_secret
+        path: {{ .name }}.client_secret
+      {{- end }}
+      {{- end }}
 {{- end }}
 {{- if and .grpcTls $.Values.grpc.tls.existingSecret }}
 - name: grpc-tls
@@ -269,7 +285,7 @@ Settings that have a *_FILE form are mounted as files instead (availability.volu
   mountPath: /etc/availability/auth
   readOnly: true
 {{- end }}
-{{- if and .shopify $.Values.shopify.targets }}
+{{- if or (and (eq .shopify "all") $.Values.shopify.targets) (and (eq .shopify "webhooks") (include "availability.webhookTargets" $)) }}
 - name: shopify
   mountPath: /etc/availability/shopify
   readOnly: true
