@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -124,17 +125,36 @@ def chart_rules(documents: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def ops_files_match(documents: list[dict[str, Any]]) -> list[str]:
+    """The PrometheusRule and the dashboard carry exactly the files in ops/."""
+    problems = []
+    alerts = yaml.safe_load((ROOT / "ops" / "prometheus" / "alerts.yml").read_text())
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "availability-dashboard.json").read_text())
+    for doc in documents:
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] == "PrometheusRule" and doc["spec"]["groups"] != alerts["groups"]:
+            problems.append(f"{name}: not the rules of ops/prometheus/alerts.yml")
+        shown = (doc.get("data") or {}).get("availability-dashboard.json")
+        if doc["kind"] == "ConfigMap" and shown is not None and json.loads(shown) != dashboard:
+            problems.append(f"{name}: not ops/grafana/availability-dashboard.json")
+    return problems
+
+
 def check_profile(helm: Path, values: Path | None, out_dir: Path) -> str:
     label = values.name if values else "default values"
     extra = ["-f", str(values)] if values else []
     run([str(helm), "lint", "--strict", str(CHART), *extra])
     rendered = run([str(helm), "template", RELEASE, str(CHART), *extra])
     documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
-    problems = chart_rules(documents)
+    problems = chart_rules(documents) + ops_files_match(documents)
     if problems:
         raise CheckFailed(f"{label}:\n  " + "\n  ".join(problems))
     manifest = out_dir / f"{values.stem if values else 'default'}.yaml"
     manifest.write_text(rendered)
+    # NOTES.txt is rendered only by install: a client-side dry run, no cluster needed.
+    installed = run([str(helm), "install", RELEASE, str(CHART), "--dry-run=client", *extra])
+    if f"helm test {RELEASE}" not in installed.partition("NOTES:")[2]:
+        raise CheckFailed(f"{label}: NOTES.txt did not render")
     validator = Path(sys.executable).with_name("kubernetes-validate")
     run([str(validator), "--strict", "--quiet", "-k", KUBERNETES_VERSION, str(manifest)])
     kinds = sorted({doc["kind"] for doc in documents})
