@@ -682,6 +682,9 @@ async def test_python_m_services_http(settings: Settings, start_service: StartSe
             assert response.status_code == 200
             assert response.content == orjson.dumps(view(record, "online"))
             assert (await client.get("/healthz")).json() == {"status": "ok"}
+            # The Helm chart's readiness probe, on the real process.
+            local = await client.get("/readyz/local")
+            assert (local.status_code, local.json()["status"]) == (200, "ready")
     finally:
         await drop_keys(store)
         await store.close()
