@@ -450,3 +450,7 @@ async def test_topics_create_makes_every_topic_once(dev_broker: DevBroker, tmp_p
     assert await topic_problems(settings.bootstrap_servers, wanted) == []
     again = run_cli(settings, "topics", "create")
     assert (again.returncode, again.stdout.strip()) == (0, "every topic exists already")
+    # Another partition count: the upgrade's Job fails before any worker is touched.
+    changed = run_cli(settings.model_copy(update={"partitions": 6}), "topics", "create")
+    assert changed.returncode == 1
+    assert f"topic '{settings.erp_topic}' has 4 partitions, expected 6" in changed.stderr
