@@ -2,11 +2,12 @@
 the broker, the stream processor is up and caught up, and the serving layer is
 complete (not being rebuilt after Redis lost its data: ``streams.rebuild``).
 
-``GET /readyz/local`` is this replica's own part of that: it can answer reads (its
-Redis answers and the serving layer is complete). It is the pod's readiness probe in
-Kubernetes: a worker rebalance or a lagging processor makes ``/readyz`` fail on every
-replica at once, and taking every replica out of its Service then would turn a
-slower figure into no answer at all (README "Helm chart").
+``GET /readyz/local`` is this replica's own part of that: it can answer (its Redis
+answers). It is the pod's readiness probe in Kubernetes: a worker rebalance, a
+lagging processor or a serving layer being rebuilt after Redis lost its data make
+``/readyz`` fail on every replica at once, and taking every replica out of its
+Service then would turn a slower figure, or a clear 503 for the records not yet
+rewritten, into no answer at all (README "Helm chart").
 
 ``/readyz`` is open (the kubelet and load balancers call it without a credential), so
 a check's answer names what failed, never the exception behind it (host names,
@@ -122,6 +123,7 @@ async def readiness(
 
 
 async def local_readiness(store: AvailabilityStore) -> dict[str, str]:
-    """The checks of ``/readyz/local``: what this replica needs to answer reads."""
-    redis_state, serving_state = await asyncio.gather(check_redis(store), check_serving(store))
-    return {"redis": redis_state, "serving": serving_state}
+    """The checks of ``/readyz/local``: what this replica needs to answer. Not the
+    serving layer's completeness: that is the same for every replica (README "Helm
+    chart"), and while it is rebuilt each record already rewritten is served."""
+    return {"redis": await check_redis(store)}
