@@ -1040,7 +1040,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path, bool]:
     )
     parser.add_argument("--probes-per-second", type=float, default=20.0)
     parser.add_argument(
-        "--state-seconds", type=float, default=180.0, help="per run of the state section"
+        "--state-seconds", type=float, default=420.0, help="per run of the state section"
     )
     parser.add_argument("--state-rate", type=float, default=1000.0, help="events/s (state)")
     parser.add_argument(
@@ -1052,7 +1052,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path, bool]:
     if args.quick:
         args.skus, args.locations, args.mix_events = 500, 20, 10_000
         args.read_seconds, args.read_rounds, args.freshness_seconds = 3.0, 1, 8.0
-        args.state_seconds, args.state_horizon = 40.0, 10.0
+        args.state_seconds, args.state_horizon = 60.0, 10.0
     sections = tuple(name.strip() for name in args.sections.split(",") if name.strip())
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown or not sections:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -108,3 +109,38 @@ def test_the_state_benchmark_makes_valid_lines_and_measures_growth() -> None:
     run = {"samples": [{"seconds": s, "rss_mib": 100 + s / 10} for s in (0, 30, 60, 90)]}
     assert growth(run, warm=30) == 6.0
     assert growth(run, warm=90) is None
+
+
+def test_the_state_benchmark_balances_every_sku_once_a_cycle() -> None:
+    """Each SKU's baseline settles within one cycle of the balances, so the state's
+    steady size is reached then, not after a random wait (BENCHMARKS "State memory")."""
+    import random
+    from itertools import islice
+
+    from loadtests.bench_state import (
+        BALANCE_EVERY,
+        EVENTS_PER_LINE,
+        StateParams,
+        balance_cycle,
+        reservation_events,
+        warm_seconds,
+    )
+
+    skus = 40
+    events = list(islice(reservation_events("run", skus, random.Random(3)), 2000))
+    balances = [e["sku"] for e in events if e["type"] == "erp.balance"]
+    cycle = balances[:skus]
+    assert Counter(cycle) == Counter({f"RS-{i:05d}": 1 for i in range(skus)})
+    assert balances[skus : 2 * skus] == cycle  # and again in the same order
+    lines = len({e["reservation_id"] for e in events if "reservation_id" in e})
+    assert len(balances) in (lines // BALANCE_EVERY, lines // BALANCE_EVERY + 1)
+    assert abs(len(events) / lines - EVENTS_PER_LINE) < 0.05
+
+    # 10,000 SKUs at 1,000 events/s: a balance for each every 180 s
+    assert balance_cycle(10_000, 1000.0) == 180.0
+    params = StateParams(
+        seconds=420, rate=1000.0, horizon=30.0, skus=10_000, partitions=8,
+        redis_url="redis://unused", worker_batch_bytes=16384, seed=7,
+    )  # fmt: skip
+    assert warm_seconds(params) == 210  # the cycle, the settle window, two samples
+    assert warm_seconds(replace(params, horizon=600.0)) == 620  # a longer horizon rules
