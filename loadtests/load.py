@@ -376,31 +376,37 @@ def render(report: Mapping[str, Any]) -> str:
 
 def render_shopify(over: Mapping[str, Any], shopify: Mapping[str, Any]) -> list[str]:
     by = over["units_oversold_by_channel"]
+    rows = shopify["shops"]
     lines = [
         f"units ordered on Shopify {over['units_ordered_on_shopify']}; oversold by channel:"
         f" stores {by['store']}, online {by['online']}, Shopify {by['shopify']}",
         "",
-        "Shopify shop (push policy at its location)     location  ordered  sold out"
-        "  oversold: Shopify  others  set calls  points  lag p50  p99 ms",
+        "Shopify shops, one per push policy (scoped to the shop's location):",
+        *(f"  {row['shop']:<13} {row['policy']}" for row in rows),
+        "shop            location  ordered  sold out  oversold: Shopify  others"
+        "  set calls  points  lag p50 ms  p99 ms",
     ]
-    for row in shopify["shops"]:
+    for row in rows:
         lag = row["push_lag_ms"]
-        name = f"{row['shop']}: {row['policy']}"[:46]
         lines.append(
-            f"  {name:<46} {row['location_id']:<8} {row['units_ordered']:>8}"
+            f"  {row['shop']:<13} {row['location_id']:<8} {row['units_ordered']:>8}"
             f" {row['checkouts_refused_sold_out']:>9} {row['units_oversold_by_shopify']:>18}"
             f" {row['units_oversold_by_other_channels']:>7} {row['push_set_calls']:>10}"
-            f" {row['push_points']:>7} {lag['p50']!s:>8} {lag['p99']!s:>6}"
+            f" {row['push_points']:>7} {_ms(lag['p50']):>11} {_ms(lag['p99']):>7}"
         )
     differ = shopify["levels_differ_after_settling"]
     webhooks = ", ".join(f"{n} {state}" for state, n in sorted(shopify["webhooks"].items()))
     lines += [
         "units oversold because of push lag (Shopify sold beyond what existed): "
-        + ", ".join(f"{r['shop']} {r['units_oversold_by_shopify']}" for r in shopify["shops"]),
+        + ", ".join(f"{r['shop']} {r['units_oversold_by_shopify']}" for r in rows),
         f"order webhooks: {webhooks or 'none'}; shops equal our online ATS after the sale: "
         + ("yes" if not differ else f"NO ({len(differ)} shown differ)"),
     ]
     return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
@@ -417,7 +423,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
     parser.add_argument(
         "--shopify-users",
         type=int,
-        default=15,
+        default=30,
         help="shoppers checking out on the Shopify stand-in's shops (0: no Shopify channel)",
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
@@ -425,7 +431,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.duration, args.regular_skus = 20, 20.0, 200
-        args.shopify_users = min(args.shopify_users, 6)
+        args.shopify_users = min(args.shopify_users, 10)
     for name in ("users", "hot_skus", "locations", "partitions"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -325,8 +325,8 @@ class ShopifyChannel:
                     "push_stale_compares": round(after["stale"] - before["stale"]),
                     "push_lag_ms": {
                         "levels_set": round(buckets.get(float("inf"), 0.0)),
-                        "p50": _quantile_ms(0.5, buckets),
-                        "p99": _quantile_ms(0.99, buckets),
+                        "p50": histogram_quantile_ms(0.5, buckets),
+                        "p99": histogram_quantile_ms(0.99, buckets),
                     },
                 }
             )
@@ -336,8 +336,10 @@ class ShopifyChannel:
         self.standin.close()
 
 
-def _quantile_ms(q: float, buckets: Mapping[float, float]) -> float | None:
-    """Prometheus's ``histogram_quantile``: linear within the bucket holding rank q."""
+def histogram_quantile_ms(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus's ``histogram_quantile`` in ms (linear within the bucket that holds
+    rank q; cumulative counts by upper bound), to 2 significant figures: the buckets
+    are coarse (50, 100, 250, 500 ms, 1, 2.5, 5, 10, 30, 60 s, ...)."""
     bounds = sorted(buckets)
     total = buckets.get(float("inf"), 0.0)
     if not bounds or total <= 0:
@@ -348,11 +350,15 @@ def _quantile_ms(q: float, buckets: Mapping[float, float]) -> float | None:
         count = buckets[bound]
         if count >= rank:
             if bound == float("inf"):
-                return round(lower * 1000)
+                return _two_figures(lower * 1000)
             share = (rank - below) / (count - below) if count > below else 1.0
-            return round((lower + (bound - lower) * share) * 1000)
+            return _two_figures((lower + (bound - lower) * share) * 1000)
         lower, below = bound, count
     return None
+
+
+def _two_figures(value: float) -> float:
+    return float(f"{value:.2g}")
 
 
 def _request(method: str, url: str, authorization: str, body: Any = None) -> None:
