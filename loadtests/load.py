@@ -384,7 +384,7 @@ def render_shopify(over: Mapping[str, Any], shopify: Mapping[str, Any]) -> list[
         "Shopify shops, one per push policy (scoped to the shop's location):",
         *(f"  {row['shop']:<13} {row['policy']}" for row in rows),
         "shop            location  ordered  sold out  oversold: Shopify  others"
-        "  set calls  points  lag p50 ms  p99 ms",
+        "  set calls  stale  points  lag p50 ms  p99 ms",
     ]
     for row in rows:
         lag = row["push_lag_ms"]
@@ -392,7 +392,8 @@ def render_shopify(over: Mapping[str, Any], shopify: Mapping[str, Any]) -> list[
             f"  {row['shop']:<13} {row['location_id']:<8} {row['units_ordered']:>8}"
             f" {row['checkouts_refused_sold_out']:>9} {row['units_oversold_by_shopify']:>18}"
             f" {row['units_oversold_by_other_channels']:>7} {row['push_set_calls']:>10}"
-            f" {row['push_points']:>7} {_ms(lag['p50']):>11} {_ms(lag['p99']):>7}"
+            f" {row['push_stale_compares']:>6} {row['push_points']:>7}"
+            f" {_ms(lag['p50']):>11} {_ms(lag['p99']):>7}"
         )
     differ = shopify["levels_differ_after_settling"]
     webhooks = ", ".join(f"{n} {state}" for state, n in sorted(shopify["webhooks"].items()))

@@ -30,6 +30,7 @@ def test_report_names_every_shop_its_policy_and_the_push_lag_oversell() -> None:
             "units_oversold_by_shopify": n,
             "units_oversold_by_other_channels": 1,
             "push_set_calls": 50,
+            "push_stale_compares": 9,
             "push_points": 500,
             "push_lag_ms": {"levels_set": 60, "p50": 88.0, "p99": None},
         }
