@@ -79,7 +79,7 @@ bench: $(STAMP) ## benchmarks: HTTP and gRPC reads, fold vs its floor, freshness
 		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) wrk nghttp2-client; }; }
 	$(VPY) -m loadtests.bench $(BENCH_ARGS)
 
-load: $(STAMP) ## headless flash-sale load test with Locust (oversell, errors); LOAD_ARGS=--quick
+load: $(STAMP) ## headless flash-sale load test with Locust, Shopify channel included (oversell by channel and push policy); LOAD_ARGS=--quick
 	$(VPY) -m loadtests.load $(LOAD_ARGS)
 
 bench-grpc: $(STAMP) ## benchmark the gRPC API (watch delivery, Get latency); BENCH_ARGS=--quick

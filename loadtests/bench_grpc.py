@@ -678,12 +678,16 @@ class Stack:
         self.loads: list[LoadProcess] = []
         self.settings: Settings | None = None
 
-    def start_service(self, name: str, module: str, settings: Settings) -> Service:
+    def start_service(
+        self, name: str, module: str, settings: Settings, extra_env: Mapping[str, str] | None = None
+    ) -> Service:
+        """``python -m module`` with ``settings`` (and ``extra_env``, e.g. the secrets
+        that settings name by their environment variable)."""
         log_path = self.log_dir / f"{name}.log"
         log_file = log_path.open("ab")
         proc = popen_child(
             [sys.executable, "-m", module],
-            env=process_env(settings),
+            env=process_env(settings, extra_env),
             stdout=log_file,
             cwd=REPO_ROOT,
         )

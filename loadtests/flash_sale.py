@@ -4,28 +4,43 @@ what the simulated shoppers and stores took, and the oversell it adds up to.
 **Oversell** (what ``make load`` reports). Every SKU and location starts with the stock
 of its ERP balance (``Catalogue.stock``), and nothing restocks during the run. A
 *claim* is a unit taken from a location: a ``pos.sale`` a store terminal published,
-or a ``reservation.created`` a checkout published. Both claim only after the service
-showed enough available to sell (a checkout: online ATS at the location it reserves
-at; a store: its own location's ATS over gRPC). For each SKU and location,
+a ``reservation.created`` a checkout published, or an order a Shopify checkout placed
+on the Shopify stand-in. Each claims only after something showed enough available to
+sell: a checkout, the online ATS at the location it reserves at; a store, its own
+location's ATS over gRPC; Shopify, its own ``available`` at the shop's location, which
+our push keeps equal to our online ATS there (the stand-in refuses an order beyond it,
+as Shopify does for tracked inventory that may not oversell). For each SKU and
+location,
 
     oversold = max(0, units claimed - stock)
 
 and the run's oversell is the sum over all SKU-locations: the units promised to
 customers that did not exist. A service whose figures were always fresh would give 0;
 every unit above that was sold on figures that lagged behind the events.
+
+**By channel** (:func:`oversold_by_channel`): at each SKU-location the claims are
+taken in the order they were made; the units of a claim beyond what the earlier
+claims left are that claim's channel's oversell. Shopify's share is the units Shopify
+sold that no longer existed because its ``available`` had not caught up yet: the
+oversell due to push lag. (The other channels' share at a Shopify location includes
+units Shopify had sold whose order webhooks had not yet reached our figures.)
 """
 
 from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from loadtests.workload import location_name
 
 Slot = tuple[str, str]  # (sku, location_id)
+
+#: The channels that claim units, as the ledger names them.
+STORE, ONLINE, SHOPIFY = "store", "online", "shopify"
+CHANNELS = (STORE, ONLINE, SHOPIFY)
 
 
 def hot_sku_name(index: int) -> str:
@@ -104,19 +119,35 @@ class Catalogue:
 
 @dataclass
 class Ledger:
-    """What the simulated channels took, per SKU and location."""
+    """What the simulated channels took, per SKU and location, and when."""
 
     sold: dict[Slot, int] = field(default_factory=lambda: defaultdict(int))
     reserved: dict[Slot, int] = field(default_factory=lambda: defaultdict(int))
+    shopify: dict[Slot, int] = field(default_factory=lambda: defaultdict(int))
     # store sales per SKU and location: (occurred_at in µs, quantity)
     sales: dict[Slot, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    # every claim in the order made: (at in µs, channel, sku, location, quantity)
+    claims: list[tuple[int, str, str, str, int]] = field(default_factory=list)
+    # Shopify checkouts the shop refused (sold out there), per location
+    refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def sale(self, sku: str, location: str, quantity: int, occurred_at_us: int) -> None:
         self.sold[(sku, location)] += quantity
         self.sales[(sku, location)].append((occurred_at_us, quantity))
+        self.claims.append((occurred_at_us, STORE, sku, location, quantity))
 
-    def reservation(self, sku: str, location: str, quantity: int) -> None:
+    def reservation(self, sku: str, location: str, quantity: int, at_us: int = 0) -> None:
         self.reserved[(sku, location)] += quantity
+        self.claims.append((at_us, ONLINE, sku, location, quantity))
+
+    def shopify_order(self, sku: str, location: str, quantity: int, at_us: int) -> None:
+        """A checkout the Shopify shop accepted (its order webhook comes back to us as
+        a reservation)."""
+        self.shopify[(sku, location)] += quantity
+        self.claims.append((at_us, SHOPIFY, sku, location, quantity))
+
+    def shopify_refused(self, location: str) -> None:
+        self.refused[location] += 1
 
     def sold_until(self, sku: str, location: str, until_us: int) -> int:
         """Units the stores sold at the SKU and location with ``occurred_at`` at or
@@ -129,31 +160,58 @@ class Ledger:
         return {
             "sold": [[s, loc, n] for (s, loc), n in self.sold.items()],
             "reserved": [[s, loc, n] for (s, loc), n in self.reserved.items()],
+            "shopify": [[s, loc, n] for (s, loc), n in self.shopify.items()],
+            "shopify_refused": dict(self.refused),
+            "claims": [list(claim) for claim in self.claims],
         }
 
 
 def oversell(stock: Mapping[Slot, int], ledger_data: Mapping[str, Any]) -> dict[str, Any]:
     """The run's oversell (module docstring) from the stock and ``Ledger.to_data()``."""
     claimed: dict[Slot, int] = defaultdict(int)
-    sold = reserved = 0
-    for sku, location, units in ledger_data["sold"]:
-        claimed[(sku, location)] += units
-        sold += units
-    for sku, location, units in ledger_data["reserved"]:
-        claimed[(sku, location)] += units
-        reserved += units
+    totals = {STORE: 0, ONLINE: 0, SHOPIFY: 0}
+    for key, channel in (("sold", STORE), ("reserved", ONLINE), ("shopify", SHOPIFY)):
+        for sku, location, units in ledger_data.get(key, ()):
+            claimed[(sku, location)] += units
+            totals[channel] += units
     unknown = sorted(f"{s}@{loc}" for s, loc in claimed if (s, loc) not in stock)
     if unknown:
         raise ValueError(f"claims on SKU-locations that have no stock: {unknown[:5]}")
     over = {slot: units - stock[slot] for slot, units in claimed.items() if units > stock[slot]}
+    by_channel = oversold_by_channel(stock, ledger_data.get("claims", ()))
     return {
-        "units_sold_in_stores": sold,
-        "units_reserved_online": reserved,
+        "units_sold_in_stores": totals[STORE],
+        "units_reserved_online": totals[ONLINE],
+        "units_ordered_on_shopify": totals[SHOPIFY],
         "units_oversold": sum(over.values()),
         "sku_locations_oversold": len(over),
         "sku_locations_claimed": len(claimed),
+        "units_oversold_by_channel": {c: sum(by_channel[c].values()) for c in CHANNELS},
         "worst": [
             {"sku": s, "location_id": loc, "units": n}
             for (s, loc), n in sorted(over.items(), key=lambda item: (-item[1], item[0]))[:10]
         ],
     }
+
+
+def oversold_by_channel(
+    stock: Mapping[Slot, int], claims: Iterable[Sequence[Any]]
+) -> dict[str, dict[Slot, int]]:
+    """Channel -> SKU-location -> units oversold by that channel's claims: at each
+    SKU-location, claims in the order made (``(at_us, channel, sku, location,
+    quantity)``; a tie keeps the ledger's order), each claim's units beyond what the
+    earlier ones left. Summed over channels, a SKU-location's figure is its oversell."""
+    by_slot: dict[Slot, list[tuple[int, int, str, int]]] = defaultdict(list)
+    for n, (at_us, channel, sku, location, quantity) in enumerate(claims):
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
+        by_slot[(sku, location)].append((int(at_us), n, str(channel), int(quantity)))
+    result: dict[str, dict[Slot, int]] = {c: {} for c in CHANNELS}
+    for slot, made in by_slot.items():
+        left = stock[slot]
+        for _, _, channel, quantity in sorted(made):
+            beyond = quantity - max(0, min(left, quantity))
+            left -= quantity
+            if beyond:
+                result[channel][slot] = result[channel].get(slot, 0) + beyond
+    return result

@@ -2,21 +2,29 @@
 
 Starts a stack of its own on this machine (a development broker on a free port, Redis
 at ``--redis-url`` or one it starts, a stream worker, the HTTP API and the gRPC API,
-under a unique topic and key prefix), seeds the flash-sale catalogue
+under a unique topic and key prefix), and the Shopify channel
+(``loadtests.shopify_channel``: the Shopify stand-in with a shop per push policy
+compared, and the push process), seeds the flash-sale catalogue
 (``loadtests.flash_sale``: ``--hot-skus`` SKUs with little stock that most shoppers
 want, ``--regular-skus`` with more, at ``--locations`` locations), waits until it is
-served, then runs ``loadtests/locustfile.py`` with Locust, headless, for
-``--duration`` seconds with ``--users`` users.
+served and the push has set every shop's levels, then runs
+``loadtests/locustfile.py`` with Locust, headless, for ``--duration`` seconds with
+``--users`` users plus ``--shopify-users`` shoppers on the shops (0: no Shopify
+channel, no stand-in, no push).
 
-Afterwards it waits until the worker has folded everything and checks the service
-against the ledger of what the users took: every claimed SKU-location's ``on_hand``
-must be its stock minus the units sold in stores, and its ``reserved`` the units
-reserved online. It prints Locust's summary, the oversell (its definition is in
-``loadtests.flash_sale``) and that check, and writes Locust's CSV and HTML report and
-``load.json`` to ``--output-dir`` (default ``bench-results/load``).
+Afterwards it waits until every order webhook is delivered and the worker has folded
+everything, and checks the service against the ledger of what the users took: every
+claimed SKU-location's ``on_hand`` must be its stock minus the units sold in stores,
+and its ``reserved`` the units reserved online plus those ordered on Shopify there;
+then, with the push policies deleted, every shop's levels must equal our online ATS.
+It prints Locust's summary, the oversell (its definition is in
+``loadtests.flash_sale``), by channel and per shop, and those checks, and writes
+Locust's CSV and HTML report and ``load.json`` to ``--output-dir`` (default
+``bench-results/load``).
 
-Exit code: 0 when every request succeeded and the service agrees with the ledger;
-1 otherwise (a failed request, a disagreement, or a step that failed).
+Exit code: 0 when every request succeeded, every webhook was delivered, and the
+service agrees with the ledger and the shops with the service; 1 otherwise (a failed
+request, a disagreement, or a step that failed).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -58,7 +66,8 @@ from loadtests.bench_grpc import (
     wait_serving,
 )
 from loadtests.credentials import bearer
-from loadtests.flash_sale import Catalogue, oversell
+from loadtests.flash_sale import Catalogue, Slot, oversell, oversold_by_channel
+from loadtests.shopify_channel import VARIANTS, ShopifyChannel
 
 log = logging.getLogger("load")
 
@@ -82,6 +91,7 @@ class Params:
     redis_url: str
     partitions: int
     seed: int
+    shopify_users: int
 
 
 async def publish_balances(settings: Settings, catalogue: Catalogue, run_id: str) -> int:
@@ -157,12 +167,25 @@ def wait_folded(settings: Settings, stack: Stack, timeout: float = 120.0) -> Non
         client.close()
 
 
+def online_ats(base_url: str, authorization: str) -> Callable[[Sequence[str]], dict[Slot, int]]:
+    """A reader of our online ATS per SKU-location."""
+
+    def read(skus: Sequence[str]) -> dict[Slot, int]:
+        shown = figures(base_url, authorization, skus)
+        return {slot: int(location["ats"]) for slot, location in shown.items()}
+
+    return read
+
+
 def agreement(
     catalogue: Catalogue, ledger: Mapping[str, Any], shown: Mapping[tuple[str, str], Any]
 ) -> dict[str, Any]:
-    """Does the service show what the ledger says? (on_hand and reserved per slot)"""
+    """Does the service show what the ledger says? (on_hand and reserved per slot; a
+    Shopify order is a reservation at the shop's location)"""
     sold = {(s, loc): n for s, loc, n in ledger["sold"]}
-    reserved = {(s, loc): n for s, loc, n in ledger["reserved"]}
+    reserved: dict[Slot, int] = {}
+    for s, loc, n in [*ledger["reserved"], *ledger.get("shopify", ())]:
+        reserved[(s, loc)] = reserved.get((s, loc), 0) + n
     wrong = []
     for slot in set(sold) | set(reserved):
         expected_on_hand = catalogue.stock[slot] - sold.get(slot, 0)
@@ -191,7 +214,7 @@ def run_locust(params: Params, config_path: Path, output: Path, host: str, token
         "--host",
         host,
         "--users",
-        str(params.users),
+        str(params.users + params.shopify_users),
         "--spawn-rate",
         str(params.spawn_rate),
         "--run-time",
@@ -213,40 +236,57 @@ def run_locust(params: Params, config_path: Path, output: Path, host: str, token
         "PYTHONPATH": str(REPO_ROOT),
         "AVAILABILITY_TOKEN": token,
     }
-    log.info("locust: %d users for %.0f s", params.users, params.duration)
+    log.info(
+        "locust: %d users and %d Shopify shoppers for %.0f s",
+        params.users, params.shopify_users, params.duration,
+    )  # fmt: skip
     return subprocess.run(command, env=env, cwd=REPO_ROOT, timeout=params.duration + 300).returncode
 
 
 def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], int]:
     stack = Stack(log_dir)
     run_id = uuid.uuid4().hex[:8]
+    catalogue = Catalogue.build(
+        params.hot_skus,
+        params.regular_skus,
+        params.locations,
+        params.hot_stock,
+        params.regular_stock,
+        CATALOGUE_AS_OF,
+        params.seed,
+    )
+    shopify = (
+        ShopifyChannel(log_dir, catalogue, params.shopify_users) if params.shopify_users else None
+    )
     try:
         stack.broker = DevBroker(free_port(), log_dir).start()
         stack.redis_proc = ensure_redis(params.redis_url, log_dir)
         settings = bench_settings(
             stack.broker.url, params.redis_url, log_dir / "worker", params.partitions, None
         )
+        secrets: dict[str, str] = {}
+        if shopify is not None:
+            shopify.start(settings.http_port)
+            settings, secrets = shopify.settings(settings), shopify.env
         stack.settings = settings
         asyncio.run(create_topics(settings))
         stack.start_service("worker", "streams", settings)
-        stack.start_service("http", "services.http", settings)
+        stack.start_service("http", "services.http", settings, secrets)
         stack.start_service("grpc", "services.grpc", settings)
+        if shopify is not None:
+            stack.start_service("push", "services.push", settings, secrets)
         grpc_target = f"127.0.0.1:{settings.grpc_port}"
         asyncio.run(wait_serving(grpc_target, stack.check_alive, 60))
-        catalogue = Catalogue.build(
-            params.hot_skus,
-            params.regular_skus,
-            params.locations,
-            params.hot_stock,
-            params.regular_stock,
-            CATALOGUE_AS_OF,
-            params.seed,
-        )
         seeded = asyncio.run(publish_balances(settings, catalogue, run_id))
         base_url = f"http://127.0.0.1:{settings.http_port}"
         log.info("seed: %d ERP balances published; waiting until served", seeded)
         authorization = bearer(settings.token.get_secret_value())
         wait_served(base_url, authorization, catalogue, stack, timeout=300)
+        read_ats = online_ats(base_url, authorization)
+        if shopify is not None:
+            shopify.put_policies(base_url, authorization)
+            log.info("shopify: policies set; waiting until the push has set every level")
+            shopify.wait_synced(read_ats, stack.check_alive)
         ledger_path = output / "ledger.json"
         config = {
             "run_id": run_id,
@@ -261,15 +301,22 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
             "catalogue": catalogue.to_data(),
             "ledger_path": str(ledger_path),
         }
+        if shopify is not None:
+            config["shopify"] = shopify.locust_config()
         config_path = log_dir / "load-config.json"
         config_path.write_text(json.dumps(config))
         code = run_locust(params, config_path, output, base_url, settings.token.get_secret_value())
         ledger = json.loads(ledger_path.read_text())
         log.info("locust exited with %d; waiting until the worker has folded everything", code)
+        webhooks: dict[str, int] = {}
+        if shopify is not None:
+            webhooks = shopify.wait_delivered(stack.check_alive)
         wait_folded(settings, stack)
-        skus = sorted({s for s, _, _ in ledger["sold"]} | {s for s, _, _ in ledger["reserved"]})
+        skus = sorted(
+            {s for key in ("sold", "reserved", "shopify") for s, _, _ in ledger.get(key, ())}
+        )
         check = agreement(catalogue, ledger, figures(base_url, authorization, skus))
-        report = {
+        report: dict[str, Any] = {
             "parameters": asdict(params),
             "locust_exit_code": code,
             "oversell": oversell(catalogue.stock, ledger),
@@ -277,9 +324,23 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
             "stats": _locust_stats(output / "locust_stats.csv"),
         }
         failed = code != 0 or bool(check["disagree"])
+        if shopify is not None:
+            during_sale = shopify.push_metrics()
+            log.info("shopify: policies deleted; waiting until every level equals our figure")
+            shopify.delete_policies(base_url, authorization)
+            differ = shopify.settle(read_ats, stack.check_alive)
+            by_channel = oversold_by_channel(catalogue.stock, ledger["claims"])
+            report["shopify"] = {
+                "shops": shopify.report(ledger, by_channel, during_sale),
+                "webhooks": webhooks,
+                "levels_differ_after_settling": differ,
+            }
+            failed = failed or bool(differ) or set(webhooks) - {"delivered"} != set()
         return report, 1 if failed else 0
     finally:
         stack.shutdown()
+        if shopify is not None:
+            shopify.close()
 
 
 def _locust_stats(path: Path) -> list[dict[str, str]]:
@@ -308,7 +369,45 @@ def render(report: Mapping[str, Any]) -> str:
         f"service agrees with the ledger at {check['sku_locations_checked']} SKU-locations: "
         + ("yes" if not check["disagree"] else f"NO ({len(check['disagree'])} shown differ)"),
     ]
+    if "shopify" in report:
+        lines += render_shopify(over, report["shopify"])
     return "\n".join(lines)
+
+
+def render_shopify(over: Mapping[str, Any], shopify: Mapping[str, Any]) -> list[str]:
+    by = over["units_oversold_by_channel"]
+    rows = shopify["shops"]
+    lines = [
+        f"units ordered on Shopify {over['units_ordered_on_shopify']}; oversold by channel:"
+        f" stores {by['store']}, online {by['online']}, Shopify {by['shopify']}",
+        "",
+        "Shopify shops, one per push policy (scoped to the shop's location):",
+        *(f"  {row['shop']:<13} {row['policy']}" for row in rows),
+        "shop            location  ordered  sold out  oversold: Shopify  others"
+        "  set calls  stale  points  lag p50 ms  p99 ms",
+    ]
+    for row in rows:
+        lag = row["push_lag_ms"]
+        lines.append(
+            f"  {row['shop']:<13} {row['location_id']:<8} {row['units_ordered']:>8}"
+            f" {row['checkouts_refused_sold_out']:>9} {row['units_oversold_by_shopify']:>18}"
+            f" {row['units_oversold_by_other_channels']:>7} {row['push_set_calls']:>10}"
+            f" {row['push_stale_compares']:>6} {row['push_points']:>7}"
+            f" {_ms(lag['p50']):>11} {_ms(lag['p99']):>7}"
+        )
+    differ = shopify["levels_differ_after_settling"]
+    webhooks = ", ".join(f"{n} {state}" for state, n in sorted(shopify["webhooks"].items()))
+    lines += [
+        "units oversold because of push lag (Shopify sold beyond what existed): "
+        + ", ".join(f"{r['shop']} {r['units_oversold_by_shopify']}" for r in rows),
+        f"order webhooks: {webhooks or 'none'}; shops equal our online ATS after the sale: "
+        + ("yes" if not differ else f"NO ({len(differ)} shown differ)"),
+    ]
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
@@ -322,16 +421,27 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--shopify-users",
+        type=int,
+        default=30,
+        help="shoppers checking out on the Shopify stand-in's shops (0: no Shopify channel)",
+    )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--quick", action="store_true", help="20 users for 20 s (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.duration, args.regular_skus = 20, 20.0, 200
+        args.shopify_users = min(args.shopify_users, 10)
     for name in ("users", "hot_skus", "locations", "partitions"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.duration <= 0 or args.spawn_rate <= 0 or args.regular_skus < 0:
         parser.error("--duration and --spawn-rate must be positive, --regular-skus >= 0")
+    if args.shopify_users < 0:
+        parser.error("--shopify-users must be 0 or more")
+    if args.shopify_users and args.locations < len(VARIANTS):
+        parser.error(f"the Shopify channel needs --locations {len(VARIANTS)} or more")
     params = Params(
         users=args.users,
         spawn_rate=args.spawn_rate,
@@ -344,6 +454,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path]:
         redis_url=args.redis_url,
         partitions=args.partitions,
         seed=args.seed,
+        shopify_users=args.shopify_users,
     )
     return params, args.output_dir
 
@@ -358,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="[load %(asctime)s] %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the stand-in client's requests
     signal.signal(signal.SIGTERM, _terminate)
     output.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="load-"))

@@ -1,6 +1,6 @@
 """The flash-sale load test (``make load`` runs it headless; see ``loadtests.load``).
 
-Four kinds of users at once against a running service:
+Five kinds of users at once against a running service:
 
 - ``Shopper`` (HTTP): product pages (a single read, mostly of the flash-sale SKUs),
   collection pages (a batch read of 24 SKUs) and checkouts: read the SKU, and if a
@@ -8,6 +8,11 @@ Four kinds of users at once against a running service:
   the contract has no reserve API yet).
 - ``StoreTerminal`` (gRPC, a POS till at one store): ``GetAvailability`` of a SKU at
   its store and, if the store shows ATS, sell one unit (a ``pos.sale`` event).
+- ``ShopifyShopper`` (HTTP, against the Shopify stand-in; only when the run's
+  configuration has a ``shopify`` section): checkouts of one unit at one of the
+  stand-in's shops, at that shop's location. The shop refuses one beyond its
+  ``available`` (409: sold out there); an order it takes lowers its ``available`` and
+  comes back to the service as a signed ``orders/create`` webhook (a reservation).
 - ``ErpFeed``: a storm of ERP balances (``erp.balance``, as of a moment ago, with
   the stock minus the store sales before that moment: what an ERP that has the
   tills' sales would send).
@@ -61,6 +66,8 @@ ERP_LAG_SECONDS = 2.0
 _RNG = random.Random(CONFIG.get("seed", 5))
 _PRODUCER: KafkaProducer | None = None
 _counter = [0]
+_tills = [0]
+SHOPIFY: dict[str, Any] | None = CONFIG.get("shopify")
 
 
 def producer() -> KafkaProducer:
@@ -143,6 +150,7 @@ class Shopper(FastHttpUser):
         if not open_:
             return  # sold out online: the shopper leaves
         location = max(open_, key=lambda loc: loc["ats"])["location_id"]
+        claimed = time.time()
         reservation = {
             "type": "reservation.created",
             "event_id": event_id("res"),
@@ -150,11 +158,11 @@ class Shopper(FastHttpUser):
             "reservation_id": event_id("order"),
             "location_id": location,
             "quantity": 1,
-            "occurred_at": rfc3339(time.time()),
+            "occurred_at": rfc3339(claimed),
             "channel": "online",
         }
         if publish(CONFIG["topics"]["reservations"], reservation):
-            LEDGER.reservation(sku, location, 1)
+            LEDGER.reservation(sku, location, 1, int(claimed * 1_000_000))
 
 
 class GrpcUser(User):
@@ -194,7 +202,10 @@ class StoreTerminal(GrpcUser):
 
     def on_start(self) -> None:
         super().on_start()
-        self.store = _RNG.choice(CATALOGUE.locations)
+        # Stores in turn: each of the first locations has a till (the Shopify shops'
+        # locations among them, so that every shop competes with one).
+        self.store = CATALOGUE.locations[_tills[0] % len(CATALOGUE.locations)]
+        _tills[0] += 1
 
     @task
     def ring_up(self) -> None:
@@ -214,6 +225,42 @@ class StoreTerminal(GrpcUser):
         }
         if publish(CONFIG["topics"]["pos"], sale):
             LEDGER.sale(sku, self.store, 1, int(occurred * 1_000_000))
+
+
+class ShopifyShopper(FastHttpUser):
+    """Checkouts on the Shopify stand-in (its control API's ``/_standin/checkout``: an
+    order as Shopify's checkout places it), at a shop chosen at random."""
+
+    abstract = SHOPIFY is None  # no Shopify channel in this run
+    fixed_count = 0 if SHOPIFY is None else int(SHOPIFY["users"])
+    wait_time = between(0.1, 0.5)
+
+    @task
+    def checkout(self) -> None:
+        assert SHOPIFY is not None
+        shop = _RNG.choice(SHOPIFY["shops"])
+        sku = pick_sku(_RNG)
+        body = {
+            "shop": shop["domain"],
+            "location": shop["location"],
+            "line_items": [{"sku": sku, "quantity": 1}],
+        }
+        sent = time.time()
+        with self.client.post(  # an absolute URL: --host is our service
+            f"{SHOPIFY['base_url']}/_standin/checkout",
+            json=body,
+            name="shopify checkout",
+            catch_response=True,
+        ) as answer:
+            if answer.status_code == 200:
+                # When the shop took the order: between the request and its answer.
+                placed = (sent + time.time()) / 2
+                LEDGER.shopify_order(sku, shop["location"], 1, int(placed * 1_000_000))
+            elif answer.status_code == 409:  # sold out at the shop: the shopper leaves
+                LEDGER.shopify_refused(shop["location"])
+                answer.success()
+            else:
+                answer.failure(f"status {answer.status_code}: {answer.text[:200]}")
 
 
 class ErpFeed(User):

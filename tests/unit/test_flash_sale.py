@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from loadtests.flash_sale import Catalogue, Ledger, oversell
+from loadtests.flash_sale import (
+    ONLINE,
+    SHOPIFY,
+    STORE,
+    Catalogue,
+    Ledger,
+    oversell,
+    oversold_by_channel,
+)
 
 
 def catalogue() -> Catalogue:
@@ -62,3 +70,41 @@ def test_erp_balance_contains_only_sales_up_to_its_as_of() -> None:
     assert ledger.sold_until("A", "L", 100) == 2
     assert ledger.sold_until("A", "L", 1_000) == 3
     assert ledger.sold_until("B", "L", 1_000) == 0
+
+
+def test_oversell_by_channel_blames_the_claims_made_after_the_stock_ran_out() -> None:
+    """At each SKU-location the claims count in the order made: the units beyond what
+    the earlier claims left are the later claim's channel's; the channels' shares add
+    up to the SKU-location's oversell."""
+    built = catalogue()
+    sku = built.hot_skus[0]
+    here, there = built.locations
+    stock = built.stock[(sku, here)]
+    ledger = Ledger()
+    for n in range(stock - 1):
+        ledger.sale(sku, here, 1, occurred_at_us=10 + n)
+    ledger.shopify_order(sku, here, 1, at_us=1_000)  # the last unit
+    ledger.reservation(sku, here, 1, at_us=1_001)  # Shopify's order not folded yet
+    ledger.shopify_order(sku, here, 2, at_us=1_002)  # the shop had not caught up
+    ledger.sale(sku, there, built.stock[(sku, there)] + 1, occurred_at_us=5)
+    ledger.shopify_order(sku, there, 1, at_us=1)  # before the store's oversized sale
+    ledger.shopify_refused(here)
+    data = ledger.to_data()
+    by_channel = oversold_by_channel(built.stock, data["claims"])
+    assert by_channel == {
+        STORE: {(sku, there): 2},
+        ONLINE: {(sku, here): 1},
+        SHOPIFY: {(sku, here): 2},
+    }
+    result = oversell(built.stock, data)
+    assert result["units_ordered_on_shopify"] == 4
+    assert result["units_oversold"] == 5
+    assert result["units_oversold_by_channel"] == {STORE: 2, ONLINE: 1, SHOPIFY: 2}
+    assert data["shopify_refused"] == {here: 1}
+
+
+def test_oversell_by_channel_refuses_unknown_channels() -> None:
+    built = catalogue()
+    claim = [0, "fax", built.hot_skus[0], built.locations[0], 1]
+    with pytest.raises(ValueError, match="fax"):
+        oversold_by_channel(built.stock, [claim])
