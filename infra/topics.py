@@ -40,8 +40,8 @@ def expected_partitions(settings: Settings) -> dict[str, int]:
     return expected
 
 
-async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
-    """Create the service's topics (idempotent). Returns the names it created."""
+def wanted_topics(settings: Settings) -> dict[str, NewTopic]:
+    """Every topic the service creates, by name: partitions, replicas and configs."""
     wanted: dict[str, NewTopic] = {
         name: NewTopic(name, settings.partitions, settings.replication_factor)
         for name in settings.partitioned_topics
@@ -75,6 +75,12 @@ async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
     # Every topic: a write (acks=all) is acknowledged once this many replicas have it.
     for topic in wanted.values():
         topic.topic_configs = {**durability_configs(settings), **topic.topic_configs}
+    return wanted
+
+
+async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
+    """Create the service's topics (idempotent). Returns the names it created."""
+    wanted = wanted_topics(settings)
     admin = AIOKafkaAdminClient(
         **kafka_client_options(settings),
         client_id=f"{settings.faust_app_id}-topics",

@@ -69,12 +69,9 @@ def producer() -> KafkaProducer:
     if _PRODUCER is None:
         # The run's broker (CONFIG), reached the way the settings say (the security
         # options: kafka-python takes the same names as aiokafka).
-        options = {
-            **kafka_client_options(get_settings()),
-            "bootstrap_servers": CONFIG["bootstrap_servers"],
-        }
         _PRODUCER = KafkaProducer(
-            **options,
+            **kafka_client_options(get_settings())
+            | {"bootstrap_servers": CONFIG["bootstrap_servers"]},
             acks=1,
             linger_ms=2,
             key_serializer=str.encode,
