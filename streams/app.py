@@ -46,6 +46,7 @@ from infra.dead_letters import MAX_REASON_CHARS, dead_letter_record
 from infra.kafka import CommittedOffsets, RangeReader, faust_broker_credentials
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
+from infra.topics import durability_configs
 from streams.change_feed import ChangeFeed
 from streams.faust_internals import (
     aiokafka_producer,
@@ -265,7 +266,7 @@ class Processor:
             # The journal is the state's only durable copy: Faust creates it with
             # AVAILABILITY_REPLICATION_FACTOR replicas, and these many must have a
             # write before the broker acknowledges it.
-            extra_topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)},
+            extra_topic_configs=durability_configs(settings),
         )
         app.tables.add(self.states)
         self.source = app.topic(
