@@ -42,7 +42,7 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
-	alerts-check chart-check shopify-schema shopify-standin
+	alerts-check chart-check image-check constraints shopify-schema shopify-standin
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -95,6 +95,17 @@ alerts-check: ## check the Prometheus alert rules and run their unit tests (prom
 
 chart-check: $(STAMP) ## helm lint --strict, helm template (default and helm/availability/ci/*) validated for Kubernetes 1.33
 	$(VPY) -m dev.chart_check
+
+image-check: $(STAMP) ## hadolint the Dockerfile (the image's install step is tested by make test)
+	$(VENV)/bin/hadolint Dockerfile
+
+constraints: ## re-resolve pyproject.toml (runtime and dev) into constraints.txt in a fresh venv; review the diff
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv" \
+	&& "$$tmp/venv/bin/python" -m pip install -q '.[dev]' \
+	&& "$$tmp/venv/bin/python" -m pip freeze --all --exclude pip --exclude availability-service \
+		> constraints.txt \
+	&& echo "constraints.txt rewritten: git diff constraints.txt, then make venv and the tests"
 
 shopify-schema: $(STAMP) ## fetch the Shopify Admin API 2026-10 schema (npm) into .data/shopify/
 	$(VPY) -m dev.shopify_admin.schema_cache

@@ -37,6 +37,9 @@ DEV_OVERRIDES: dict[str, str] = {
     "AVAILABILITY_BROKER_REQUEST_TIMEOUT": "20",
     "AVAILABILITY_FETCH_MAX_WAIT_MS": "100",
     "AVAILABILITY_PRODUCER_MAX_BATCH_SIZE": "1",
+    # One broker, no replication (production: 3 and 2).
+    "AVAILABILITY_REPLICATION_FACTOR": "1",
+    "AVAILABILITY_MIN_INSYNC_REPLICAS": "1",
 }
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -59,6 +62,18 @@ def dev_field_overrides() -> dict[str, str]:
         for key, value in DEV_OVERRIDES.items()
         if key.startswith(ENV_PREFIX)
     }
+
+
+def dev_settings() -> Settings:
+    """``Settings`` from the environment, with :data:`DEV_OVERRIDES` where the
+    environment does not set them: what the development stack itself uses (its topics
+    get the development broker's replication of 1)."""
+    values = {
+        name: value
+        for name, value in dev_field_overrides().items()
+        if f"{ENV_PREFIX}{name.upper()}" not in os.environ
+    }
+    return Settings(**values)  # type: ignore[arg-type]  # strings, parsed by pydantic
 
 
 def _env_value(value: Any) -> str:

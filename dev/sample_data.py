@@ -24,6 +24,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from infra.config import Settings, get_settings
+from infra.kafka import kafka_client_options
 
 Event = dict[str, Any]
 
@@ -205,7 +206,7 @@ class Catalogue:
 async def publish(settings: Settings, events: Sequence[Event]) -> Counter[tuple[str, str]]:
     """Send ``events`` keyed by sku and wait until every one is acknowledged."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks="all",
         client_id="dev-sample-data",
         max_batch_size=settings.producer_max_batch_size,

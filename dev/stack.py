@@ -35,13 +35,14 @@ from dev.processes import (
     LOOPBACK_HOSTS,
     StackError,
     dev_env,
+    dev_settings,
     first_bootstrap,
     popen_child,
     stop_process,
 )
 from dev.redis_server import ensure_redis
 from dev.shopify_dev import DevShop, ShopifyDevError, start_dev_shop
-from infra.config import Settings, get_settings
+from infra.config import Settings
 from infra.topics import TopicError, create_topics
 
 log = logging.getLogger("dev.stack")
@@ -368,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[stack] %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    settings = get_settings()
+    settings = dev_settings()
     if args.command == "run":
         return cmd_run(settings, args.sample_data, args.ready_timeout, args.state_dir)
     if args.command == "topics":

@@ -35,6 +35,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.partition_fold import PartitionFold
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ async def record_actions(settings: Settings, records: Sequence[tuple[str, bytes]
     if not records:
         return
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks="all",
         client_id=f"{settings.faust_app_id}-audit",
     )

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.policy_log import PolicyLog
 from infra.rules_log import RulesLog
 
@@ -66,9 +67,8 @@ class AuditRelay:
         return self._consumer is not None and bool(set(self.logs) & self._consumer.assignment())
 
     async def start(self) -> None:
-        servers = self.settings.bootstrap_servers
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
+            **kafka_client_options(self.settings),
             group_id=self.group,
             enable_auto_commit=False,
             session_timeout_ms=int(self.settings.broker_session_timeout * 1000),
@@ -78,7 +78,7 @@ class AuditRelay:
         await self._consumer.start()
         self._consumer.subscribe([tp.topic for tp in self.logs])
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=servers,
+            **kafka_client_options(self.settings),
             acks="all",
             client_id=f"{self.settings.faust_app_id}-audit-relay",
         )

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from infra.shopify_config import ShopifyTarget
@@ -41,6 +41,24 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=200, ge=1)
     # Open WatchAvailability streams one gRPC server holds; more get RESOURCE_EXHAUSTED.
     grpc_max_watches: int = Field(default=10_000, ge=1)
+
+    # --- Kafka security (README "Configuration", "Deploying") ---
+    # How every Kafka client (the worker's Faust app, the APIs' producers, the push, the
+    # CLI) connects: infra.kafka.kafka_client_options and faust_broker_credentials.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # SASL_*: the mechanism, the user and its password (the value, or a file holding
+    # it: a mounted Secret, read when a client is built; exactly one of the two).
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_sasl_password_file: str = ""
+    # SSL and SASL_SSL: the CA certificate(s) the brokers' certificates are checked
+    # against (empty: the system's CAs), and a client certificate and its key (PEM,
+    # both or neither; the key's password when it is encrypted).
+    kafka_ssl_ca_file: str = ""
+    kafka_ssl_cert_file: str = ""
+    kafka_ssl_key_file: str = ""
+    kafka_ssl_key_password: SecretStr = SecretStr("")
 
     # --- access control (README "Security") ---
     # false: callers without a credential get every scope (behind an authenticating
@@ -141,7 +159,11 @@ class Settings(BaseSettings):
 
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
-    replication_factor: int = Field(default=1, ge=1)
+    # Production defaults: three copies, and a write (acks=all) is acknowledged once two
+    # have it, so one broker may be lost or restarted without losing or refusing writes.
+    # The development stack sets 1 and 1 (dev.processes.DEV_OVERRIDES).
+    replication_factor: int = Field(default=3, ge=1)
+    min_insync_replicas: int = Field(default=2, ge=1)
     # Rules in total (every process holds them all); a PUT of a new one beyond is 409.
     max_rules: int = Field(default=10_000, ge=1)
     # How long the audit topic keeps its records (days; it is never compacted).
@@ -199,6 +221,34 @@ class Settings(BaseSettings):
     drift_threshold: int = Field(default=0, ge=0)
     worker_metrics_port: int = Field(default=9180, ge=0, le=65535)
     grpc_metrics_port: int = Field(default=9181, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _kafka_settings_agree(self) -> Settings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"AVAILABILITY_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds"
+                f" AVAILABILITY_REPLICATION_FACTOR ({self.replication_factor}): no write"
+                " with acks=all could ever be acknowledged"
+            )
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if not self.kafka_sasl_username:
+                raise ValueError(
+                    f"AVAILABILITY_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+                    " needs AVAILABILITY_KAFKA_SASL_USERNAME"
+                )
+            has_password = bool(self.kafka_sasl_password.get_secret_value())
+            if has_password == bool(self.kafka_sasl_password_file):
+                raise ValueError(
+                    f"AVAILABILITY_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+                    " needs exactly one of AVAILABILITY_KAFKA_SASL_PASSWORD and"
+                    " AVAILABILITY_KAFKA_SASL_PASSWORD_FILE"
+                )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError(
+                "AVAILABILITY_KAFKA_SSL_CERT_FILE and AVAILABILITY_KAFKA_SSL_KEY_FILE"
+                " go together (a client certificate and its key), both or neither"
+            )
+        return self
 
     @property
     def redis_url_shown(self) -> str:

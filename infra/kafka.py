@@ -1,16 +1,91 @@
-"""Plain Kafka clients the worker, the APIs and the operator CLI share: where a key's
-partition is, reading ranges and whole topics outside any consumer group, and the
-check of the topics the worker needs."""
+"""Plain Kafka clients the worker, the APIs and the operator CLI share: how every
+client connects (:func:`kafka_client_options`, :func:`faust_broker_credentials`), where
+a key's partition is, reading ranges and whole topics outside any consumer group, and
+the check of the topics the worker needs."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
+from pydantic import SecretStr
+
+from infra.config import Settings
+from infra.secrets import SecretSource
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of SSL and SASL_SSL (None for the plaintext protocols): brokers'
+    certificates checked against ``kafka_ssl_ca_file`` (else the system's CAs), host
+    names checked, and the client certificate when one is configured."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    key_password = settings.kafka_ssl_key_password.get_secret_value() or None
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=settings.kafka_ssl_ca_file or None,
+        certfile=settings.kafka_ssl_cert_file or None,
+        keyfile=settings.kafka_ssl_key_file or None,
+        password=key_password,
+    )
+    return context
+
+
+def kafka_sasl_password(settings: Settings) -> SecretStr:
+    """The SASL password: the setting's value, or read from its file (a mounted Secret,
+    read anew each time a client is built; SecretNotFound names the file)."""
+    if settings.kafka_sasl_password_file:
+        return SecretSource(file=settings.kafka_sasl_password_file).read()
+    return settings.kafka_sasl_password
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments every plain Kafka client is built with (aiokafka's
+    producer, consumer, admin client and client, and kafka-python's producer take the
+    same names): the bootstrap servers, the security protocol and, as it needs, the
+    TLS context and the SASL mechanism and credentials. The result holds the password
+    in clear: hand it to the client, never to a log line."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = kafka_ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = kafka_sasl_password(settings).get_secret_value()
+    return options
+
+
+def faust_broker_credentials(settings: Settings) -> CredentialsT | None:
+    """Faust's ``broker_credentials`` for the same connection as
+    :func:`kafka_client_options` (None: plaintext). Faust derives the protocol from the
+    kind of credentials: SASL with a TLS context is SASL_SSL, without one SASL_PLAINTEXT;
+    a TLS context alone is SSL. Faust builds its consumers, producer and topic admin
+    from them."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    context = kafka_ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=kafka_sasl_password(settings).get_secret_value(),
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if context is not None:
+        return SSLCredentials(context)
+    return None
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -38,8 +113,8 @@ class RangeReader:
     """Reads given offset ranges of partitions, outside any consumer group, a
     bounded piece at a time."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
-        self._servers = bootstrap_servers
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self._settings = settings
         self._client_id = client_id
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
@@ -64,7 +139,7 @@ class RangeReader:
         async with asyncio.timeout(timeout), self._lock:
             if self._consumer is None:
                 self._consumer = AIOKafkaConsumer(
-                    bootstrap_servers=self._servers,
+                    **kafka_client_options(self._settings),
                     client_id=self._client_id,
                     enable_auto_commit=False,
                     fetch_max_wait_ms=100,
@@ -109,15 +184,15 @@ class CommittedOffsets:
     """Reads a consumer group's committed offsets from the broker (it never joins the
     group: no subscription)."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
-        self._servers = bootstrap_servers
+    def __init__(self, settings: Settings, group_id: str) -> None:
+        self._settings = settings
         self._group_id = group_id
         self._consumer: AIOKafkaConsumer | None = None
 
     async def committed(self, topic: str, partition: int) -> int | None:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._servers,
+                **kafka_client_options(self._settings),
                 group_id=self._group_id,
                 client_id=f"{self._group_id}-committed",
                 enable_auto_commit=False,
@@ -133,14 +208,14 @@ class CommittedOffsets:
 
 
 async def read_topic(
-    bootstrap_servers: str, topic: str, *, timeout: float = 60.0, idle: float = 2.0
+    settings: Settings, topic: str, *, timeout: float = 60.0, idle: float = 2.0
 ) -> list[Any]:
     """Every record of ``topic`` (all partitions, outside any consumer group), in
     partition and offset order. Reads until each partition's end offset (as of the
     start) is reached, or nothing more came for ``idle`` seconds; TimeoutError after
     ``timeout``."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_client_options(settings),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=100,
@@ -177,10 +252,10 @@ async def read_topic(
         await consumer.stop()
 
 
-async def topic_problems(bootstrap_servers: str, expected: dict[str, int]) -> list[str]:
+async def topic_problems(settings: Settings, expected: dict[str, int]) -> list[str]:
     """What is wrong with the topics the worker needs: missing ones, or ones whose
     partition count differs from what SKU routing assumes."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings), enable_auto_commit=False)
     await consumer.start()
     try:
         existing = await consumer.topics()

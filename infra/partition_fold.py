@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class PartitionFold:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **kafka_client_options(self.settings),
             enable_auto_commit=False,
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             client_id=f"{self.settings.faust_app_id}-{self.name}",

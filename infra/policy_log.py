@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from infra.audit import Actor, Headers, actor_from_headers, actor_headers, audit_record
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.partition_fold import PartitionFold
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class PolicyLog(PartitionFold, Generic[P]):
     async def start(self) -> None:
         await super().start()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            **kafka_client_options(self.settings),
             acks="all",
             linger_ms=0,
             # Exact end offsets (read-your-writes in sync()) on brokers that need it.

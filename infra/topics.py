@@ -8,6 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,12 @@ RULES_COMPACTION_LAG_MS = 7 * DAY_MS
 
 class TopicError(RuntimeError):
     """A topic could not be created; the message says which and why."""
+
+
+def durability_configs(settings: Settings) -> dict[str, str]:
+    """The topic configs every topic the service creates carries (Faust's changelog
+    too: ``streams.app``)."""
+    return {"min.insync.replicas": str(settings.min_insync_replicas)}
 
 
 def expected_partitions(settings: Settings) -> dict[str, int]:
@@ -33,8 +40,8 @@ def expected_partitions(settings: Settings) -> dict[str, int]:
     return expected
 
 
-async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
-    """Create the service's topics (idempotent). Returns the names it created."""
+def wanted_topics(settings: Settings) -> dict[str, NewTopic]:
+    """Every topic the service creates, by name: partitions, replicas and configs."""
     wanted: dict[str, NewTopic] = {
         name: NewTopic(name, settings.partitions, settings.replication_factor)
         for name in settings.partitioned_topics
@@ -65,8 +72,17 @@ async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[st
             "retention.ms": str(settings.audit_retention_days * DAY_MS),
         },
     )
+    # Every topic: a write (acks=all) is acknowledged once this many replicas have it.
+    for topic in wanted.values():
+        topic.topic_configs = {**durability_configs(settings), **topic.topic_configs}
+    return wanted
+
+
+async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
+    """Create the service's topics (idempotent). Returns the names it created."""
+    wanted = wanted_topics(settings)
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         client_id=f"{settings.faust_app_id}-topics",
         request_timeout_ms=int(timeout * 1000),
     )

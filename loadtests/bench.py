@@ -65,6 +65,7 @@ from dev.processes import stop_process as stop_child_process
 from dev.redis_server import ensure_redis
 from dev.sample_data import topic_for
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
 from loadtests import bench_push
@@ -178,7 +179,7 @@ async def publish(settings: Settings, events: Iterable[Event]) -> int:
     """Send ``events`` keyed by SKU to their input topics; returns how many, once every
     one is acknowledged."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks=1,
         linger_ms=5,
         max_batch_size=LOAD_BATCH_BYTES,
@@ -637,7 +638,7 @@ def measure_freshness(
         "producer",
         run_producer,
         ProduceJob(
-            bootstrap_servers=settings.bootstrap_servers,
+            **kafka_client_options(settings),
             topic=settings.pos_topic,
             skus=params.skus,
             locations=params.locations,

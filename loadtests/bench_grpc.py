@@ -81,6 +81,7 @@ from dev.processes import DEV_OVERRIDES, ENV_PREFIX, popen_child, process_env
 from dev.processes import stop_process as stop_child_process
 from dev.redis_server import ensure_redis
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
 from loadtests.credentials import bench_credential, grpc_metadata
@@ -177,7 +178,7 @@ class TapJob:
 
 @dataclass(frozen=True)
 class ProduceJob:
-    bootstrap_servers: str
+    settings: Settings  # the broker and how to connect (kafka_client_options)
     topic: str
     skus: int
     locations: int
@@ -490,7 +491,7 @@ async def run_producer(job: ProduceJob, conn: Connection[Message, Message]) -> N
             ack_times[index] = time.time()
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=job.bootstrap_servers,
+        **kafka_client_options(job.settings),
         acks=1,
         linger_ms=job.linger_ms,
         max_batch_size=job.max_batch_bytes,
@@ -771,7 +772,7 @@ async def wait_serving(target: str, alive: Callable[[], None], timeout: float) -
 async def publish_catalogue(settings: Settings, skus: int, locations: int, run_id: str) -> None:
     """One ERP balance of ``INITIAL_ON_HAND`` units per SKU and location."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks=1,
         linger_ms=0,
         max_batch_size=PRODUCER_MAX_BATCH_BYTES,
@@ -1251,7 +1252,7 @@ def run_phases(params: Params, stack: Stack, report: dict[str, Any]) -> None:
         "producer",
         run_producer,
         ProduceJob(
-            settings.bootstrap_servers,
+            settings,
             settings.pos_topic,
             params.skus,
             params.locations,
@@ -1357,7 +1358,7 @@ async def publish_sales_burst(settings: Settings, params: Params, count: int, ru
     """``count`` sales as fast as the client goes: batched (the worker's lag figures may
     then be off on the development broker; its fold is not)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks=1,
         linger_ms=5,
         client_id="bench-burst",

@@ -43,6 +43,7 @@ from dev.processes import popen_child, process_env
 from dev.redis_server import ensure_redis
 from dev.shopify_admin.client import StandIn
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.shopify_config import ShopifyTarget
 from infra.topics import create_topics
 from loadtests.bench_grpc import (
@@ -193,7 +194,7 @@ class PushBench:
 
     async def _producer(self, settings: Settings) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
+            **kafka_client_options(settings), acks="all", linger_ms=5,
             max_batch_size=262_144,
         )  # fmt: skip
         await producer.start()

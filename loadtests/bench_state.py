@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaProducer
 
 from dev.processes import stop_process as stop_child_process
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.topics import create_topics
 from loadtests.bench_grpc import BenchError, Stack, bench_settings, delete_keys
 
@@ -127,7 +128,7 @@ async def publish_steadily(
     """Publish at ``params.rate`` for ``params.seconds``, calling ``sample(published)``
     every SAMPLE_EVERY seconds; returns how many were published."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks=1,
         linger_ms=5,
         max_batch_size=65536,

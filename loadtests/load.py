@@ -56,6 +56,7 @@ from aiokafka import AIOKafkaProducer
 from dev.broker import DevBroker
 from dev.redis_server import ensure_redis
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from infra.topics import create_topics
 from loadtests.bench_grpc import (
     BenchError,
@@ -96,7 +97,7 @@ class Params:
 
 async def publish_balances(settings: Settings, catalogue: Catalogue, run_id: str) -> int:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks=1, linger_ms=5, client_id="load-seed"
+        **kafka_client_options(settings), acks=1, linger_ms=5, client_id="load-seed"
     )
     await send_all(producer, settings.erp_topic, catalogue.balances(run_id))
     return len(catalogue.stock)

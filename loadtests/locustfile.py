@@ -44,6 +44,7 @@ from kafka import KafkaProducer
 from locust import FastHttpUser, User, between, constant_pacing, events, task
 
 from infra.config import get_settings
+from infra.kafka import kafka_client_options
 from loadtests.credentials import bearer, grpc_metadata
 from loadtests.flash_sale import Catalogue, Ledger
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
@@ -73,8 +74,11 @@ SHOPIFY: dict[str, Any] | None = CONFIG.get("shopify")
 def producer() -> KafkaProducer:
     global _PRODUCER
     if _PRODUCER is None:
+        # The run's broker (CONFIG), reached the way the settings say (the security
+        # options: kafka-python takes the same names as aiokafka).
         _PRODUCER = KafkaProducer(
-            bootstrap_servers=CONFIG["bootstrap_servers"],
+            **kafka_client_options(get_settings())
+            | {"bootstrap_servers": CONFIG["bootstrap_servers"]},
             acks=1,
             linger_ms=2,
             key_serializer=str.encode,

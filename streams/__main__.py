@@ -20,7 +20,7 @@ def check_topics(settings: Settings) -> list[str]:
     # SKU's events and its state would live on different workers.
     expected = {topic: settings.partitions for topic in settings.partitioned_topics}
     expected[settings.rules_topic] = 1
-    return asyncio.run(topic_problems(settings.bootstrap_servers, expected))
+    return asyncio.run(topic_problems(settings, expected))
 
 
 def main() -> None:

@@ -43,9 +43,10 @@ from availability.rules import Rule
 from availability.state import SkuState
 from infra.config import Settings
 from infra.dead_letters import MAX_REASON_CHARS, dead_letter_record
-from infra.kafka import CommittedOffsets, RangeReader
+from infra.kafka import CommittedOffsets, RangeReader, faust_broker_credentials
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
+from infra.topics import durability_configs
 from streams.change_feed import ChangeFeed
 from streams.faust_internals import (
     aiokafka_producer,
@@ -142,6 +143,9 @@ def build_app(settings: Settings, app_id: str) -> AvailabilityApp:
     app = AvailabilityApp(
         app_id,
         broker=settings.broker,
+        # TLS and SASL (AVAILABILITY_KAFKA_*): Faust's consumers, producer and topic
+        # admin connect as every other client does (infra.kafka).
+        broker_credentials=faust_broker_credentials(settings),
         store="memory://",
         datadir=settings.data_dir,
         topic_partitions=settings.partitions,
@@ -259,6 +263,10 @@ class Processor:
             max_future_skew=settings.max_future_skew,
             key_type=str,
             use_partitioner=True,
+            # The journal is the state's only durable copy: Faust creates it with
+            # AVAILABILITY_REPLICATION_FACTOR replicas, and these many must have a
+            # write before the broker acknowledges it.
+            extra_topic_configs=durability_configs(settings),
         )
         app.tables.add(self.states)
         self.source = app.topic(
@@ -301,9 +309,9 @@ class Processor:
         self._progress_logged = time.monotonic()
         self.processed: dict[TP, int] = {}
         self._paused_seen: set[TP] = set()
-        self.gap_reader = RangeReader(settings.bootstrap_servers, f"{settings.faust_app_id}-gaps")
+        self.gap_reader = RangeReader(settings, f"{settings.faust_app_id}-gaps")
         self.committed_by_partition: dict[str, int] = {}
-        self.committed_reader = CommittedOffsets(settings.bootstrap_servers, settings.faust_app_id)
+        self.committed_reader = CommittedOffsets(settings, settings.faust_app_id)
         self.gap_timeouts = 0
         self.gap_offsets_lost = 0
         self.pruner = Pruner(

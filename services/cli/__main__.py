@@ -363,7 +363,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         # A topic with another partition count would stop every worker at start (a
         # SKU's events and its state share a partition number): fail here, before a
         # deployment's upgrade touches the running processes.
-        problems = await topic_problems(settings.bootstrap_servers, expected_partitions(settings))
+        problems = await topic_problems(settings, expected_partitions(settings))
         for problem in problems:
             fail(f"{problem} (AVAILABILITY_PARTITIONS={settings.partitions})")
         return 1 if problems else 0

@@ -29,6 +29,7 @@ from availability.identifiers import (
 )
 from availability.state import Baseline, SkuState
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from services.cli.dead_letters import UsageError
 from services.cli.drift import load_states
 from services.cli.text import table
@@ -88,7 +89,7 @@ def default_voids(state: SkuState | None, location_id: str, now: int) -> list[st
 
 async def publish_reset(settings: Settings, event: ErpBaselineReset) -> tuple[int, int]:
     """Publish ``event`` to the ERP topic keyed by its SKU; (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     await producer.start()
     try:
         sent = await producer.send_and_wait(

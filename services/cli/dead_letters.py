@@ -25,7 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from availability.identifiers import parse_timestamp
 from infra.audit import Actor, audit_record, new_audit_id
 from infra.config import Settings
-from infra.kafka import read_topic
+from infra.kafka import kafka_client_options, read_topic
+from infra.topics import durability_configs
 from services.cli.text import table
 
 REPLAY_HEADER = "availability-replay-of"
@@ -189,7 +190,7 @@ def parse_patch(text: str) -> dict[str, Any]:
 
 async def read_dead_letters(settings: Settings, say: Say) -> list[DeadLetter]:
     letters = []
-    for record in await read_topic(settings.bootstrap_servers, settings.dlq_topic):
+    for record in await read_topic(settings, settings.dlq_topic):
         try:
             letters.append(
                 parse_dead_letter(record.partition, record.offset, record.key, record.value)
@@ -207,7 +208,7 @@ async def read_dead_letters(settings: Settings, say: Say) -> list[DeadLetter]:
 async def read_replays(settings: Settings) -> dict[str, dict[str, Any]]:
     """The ledger: dead-letter id -> its latest replay."""
     replays: dict[str, dict[str, Any]] = {}
-    for record in await read_topic(settings.bootstrap_servers, settings.dlq_replays_topic):
+    for record in await read_topic(settings, settings.dlq_replays_topic):
         if record.key is None:
             continue
         if record.value is None:
@@ -338,7 +339,7 @@ async def publish_replays(
     say: Say,
     operator: Actor,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     await producer.start()
     try:
         for letter, value in todo:
@@ -379,7 +380,7 @@ async def publish_replays(
 
 async def ensure_replays_topic(settings: Settings) -> None:
     """The ledger topic, created (one partition, compacted) where it is missing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
     await admin.start()
     try:
         if settings.dlq_replays_topic in set(await admin.list_topics()):
@@ -388,7 +389,7 @@ async def ensure_replays_topic(settings: Settings) -> None:
             settings.dlq_replays_topic,
             1,
             settings.replication_factor,
-            topic_configs={"cleanup.policy": "compact"},
+            topic_configs={"cleanup.policy": "compact", **durability_configs(settings)},
         )
         response = await admin.create_topics([topic])
         for error in response.topic_errors:

@@ -59,7 +59,7 @@ async def load_states(settings: Settings, say: Say) -> dict[str, SkuState]:
     topic = settings.state_journal_topic
     say(f"reading the service's state from {topic} ...")
     started = time.monotonic()
-    records = await read_topic(settings.bootstrap_servers, topic, timeout=1800.0)
+    records = await read_topic(settings, topic, timeout=1800.0)
     # Folded as the workers fold it: baselines older than the skew are settled.
     settle_before = time.time_ns() // 1000 - int(settings.max_future_skew * 1_000_000)
     states: dict[str, SkuState] = {}

@@ -23,6 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 from redis.exceptions import RedisError
 
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 from services.push.feed import FeedChange, parse_change
 from services.push.metrics import PushMetrics
 from services.push.state import report_status
@@ -69,7 +70,7 @@ class PushEngine:
     async def run(self) -> None:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
+            **kafka_client_options(s),
             group_id=s.push_group,
             client_id=f"{s.faust_app_id}-push",
             enable_auto_commit=False,

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from infra.config import Settings
+from infra.kafka import kafka_client_options
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Publisher:
             if self._producer is not None:
                 return self._producer
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.bootstrap_servers,
+                **kafka_client_options(self.settings),
                 acks="all",
                 max_batch_size=self.settings.producer_max_batch_size,
                 client_id=f"{self.settings.faust_app_id}-shopify-webhooks",

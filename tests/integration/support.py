@@ -28,6 +28,7 @@ from dev.processes import popen_child, stop_process
 from dev.processes import settings_env as settings_env
 from dev.stack import http_status
 from infra.config import ApiKeySpec, Settings
+from infra.kafka import kafka_client_options
 from infra.store import AvailabilityStore
 from services.auth.api_keys import hash_api_key, new_api_key
 from services.auth.scopes import ALL_SCOPES
@@ -100,7 +101,7 @@ async def produce(
     bytes) so that end offsets are exact on the development broker.
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks="all",
         max_batch_size=max_batch_size,
         linger_ms=0 if max_batch_size == 1 else 5,
@@ -131,7 +132,7 @@ async def consume_all(
     read until nothing new arrived for ``idle`` seconds once the end offsets seen at the
     start are reached, or until ``timeout``. Records are in partition order, then offset."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -167,9 +168,7 @@ async def consume_all(
 async def topic_partitions(settings: Settings, topic: str) -> set[int]:
     """The partition ids of ``topic`` (empty if it does not exist). Asks for the metadata
     of all topics: the development broker auto-creates a topic named in a request."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id="tests-admin"
-    )
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings), client_id="tests-admin")
     await admin.start()
     try:
         for meta in await admin.describe_topics(None):

@@ -101,7 +101,7 @@ async def test_every_rule_change_is_recorded_with_who_when_and_before_after(
     assert all(e["actor"]["kind"] == "api_key" for e in entries)
     assert entries[0]["at"] <= entries[1]["at"] <= entries[2]["at"]
     # The topic itself: one partition, each change once.
-    records = await read_topic(settings.bootstrap_servers, settings.audit_topic)
+    records = await read_topic(settings, settings.audit_topic)
     ids = [orjson.loads(r.value)["audit_id"] for r in records]
     assert len(ids) == len(set(ids)) == 3
     async with client(settings, AUDITOR_KEY) as auditor:
@@ -130,5 +130,5 @@ async def test_the_audit_survives_restarts_and_a_killed_api(
     entries = await history(replica, "r1", 3)
     assert [e["after"]["safety_stock"] for e in entries] == [1, 2, 9]
     assert [e["before"] and e["before"]["safety_stock"] for e in entries] == [None, 1, 2]
-    records = await read_topic(settings.bootstrap_servers, settings.audit_topic)
+    records = await read_topic(settings, settings.audit_topic)
     assert len({orjson.loads(r.value)["audit_id"] for r in records}) == 3

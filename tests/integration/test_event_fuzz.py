@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from availability.ats import view
 from availability.identifiers import parse_timestamp
 from infra.config import Settings
-from infra.kafka import partition_for
+from infra.kafka import kafka_client_options, partition_for
 from infra.store import AvailabilityStore
 from tests.integration.conftest import StartService
 from tests.integration.fuzz_events import MEGA, Message, fuzz_messages
@@ -41,7 +41,7 @@ async def publish(settings: Settings, messages: list[Message]) -> list[tuple[str
     """Send in order; (topic, partition, offset) of each. Batched, with room for the
     oversized ones (the tests' ``produce`` keeps to Kafka's 1 MiB)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **kafka_client_options(settings),
         acks="all",
         linger_ms=5,
         max_batch_size=65536,

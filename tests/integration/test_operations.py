@@ -118,7 +118,7 @@ async def test_serving_layer_lost_is_rebuilt_and_the_cli_forces_a_rebuild(
         assert done.returncode == 0, done.stdout + done.stderr
         assert "rebuild requested (1 worker(s) reporting)" in done.stdout
         assert done.stdout.rstrip().endswith("serving layer complete")
-        audit = await read_topic(settings.bootstrap_servers, settings.audit_topic)
+        audit = await read_topic(settings, settings.audit_topic)
         assert [orjson.loads(r.value)["action"] for r in audit] == ["serving.rebuild"]
         await until_equal(client, expected, timeout=10)
     worker_log = start_service.handles[0].log_text()
@@ -243,10 +243,10 @@ async def test_dead_letters_are_listed_and_replayed_once(
         assert await answers(client, ["SKU-D"]) == {"SKU-D": expected["SKU-D"]}
         replayed_list = run_cli(settings, "dead-letters", "list", "--json", "--replayed")
         assert [orjson.loads(line)["id"] for line in replayed_list.stdout.splitlines()] == [first]
-        ledger = await read_topic(settings.bootstrap_servers, settings.dlq_replays_topic)
+        ledger = await read_topic(settings, settings.dlq_replays_topic)
         assert [record.key for record in ledger] == [first.encode(), first.encode()]
         assert {orjson.loads(record.value)["operator"] for record in ledger} == {"tests"}
-        audit = await read_topic(settings.bootstrap_servers, settings.audit_topic)
+        audit = await read_topic(settings, settings.audit_topic)
         replays = [orjson.loads(r.value) for r in audit if r.key == f"dead_letter:{first}".encode()]
         assert [(r["action"], r["actor"]["subject"]) for r in replays] == [
             ("dead_letter.replay", "tests"),
@@ -258,7 +258,7 @@ async def test_dead_letters_are_listed_and_replayed_once(
 async def wait_for_dead_letters(settings: Settings, count: int) -> dict[str, DeadLetter]:
     deadline = time.monotonic() + 30
     while True:
-        records = await read_topic(settings.bootstrap_servers, settings.dlq_topic, idle=0.5)
+        records = await read_topic(settings, settings.dlq_topic, idle=0.5)
         if len(records) >= count:
             letters = [parse_dead_letter(r.partition, r.offset, r.key, r.value) for r in records]
             return {letter.id: letter for letter in letters}
@@ -447,7 +447,7 @@ async def test_topics_create_makes_every_topic_once(dev_broker: DevBroker, tmp_p
     assert first.stdout.startswith("created ")
     wanted = {topic: settings.partitions for topic in settings.partitioned_topics}
     wanted |= {settings.rules_topic: 1, settings.audit_topic: 1, settings.push_policies_topic: 1}
-    assert await topic_problems(settings.bootstrap_servers, wanted) == []
+    assert await topic_problems(settings, wanted) == []
     again = run_cli(settings, "topics", "create")
     assert (again.returncode, again.stdout.strip()) == (0, "every topic exists already")
     # Another partition count: the upgrade's Job fails before any worker is touched.

@@ -125,7 +125,7 @@ async def test_old_lines_and_ids_leave_the_state_and_a_late_duplicate_changes_no
         # transfer's entry stays: W1 has no ERP balance containing its on-hand part.)
         deadline = time.monotonic() + horizon + 30
         while True:
-            records = await read_topic(settings.bootstrap_servers, own.state_journal_topic)
+            records = await read_topic(settings, own.state_journal_topic)
             if journal_keys(records) == {"H-1", "H-1 r2c", "H-1 t1"}:
                 break
             assert time.monotonic() < deadline, journal_keys(records)
@@ -224,7 +224,7 @@ async def test_an_operator_resets_a_baseline_dated_in_the_future(
             ("tests", ["b-ahead"], 40)
         ]
         audit = [orjson.loads(r.value) for r in await read_topic(
-            settings.bootstrap_servers, settings.audit_topic)]  # fmt: skip
+            settings, settings.audit_topic)]  # fmt: skip
         assert [(a["action"], a["actor"]["subject"], a["resource"]) for a in audit] == [
             ("baseline.reset", "tests", "baseline:B-1@S1")
         ]
@@ -242,7 +242,7 @@ async def test_a_skipped_range_is_read_in_bounded_pieces(settings: Settings) -> 
     values = [orjson.dumps({"n": n, "pad": "x" * 100}) for n in range(250)]
     # One record a batch: the development broker's end offsets are exact then.
     await produce(settings, settings.pos_topic, values, key="K", partition=1)
-    reader = RangeReader(settings.bootstrap_servers, "tests-gaps")
+    reader = RangeReader(settings, "tests-gaps")
     try:
         pieces = []
         position, end = 10, 240

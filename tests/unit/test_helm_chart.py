@@ -36,24 +36,10 @@ NOT_IN_CHART: dict[str, str] = {
     "kafka_sasl_password": "mounted as a file (kafka_sasl_password_file)",
 }
 
-#: Names the chart sets for settings that are being added to ``Settings`` (Kafka
-#: security, min.insync.replicas, Redis Cluster mode). Empty this list once they exist:
+#: Names the chart sets for settings that are being added to ``Settings`` (Redis
+#: Cluster mode). Empty this list once they exist:
 #: the test then holds the chart to them like to every other field.
-NOT_IN_SETTINGS_YET: frozenset[str] = frozenset(
-    {
-        "kafka_security_protocol",
-        "kafka_sasl_mechanism",
-        "kafka_sasl_username",
-        "kafka_sasl_password",
-        "kafka_sasl_password_file",
-        "kafka_ssl_ca_file",
-        "kafka_ssl_cert_file",
-        "kafka_ssl_key_file",
-        "kafka_ssl_key_password",
-        "min_insync_replicas",
-        "redis_cluster",
-    }
-)
+NOT_IN_SETTINGS_YET: frozenset[str] = frozenset({"redis_cluster"})
 
 #: JSON Schema types of the values.schema.json ``config`` entries, by the Python type a
 #: field's own JSON Schema names.
