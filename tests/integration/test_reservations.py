@@ -1,0 +1,265 @@
+"""The reservation API (README "Reservations") against real Redis and the development
+broker: the atomic reserve under concurrency, all-or-nothing across SKUs, idempotency,
+release and extension, bad input and outages.
+
+The API is served in the test's event loop; serving records are written the way the
+worker writes them (``AvailabilityStore.write_records``), so these tests need no worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from availability.ats import LocationAvailability, SkuAvailability
+from availability.holds import Hold
+from dev.broker import DevBroker
+from infra.config import Settings
+from infra.reservation_store import ReservationStore
+from infra.store import AvailabilityStore
+from tests.integration.conftest import make_settings
+from tests.integration.http_support import drop_keys, serve_app
+from tests.integration.support import (
+    auth_headers,
+    consume_all,
+    free_port,
+    mark_serving_layer_complete,
+)
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    store: AvailabilityStore
+    holds: ReservationStore
+    settings: Settings
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    server, task = await serve_app(settings)
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    await mark_serving_layer_complete(store, settings.partitions)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.http_port}", timeout=30, headers=auth_headers()
+        ) as client:
+            yield Api(client, store, ReservationStore(store), settings)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        await drop_keys(store)
+        await store.close()
+
+
+def sku(name: str, *locations: tuple[str, int], buffers: dict[str, int] | None = None) -> Any:
+    return SkuAvailability(
+        name,
+        tuple(
+            LocationAvailability(loc, units, 0, 0, 0, 0, buffers or {}) for loc, units in locations
+        ),
+        None,
+    )
+
+
+def reserve_body(rid: str, *lines: dict[str, Any], expires_in_s: int = 600) -> dict[str, Any]:
+    return {
+        "reservation_id": rid,
+        "channel": "online",
+        "expires_in_s": expires_in_s,
+        "lines": list(lines),
+    }
+
+
+async def live_holds(api: Api, name: str) -> list[Hold]:
+    [(_, holds)] = await api.holds.figures([name])
+    return holds
+
+
+async def reservation_events(settings: Settings) -> list[dict[str, Any]]:
+    records = await consume_all(settings, settings.reservations_topic, idle=0.5)
+    return [orjson.loads(record.value) for record in records]
+
+
+async def test_200_concurrent_reservations_of_5_units_exactly_5_succeed(api: Api) -> None:
+    # 3 units at S-1 and 2 at S-2; the lines name no location, so placement spreads them.
+    await api.store.write_records([sku("FLASH", ("S-1", 3), ("S-2", 2))])
+
+    async def one(n: int) -> httpx.Response:
+        body = reserve_body(f"r{n}", {"sku": "FLASH", "quantity": 1})
+        return await api.client.post("/v1/reservations", json=body)
+
+    answers = await asyncio.gather(*(one(n) for n in range(200)))
+    statuses = Counter(answer.status_code for answer in answers)
+    assert statuses == {201: 5, 409: 195}, statuses
+    placed = Counter(a.json()["lines"][0]["location_id"] for a in answers if a.status_code == 201)
+    assert placed == {"S-1": 3, "S-2": 2}
+    refused = next(a.json() for a in answers if a.status_code == 409)
+    assert refused["error"]["code"] == "insufficient_stock"
+    assert refused["lines"] == [{"sku": "FLASH", "asked": 1, "available": 0}]
+    holds = await live_holds(api, "FLASH")
+    assert sorted(h.quantity for h in holds) == [1] * 5
+    # Exactly the five that were answered 201 were published, and nothing else.
+    events = await reservation_events(api.settings)
+    winners = {a.json()["reservation_id"] for a in answers if a.status_code == 201}
+    assert {e["reservation_id"] for e in events} == winners
+    assert all(e["type"] == "reservation.created" and e["channel"] == "online" for e in events)
+    assert len(events) == 5
+
+
+async def test_all_or_nothing_idempotency_release_and_extension(api: Api) -> None:
+    await api.store.write_records(
+        [sku("A", ("S-1", 4)), sku("B", ("S-1", 1), ("DC", 2), buffers={"online": 1})]
+    )
+    first = reserve_body("order-1", {"sku": "A", "quantity": 3}, {"sku": "B", "quantity": 1})
+    made = await api.client.post("/v1/reservations", json=first)
+    assert made.status_code == 201, made.text
+    answer = made.json()
+    # B's buffer of 1 for online leaves 0 at S-1 and 1 at DC: the line goes to DC.
+    assert answer["lines"] == [
+        {"sku": "A", "quantity": 3, "location_id": "S-1"},
+        {"sku": "B", "quantity": 1, "location_id": "DC"},
+    ]
+    assert answer["status"] == "held" and answer["expires_at"] > answer["created_at"]
+
+    again = await api.client.post("/v1/reservations", json=first)
+    assert (again.status_code, again.json()) == (201, answer)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = await api.client.post(
+        "/v1/reservations", json=reserve_body("order-1", {"sku": "A", "quantity": 2})
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
+
+    # A has 1 unit left, B none: the first line would fit, the second does not, so
+    # neither is held.
+    short = await api.client.post(
+        "/v1/reservations",
+        json=reserve_body(
+            "order-2", {"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1, "location_id": "DC"}
+        ),
+    )
+    assert short.status_code == 409, short.text
+    assert short.json()["lines"] == [
+        {"sku": "A", "asked": 1, "available": 1},
+        {"sku": "B", "asked": 1, "location_id": "DC", "available": 0},
+    ]
+    assert [h.reservation_id for h in await live_holds(api, "A")] == ["order-1"]
+    assert (await api.client.get("/v1/reservations/order-2")).status_code == 404
+
+    # Releasing frees the units at once, and is idempotent.
+    shown = await api.client.get("/v1/reservations/order-1")
+    assert shown.json() == answer
+    assert (await api.client.delete("/v1/reservations/order-1")).status_code == 204
+    assert (await api.client.delete("/v1/reservations/order-1")).status_code == 204
+    assert (await api.client.get("/v1/reservations/order-1")).json()["status"] == "released"
+    assert await live_holds(api, "A") == []
+    whole = await api.client.post(
+        "/v1/reservations", json=reserve_body("order-3", {"sku": "A", "quantity": 4})
+    )
+    assert whole.status_code == 201, whole.text
+
+    extended = await api.client.post(
+        "/v1/reservations/order-3/extend", json={"expires_in_s": 14_400}
+    )
+    assert extended.status_code == 200, extended.text
+    assert extended.json()["expires_at"] > whole.json()["expires_at"]
+    released = await api.client.post("/v1/reservations/order-1/extend", json={"expires_in_s": 60})
+    assert released.status_code == 409 and released.json()["error"]["code"] == "not_active"
+
+    events = await reservation_events(api.settings)
+    seen = Counter((e["reservation_id"], e["type"]) for e in events)
+    assert seen == {
+        ("order-1", "reservation.created"): 2,
+        ("order-1", "reservation.released"): 2,
+        ("order-3", "reservation.created"): 2,  # the reservation and its extension
+    }
+    extension = [e for e in events if e["reservation_id"] == "order-3"][-1]
+    assert extension["expires_at"] == extended.json()["expires_at"]
+
+
+BAD_BODIES: list[tuple[dict[str, Any], str]] = [
+    ({"channel": "online", "expires_in_s": 60, "lines": []}, "reservation_id"),
+    (reserve_body("r", {"sku": "A", "quantity": 0}), "lines[0].quantity"),
+    (
+        reserve_body("r", {"sku": "A", "quantity": 1}, {"sku": "bad sku", "quantity": 1}),
+        "lines[1].sku",
+    ),
+    (reserve_body("r", {"sku": "A", "quantity": 1, "location_id": ""}), "lines[0].location_id"),
+    (reserve_body("r", {"sku": "A", "quantity": 1}, expires_in_s=0), "expires_in_s"),
+    (reserve_body("r", {"sku": "A", "quantity": 1}, expires_in_s=14_401), "expires_in_s"),
+    (
+        reserve_body("r", {"sku": "A", "quantity": 1}, {"sku": "A", "quantity": 2}),
+        "repeated: A",
+    ),
+    ({**reserve_body("r", {"sku": "A", "quantity": 1}), "colour": "red"}, "colour"),
+    ({**reserve_body("r", {"sku": "A", "quantity": 1}), "channel": "Online"}, "channel"),
+    (reserve_body("r/1", {"sku": "A", "quantity": 1}), "reservation_id"),
+]
+
+
+async def test_bad_input_is_400_naming_the_field(api: Api) -> None:
+    for body, named in BAD_BODIES:
+        answer = await api.client.post("/v1/reservations", json=body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["error"]["code"] == "invalid_argument"
+        assert named in answer.json()["error"]["message"], (named, answer.text)
+    extend = await api.client.post("/v1/reservations/r/extend", json={"expires_in_s": "60"})
+    assert extend.status_code == 400 and "expires_in_s" in extend.json()["error"]["message"]
+    malformed = await api.client.post("/v1/reservations", content=b"{")
+    assert malformed.json()["error"]["code"] == "malformed_json"
+
+
+async def test_broker_or_redis_away_is_503_and_nothing_held(
+    dev_broker: DevBroker, redis_url: str, tmp_path: Path
+) -> None:
+    # No broker listens on this port: the hold is placed, the publish fails, the hold
+    # is taken back and the reservation id is free again.
+    no_broker = make_settings(
+        f"kafka://127.0.0.1:{free_port()}",
+        redis_url,
+        tmp_path / "a",
+        reservation_publish_timeout=1.0,
+    )
+    server, task = await serve_app(no_broker)
+    store = AvailabilityStore.from_url(redis_url, no_broker.redis_key_prefix)
+    holds = ReservationStore(store)
+    try:
+        await store.write_records([sku("A", ("S-1", 5))])
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{no_broker.http_port}", timeout=30, headers=auth_headers()
+        ) as client:
+            answer = await client.post(
+                "/v1/reservations", json=reserve_body("r1", {"sku": "A", "quantity": 5})
+            )
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "unavailable"
+            assert (await holds.figures(["A"]))[0][1] == []
+            assert await holds.load("r1") is None
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        await drop_keys(store)
+        await store.close()
+
+    no_redis = make_settings(dev_broker.url, f"redis://127.0.0.1:{free_port()}/0", tmp_path / "b")
+    server, task = await serve_app(no_redis)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{no_redis.http_port}", timeout=30, headers=auth_headers()
+        ) as client:
+            answer = await client.post(
+                "/v1/reservations", json=reserve_body("r1", {"sku": "A", "quantity": 1})
+            )
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "unavailable"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
