@@ -71,6 +71,7 @@ if raw then
       if free >= quantity then
         redis.call('HSET', KEYS[2], ARGV[1], ARGV[i] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
         redis.call('PEXPIREAT', KEYS[2], latest)
+        redis.call('HSET', KEYS[1], 'h', string.format('%d', latest))
         return {1, ARGV[i], expired}
       end
       if free > best then best = free end
@@ -80,15 +81,21 @@ end
 return {0, string.format('%d', best), expired}
 """
 
-# Moves a hold's deadline (ARGV[2]) if the hold is still there; 1 if it was.
-# KEYS: the SKU's holds. ARGV: reservation id, deadline ms.
+# Moves a hold's deadline (ARGV[2]) if the hold is still there (not handed over,
+# not expired); 1 if it was. The record's 'h' (the latest deadline of the SKU's holds,
+# which tells reads to count them) and the key's expiry follow.
+# KEYS: the SKU's record, its holds. ARGV: reservation id, deadline ms.
 _MOVE_DEADLINE = """
-local value = redis.call('HGET', KEYS[1], ARGV[1])
+local value = redis.call('HGET', KEYS[2], ARGV[1])
 if not value then return 0 end
 local loc, qty = string.match(value, '^(%S+) (%d+) ')
-redis.call('HSET', KEYS[1], ARGV[1], loc .. ' ' .. qty .. ' ' .. ARGV[2])
-if redis.call('PEXPIRETIME', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+local deadline = tonumber(ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], loc .. ' ' .. qty .. ' ' .. ARGV[2])
+if redis.call('PEXPIRETIME', KEYS[2]) < deadline then
+  redis.call('PEXPIREAT', KEYS[2], ARGV[2])
+end
+if tonumber(redis.call('HGET', KEYS[1], 'h') or '0') < deadline then
+  redis.call('HSET', KEYS[1], 'h', ARGV[2])
 end
 return 1
 """
@@ -123,7 +130,7 @@ class ReservationStore:
         self._claim = self.client.register_script(_CLAIM)
 
     def holds_key(self, sku: str) -> str:
-        return f"{self.prefix}:holds:{{{sku}}}"
+        return self.store.holds_key(sku)
 
     def reservation_key(self, reservation_id: str) -> str:
         return f"{self.prefix}:reservation:{{{reservation_id}}}"
@@ -152,7 +159,11 @@ class ReservationStore:
 
     async def move_deadline(self, sku: str, reservation_id: str, deadline: int) -> bool:
         """Give a hold a new deadline; False when the hold is gone (expired meanwhile)."""
-        return bool(await self._move(keys=[self.holds_key(sku)], args=[reservation_id, deadline]))
+        return bool(
+            await self._move(
+                keys=[self.store.sku_key(sku), self.holds_key(sku)], args=[reservation_id, deadline]
+            )
+        )
 
     async def remove(self, sku: str, reservation_id: str) -> bool:
         return bool(await self.client.hdel(self.holds_key(sku), reservation_id))

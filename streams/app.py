@@ -37,7 +37,14 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT
 
 from availability.display import clip
-from availability.events import Event, event_time, event_type
+from availability.events import (
+    Event,
+    ReservationCreated,
+    ReservationFulfilled,
+    ReservationReleased,
+    event_time,
+    event_type,
+)
 from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
@@ -222,6 +229,9 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
                 )
                 continue
             key_partition[sku] = message.partition
+
+
+_RESERVATION_EVENTS = (ReservationCreated, ReservationReleased, ReservationFulfilled)
 
 
 @dataclass(slots=True)
@@ -429,6 +439,13 @@ class Processor:
             "SKUs whose serving record is waiting to be written",
             "gauge",
             lambda: self.writer.pending,
+        )
+        add(
+            "availability_worker_reservation_holds_handed_over",
+            "Reservation holds of the API removed by the write that first counts their"
+            ' folded line (README "Reservations")',
+            "counter",
+            lambda: self.writer.handed_over,
         )
         add(
             "availability_worker_serving_record_errors",
@@ -756,13 +773,25 @@ class Processor:
                 tally.event_times.append(event_time(event))
                 if message.timestamp:
                     tally.publish_times.append(message.timestamp)
+            # Reservation lines the state now includes: their API holds are handed
+            # over with the SKU's next record (streams.serving), repeats included.
+            lines = [
+                event.reservation_id
+                for index, (event, _, _) in enumerate(items)
+                if index not in failed and isinstance(event, _RESERVATION_EVENTS)
+            ]
             if not result.entries:
+                if lines and not new:
+                    self.writer.note_folded(sku, lines)
+                    tally.changed.append(sku)
                 continue
             partition = self.home(sku)
             if new:
                 self.states.adopt(sku, state, partition)
             for entry in result.entries:
                 journal.add(partition, entry.key.encode(), entry.value)
+            if lines:
+                self.writer.note_folded(sku, lines)
             tally.changed.append(sku)
         for name, count in folded.items():
             self.counts[f"folded:{name}"] += count

@@ -25,13 +25,15 @@ from dev.broker import DevBroker
 from infra.config import Settings
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
-from tests.integration.conftest import make_settings
+from tests.integration.conftest import StartService, make_settings
 from tests.integration.http_support import drop_keys, serve_app
 from tests.integration.support import (
     auth_headers,
     consume_all,
     free_port,
     mark_serving_layer_complete,
+    produce,
+    wait_until,
 )
 
 
@@ -263,3 +265,75 @@ async def test_broker_or_redis_away_is_503_and_nothing_held(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 20)
+
+
+async def read_figures(api: Api, name: str) -> list[tuple[int, int, int]]:
+    """(reserved, ats) at S-1 as every HTTP read shows it: single (the hot read), with
+    location_id (the route), batch."""
+    single = (await api.client.get(f"/v1/availability/{name}")).json()
+    narrowed = (await api.client.get(f"/v1/availability/{name}?location_id=S-1")).json()
+    batch = (
+        await api.client.post("/v1/availability:batch", json={"skus": [name], "channel": "online"})
+    ).json()["items"][0]
+    return [
+        (answer["locations"][0]["reserved"], answer["locations"][0]["ats"], answer["ats"])
+        for answer in (single, narrowed, batch)
+    ]
+
+
+async def test_reads_show_a_hold_at_once_without_a_worker(api: Api) -> None:
+    await api.store.write_records([sku("RYW", ("S-1", 10))])
+    assert await read_figures(api, "RYW") == [(0, 10, 10)] * 3
+    made = await api.client.post(
+        "/v1/reservations", json=reserve_body("ryw-1", {"sku": "RYW", "quantity": 3})
+    )
+    assert made.status_code == 201
+    # No worker runs: only the hold can make the reads show the units reserved.
+    assert await read_figures(api, "RYW") == [(3, 7, 7)] * 3
+    assert (await api.client.delete("/v1/reservations/ryw-1")).status_code == 204
+    assert await read_figures(api, "RYW") == [(0, 10, 10)] * 3
+
+
+async def test_the_fold_takes_over_a_hold_without_double_count_or_gap(
+    api: Api, start_service: StartService
+) -> None:
+    """Reads taken while the worker folds each reservation, and after, always show
+    exactly the units reserved so far; once folded, the holds are gone and the folded
+    figures count every reservation once."""
+    settings = api.settings
+    await produce(
+        settings,
+        settings.erp_topic,
+        [
+            {
+                "event_id": "erp-1",
+                "type": "erp.balance",
+                "sku": "HAND",
+                "location_id": "S-1",
+                "on_hand": 10,
+                "as_of": "2026-01-01T00:00:00Z",
+            }
+        ],
+    )
+    start_service("streams", settings, name="worker")
+
+    async def stocked() -> bool:
+        return (await api.client.get("/v1/availability/HAND")).status_code == 200
+
+    await wait_until(stocked, timeout=90)
+    for n in range(1, 5):
+        made = await api.client.post(
+            "/v1/reservations", json=reserve_body(f"hand-{n}", {"sku": "HAND", "quantity": 1})
+        )
+        assert made.status_code == 201, made.text
+        expected = [(n, 10 - n, 10 - n)] * 3
+        handed = False
+        for _ in range(400):  # reads while the worker folds, and until it has
+            assert await read_figures(api, "HAND") == expected
+            if handed:
+                break
+            handed = await live_holds(api, "HAND") == []
+            await asyncio.sleep(0.01)
+        assert handed, "the worker did not take the hold over"
+        folded = await api.store.client.hget(api.store.sku_key("HAND"), "d")
+        assert orjson.loads(folded)["locations"][0][2] == n  # the fold's own figure
