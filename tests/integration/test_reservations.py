@@ -9,6 +9,8 @@ worker writes them (``AvailabilityStore.write_records``), so these tests need no
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import pytest
 
 from availability.ats import LocationAvailability, SkuAvailability
 from availability.holds import Hold
+from availability.identifiers import format_timestamp
 from dev.broker import DevBroker
 from infra.config import Settings
 from infra.reservation_store import ReservationStore
@@ -33,6 +36,7 @@ from tests.integration.support import (
     free_port,
     mark_serving_layer_complete,
     produce,
+    wait_http_ready,
     wait_until,
 )
 
@@ -301,20 +305,7 @@ async def test_the_fold_takes_over_a_hold_without_double_count_or_gap(
     exactly the units reserved so far; once folded, the holds are gone and the folded
     figures count every reservation once."""
     settings = api.settings
-    await produce(
-        settings,
-        settings.erp_topic,
-        [
-            {
-                "event_id": "erp-1",
-                "type": "erp.balance",
-                "sku": "HAND",
-                "location_id": "S-1",
-                "on_hand": 10,
-                "as_of": "2026-01-01T00:00:00Z",
-            }
-        ],
-    )
+    await produce(settings, settings.erp_topic, [erp_balance("HAND", 10)])
     start_service("streams", settings, name="worker")
 
     async def stocked() -> bool:
@@ -337,3 +328,132 @@ async def test_the_fold_takes_over_a_hold_without_double_count_or_gap(
         assert handed, "the worker did not take the hold over"
         folded = await api.store.client.hget(api.store.sku_key("HAND"), "d")
         assert orjson.loads(folded)["locations"][0][2] == n  # the fold's own figure
+
+
+async def test_a_hold_stops_counting_at_the_reservations_expiry(api: Api) -> None:
+    await api.store.write_records([sku("EXP", ("S-1", 2))])
+    made = await api.client.post(
+        "/v1/reservations",
+        json=reserve_body("exp-1", {"sku": "EXP", "quantity": 2}, expires_in_s=1),
+    )
+    assert made.status_code == 201
+    assert await read_figures(api, "EXP") == [(2, 0, 0)] * 3
+    refused = await api.client.post(
+        "/v1/reservations", json=reserve_body("exp-2", {"sku": "EXP", "quantity": 1})
+    )
+    assert refused.status_code == 409
+    await asyncio.sleep(1.1)
+    assert await read_figures(api, "EXP") == [(0, 2, 2)] * 3
+    assert (await api.client.get("/v1/reservations/exp-1")).json()["status"] == "expired"
+    again = await api.client.post(
+        "/v1/reservations", json=reserve_body("exp-3", {"sku": "EXP", "quantity": 2})
+    )
+    assert again.status_code == 201, again.text
+
+
+async def test_a_release_from_elsewhere_frees_the_units(
+    api: Api, start_service: StartService
+) -> None:
+    settings = api.settings
+    await produce(settings, settings.erp_topic, [erp_balance("ELSE", 3)])
+    start_service("streams", settings, name="worker")
+
+    async def stocked() -> bool:
+        return (await api.client.get("/v1/availability/ELSE")).status_code == 200
+
+    await wait_until(stocked, timeout=90)
+    made = await api.client.post(
+        "/v1/reservations", json=reserve_body("else-1", {"sku": "ELSE", "quantity": 3})
+    )
+    assert made.status_code == 201
+    assert await read_figures(api, "ELSE") == [(3, 0, 0)] * 3
+    # The order-management system releases it with its own event, not through the API.
+    await produce(
+        settings,
+        settings.reservations_topic,
+        [
+            {
+                "event_id": "oms-release-1",
+                "type": "reservation.released",
+                "sku": "ELSE",
+                "reservation_id": "else-1",
+                "location_id": "S-1",
+                "occurred_at": format_timestamp(time.time_ns() // 1000),
+            }
+        ],
+    )
+
+    async def freed() -> bool:
+        return await read_figures(api, "ELSE") == [(0, 3, 3)] * 3
+
+    await wait_until(freed, timeout=20)
+    assert await live_holds(api, "ELSE") == []
+
+
+def erp_balance(name: str, units: int) -> dict[str, Any]:
+    return {
+        "event_id": f"erp-{name}",
+        "type": "erp.balance",
+        "sku": name,
+        "location_id": "S-1",
+        "on_hand": units,
+        "as_of": "2026-01-01T00:00:00Z",
+    }
+
+
+async def test_an_api_killed_between_hold_and_publish_leaves_no_hold_past_the_window(
+    api: Api, start_service: StartService
+) -> None:
+    """kill -9 of an API process while its reservation's event is on its way to a
+    broker that does not answer: the hold counts until the publish window ends, then
+    it is gone, and no event was published."""
+    await api.store.write_records([sku("CRASH", ("S-1", 4))])
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a "broker" that takes connections and never answers
+
+    black_hole = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = black_hole.sockets[0].getsockname()[1]
+    doomed = api.settings.model_copy(
+        update={
+            "broker": f"kafka://127.0.0.1:{port}",
+            "http_port": free_port(),
+            "reservation_publish_window": 5.0,
+            "reservation_publish_timeout": 4.5,
+        }
+    )
+    process = start_service("services.http", doomed, name="doomed-api")
+    await wait_http_ready(doomed.http_port, path="/healthz", timeout=60, process=process)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{doomed.http_port}", timeout=30, headers=auth_headers()
+    ) as client:
+        request = asyncio.create_task(
+            client.post(
+                "/v1/reservations", json=reserve_body("crash-1", {"sku": "CRASH", "quantity": 4})
+            )
+        )
+
+        async def held() -> bool:
+            return len(await live_holds(api, "CRASH")) == 1
+
+        await wait_until(held, timeout=10, interval=0.01)
+        process.kill(signal.SIGKILL)
+        placed = time.monotonic()
+        with pytest.raises(httpx.TransportError):
+            await request
+    # Until the window ends the hold counts (the event might still have reached the
+    # broker); then it is gone by itself.
+    assert await read_figures(api, "CRASH") == [(4, 0, 0)] * 3
+
+    async def gone() -> bool:
+        return await read_figures(api, "CRASH") == [(0, 4, 4)] * 3
+
+    await wait_until(gone, timeout=10)
+    assert time.monotonic() - placed <= 5.5
+    retried = await api.client.post(
+        "/v1/reservations", json=reserve_body("crash-2", {"sku": "CRASH", "quantity": 4})
+    )
+    assert retried.status_code == 201, retried.text
+    events = await reservation_events(api.settings)
+    assert [e["reservation_id"] for e in events] == ["crash-2"]
+    black_hole.close()
