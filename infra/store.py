@@ -59,18 +59,26 @@ HOLDS_FIELD = b"h"
 # include) are removed from the SKU's holds (KEYS[2]), so that a hold stops counting
 # exactly when the figures start to; 'h' is set to the latest deadline of the holds
 # left (absent when none), which tells reads whether to count holds at all.
+# Holds past their deadline (never handed over) are purged on the way.
 # Returns {the version the change feed still has to carry (a change now, or an
-# earlier one the feed never acknowledged) else 0, how many holds were handed over}.
+# earlier one the feed never acknowledged) else 0, how many holds were handed over,
+# how many expired holds were purged}.
 _WRITE_RECORD = """
 local n = tonumber(ARGV[4])
 local handed = 0
 if n > 0 then handed = redis.call('HDEL', KEYS[2], unpack(ARGV, 5, 4 + n)) end
 local now = math.floor(tonumber(ARGV[3]) / 1000)
 local latest = 0
-local holds = redis.call('HVALS', KEYS[2])
-for i = 1, #holds do
-  local deadline = tonumber(string.match(holds[i], ' (%d+)$'))
-  if deadline > now and deadline > latest then latest = deadline end
+local expired = 0
+local holds = redis.call('HGETALL', KEYS[2])
+for i = 1, #holds, 2 do
+  local deadline = tonumber(string.match(holds[i + 1], ' (%d+)$'))
+  if deadline <= now then
+    redis.call('HDEL', KEYS[2], holds[i])
+    expired = expired + 1
+  elseif deadline > latest then
+    latest = deadline
+  end
 end
 local cur = redis.call('HMGET', KEYS[1], 'd', 'v', 'f')
 local v = tonumber(cur[2] or '0')
@@ -81,8 +89,8 @@ if cur[1] == ARGV[1] then
   else
     redis.call('HDEL', KEYS[1], 'h')
   end
-  if f < v then return {v, handed} end
-  return {0, handed}
+  if f < v then return {v, handed, expired} end
+  return {0, handed, expired}
 end
 if v == 0 then v = tonumber(ARGV[3]) else v = v + 1 end
 local version = string.format('%d', v)
@@ -91,7 +99,7 @@ redis.call('HSET', KEYS[1], 'v', version, 'f', string.format('%d', f), 'd', ARGV
            unpack(ARGV, 5 + n))
 if latest > 0 then redis.call('HSET', KEYS[1], 'h', string.format('%d', latest)) end
 redis.call('SPUBLISH', ARGV[2], version .. ' ' .. ARGV[1])
-return {v, handed}
+return {v, handed, expired}
 """
 
 # Marks partitions built, only if the epoch they were rebuilt in is still current:
@@ -191,6 +199,14 @@ def render_answer(sku: str, channel: str, tail: bytes) -> bytes:
     return b'{"sku":"' + sku.encode() + b'","channel":"' + channel.encode() + b'",' + tail
 
 
+@dataclass(frozen=True, slots=True)
+class HoldCounts:
+    """What a batch of record writes did to reservation holds."""
+
+    handed_over: int
+    expired: int
+
+
 @dataclass(frozen=True)
 class ServingLayer:
     """How complete the serving records are: which partitions have all been written
@@ -288,11 +304,11 @@ class AvailabilityStore:
         records: Sequence[tuple[str, Sequence[bytes]]],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], int]:
+    ) -> tuple[list[int], HoldCounts]:
         """``write_records`` of records already encoded (``(sku, encode_record(...))``);
-        also returns how many holds were handed over."""
+        also returns how many holds were handed over and how many expired ones purged."""
         if not records:
-            return [], 0
+            return [], HoldCounts(0, 0)
         if first_version is None:
             first_version = time.time_ns() // 1000
         seed = str(first_version).encode()
@@ -313,7 +329,10 @@ class AvailabilityStore:
                 )
             )
         replies = await self._run_script(self._write, calls, keys=2)
-        return [int(v) for v, _ in replies], sum(int(handed) for _, handed in replies)
+        return [int(v) for v, _, _ in replies], HoldCounts(
+            sum(int(handed) for _, handed, _ in replies),
+            sum(int(expired) for _, _, expired in replies),
+        )
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
         """Note that the change feed holds these (sku, version) pairs."""

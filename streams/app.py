@@ -448,6 +448,13 @@ class Processor:
             lambda: self.writer.handed_over,
         )
         add(
+            "availability_worker_reservation_holds_expired",
+            "Reservation holds that reached their deadline without being handed over,"
+            " found (and purged) by this worker's record writes",
+            "counter",
+            lambda: self.writer.holds_expired,
+        )
+        add(
             "availability_worker_serving_record_errors",
             "Serving records that could not be computed (left out, not retried until the"
             " SKU changes again; each SKU logged once)",

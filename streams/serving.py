@@ -67,6 +67,7 @@ class ServingWriter:
         # SKU -> reservation ids folded since its record was last written
         self._folded_lines: dict[str, set[str]] = {}
         self.handed_over = 0  # holds handed over to the records written
+        self.holds_expired = 0  # holds found past their deadline (never handed over)
 
     def note_folded(self, sku: str, reservation_ids: Iterable[str]) -> None:
         """The fold now includes these reservation lines of ``sku``: their holds go
@@ -107,14 +108,15 @@ class ServingWriter:
                     if self.feed is not None:
                         await self.feed.wait_room()
                     handing = {r.sku: lines[r.sku] for r, _ in chunk if r.sku in lines}
-                    versions, handed = await self.store.write_encoded(
+                    versions, holds = await self.store.write_encoded(
                         [(record.sku, encoded) for record, encoded in chunk],
                         self._clock(),
                         handing,
                     )
                     for sku in handing:
                         del lines[sku]
-                    self.handed_over += handed
+                    self.handed_over += holds.handed_over
+                    self.holds_expired += holds.expired
                     if self.feed is not None:
                         self.feed.add(
                             [(r, v) for (r, _), v in zip(chunk, versions, strict=True) if v]
