@@ -232,6 +232,8 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
 
 
 _RESERVATION_EVENTS = (ReservationCreated, ReservationReleased, ReservationFulfilled)
+#: Seconds allowed between the API's clock (a line's occurred_at) and the worker's.
+HANDOVER_CLOCK_MARGIN = 60.0
 
 
 @dataclass(slots=True)
@@ -287,6 +289,14 @@ class Processor:
             state_of=self.states.by_sku.get,
             owns=self.owns,
             feed=self.feed,
+            handover_horizon=int(
+                (
+                    settings.reservation_publish_window
+                    + settings.reservation_handover_window
+                    + HANDOVER_CLOCK_MARGIN
+                )
+                * 1_000_000
+            ),
         )
         self.rebuild = ServingRebuild(
             self.store,

@@ -11,7 +11,10 @@ notes the reservation ids of the lines it folded (``note_folded``), and the writ
 the SKU's record that first includes them removes their holds in the same Redis step
 (``AvailabilityStore.write_encoded``), so no line counts twice and none drops out.
 Ids noted while a flush is under way wait for the next one, which computes its
-records after they were folded; a failed write keeps them for its retry.
+records after they were folded; a failed write keeps them for its retry. A worker
+that starts (or takes over partitions) has noted nothing: its rebuild writes
+(``mark_recovered``) hand over every line of the SKU recent enough that a hold of it
+may still live (``handover_horizon``).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class ServingWriter:
         owns: Callable[[str], bool],
         feed: ChangeFeed | None = None,
         clock: Callable[[], int] = now_micros,
+        handover_horizon: int = 0,
     ) -> None:
         self.store = store
         self.feed = feed
@@ -66,6 +70,9 @@ class ServingWriter:
         self._failed: set[str] = set()  # SKUs logged for that (once each)
         # SKU -> reservation ids folded since its record was last written
         self._folded_lines: dict[str, set[str]] = {}
+        self._recovered: set[str] = set()  # SKUs whose next write follows a recovery
+        # µs: a line whose latest event is older than this can have no live hold
+        self._handover_horizon = handover_horizon
         self.handed_over = 0  # holds handed over to the records written
         self.holds_expired = 0  # holds found past their deadline (never handed over)
 
@@ -76,6 +83,13 @@ class ServingWriter:
 
     def mark(self, skus: Iterable[str]) -> None:
         self._dirty.update(skus)
+
+    def mark_recovered(self, skus: Iterable[str]) -> None:
+        """Mark SKUs whose state was recovered (not folded here): their next write
+        hands over the holds of all their recent reservation lines."""
+        skus = list(skus)
+        self._dirty.update(skus)
+        self._recovered.update(skus)
 
     @property
     def pending(self) -> int:
@@ -100,6 +114,8 @@ class ServingWriter:
             # Taken with the records, before any await: a write hands over only lines
             # that the state it was computed from includes.
             lines = {sku: self._folded_lines.pop(sku) for sku in skus if sku in self._folded_lines}
+            recovered, self._recovered = self._recovered & skus, self._recovered - skus
+            self._recent_lines(recovered, lines)
             built = self._build(skus)
             records = [record for record, _ in built]
             try:
@@ -130,6 +146,18 @@ class ServingWriter:
                 return False
             self.writes += len(records)
             return True
+
+    def _recent_lines(self, skus: Iterable[str], lines: dict[str, set[str]]) -> None:
+        since = self._clock() - self._handover_horizon
+        for sku in skus:
+            state = self._state_of(sku)
+            if state is None:
+                continue
+            recent = {
+                rid for rid, line in state.reservations.items() if line.last_event_at() >= since
+            }
+            if recent:
+                lines.setdefault(sku, set()).update(recent)
 
     def _build(self, skus: Iterable[str]) -> list[tuple[SkuAvailability, list[bytes]]]:
         """The records of ``skus``, computed and encoded. A SKU whose record cannot be
