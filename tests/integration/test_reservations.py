@@ -32,7 +32,9 @@ from dev.broker import DevBroker
 from infra.config import Settings
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
+from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from tests.integration.conftest import StartService, make_settings
+from tests.integration.grpc_support import AUTH, Apis
 from tests.integration.http_support import drop_keys, serve_app
 from tests.integration.support import (
     auth_headers,
@@ -562,3 +564,27 @@ async def test_kill_9_of_the_api_and_a_worker_during_a_storm_leaves_the_referenc
     # agreed with them counted); once all are handed over or expired, still equal.
     await wait_until(no_live_holds, timeout=30, interval=0.5)
     assert await agrees(), mismatches[-1]
+
+
+async def test_grpc_reads_show_a_hold_at_once(apis: Apis) -> None:
+    """The gRPC server (its own process) reads through the same store: a 201 from the
+    HTTP API shows in GetAvailability (plain and narrowed) and BatchGetAvailability."""
+    await apis.store.write_records([sku("GRPC-RYW", ("S-1", 6), ("S-2", 1))])
+    made = await apis.http.post(
+        "/v1/reservations", json=reserve_body("grpc-1", {"sku": "GRPC-RYW", "quantity": 4})
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["lines"][0]["location_id"] == "S-1"
+    plain = await apis.stub.GetAvailability(
+        pb.GetAvailabilityRequest(sku="GRPC-RYW"), metadata=AUTH
+    )
+    narrowed = await apis.stub.GetAvailability(
+        pb.GetAvailabilityRequest(sku="GRPC-RYW", location_id="S-1"), metadata=AUTH
+    )
+    batch = await apis.stub.BatchGetAvailability(
+        pb.BatchGetAvailabilityRequest(skus=["GRPC-RYW"]), metadata=AUTH
+    )
+    for answer, total in ((plain, 3), (narrowed, 2), (batch.items[0], 3)):
+        assert answer.ats == total
+        s1 = next(loc for loc in answer.locations if loc.location_id == "S-1")
+        assert (s1.reserved, s1.ats) == (4, 2)
