@@ -42,7 +42,7 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
-	alerts-check shopify-schema shopify-standin
+	alerts-check chart-check shopify-schema shopify-standin
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ alerts-check: ## check the Prometheus alert rules and run their unit tests (prom
 		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) prometheus; }; }
 	promtool check rules ops/prometheus/alerts.yml
 	cd ops/prometheus && promtool test rules alerts.test.yml
+
+chart-check: $(STAMP) ## helm lint --strict, helm template (default and helm/availability/ci/*) validated for Kubernetes 1.33
+	$(VPY) -m dev.chart_check
 
 shopify-schema: $(STAMP) ## fetch the Shopify Admin API 2026-10 schema (npm) into .data/shopify/
 	$(VPY) -m dev.shopify_admin.schema_cache

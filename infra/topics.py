@@ -20,6 +20,19 @@ class TopicError(RuntimeError):
     """A topic could not be created; the message says which and why."""
 
 
+def expected_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic the service creates, with its partition count."""
+    expected = {name: settings.partitions for name in settings.partitioned_topics}
+    for name in (
+        settings.rules_topic,
+        settings.push_policies_topic,
+        settings.dlq_replays_topic,
+        settings.audit_topic,
+    ):
+        expected[name] = 1
+    return expected
+
+
 async def create_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     """Create the service's topics (idempotent). Returns the names it created."""
     wanted: dict[str, NewTopic] = {

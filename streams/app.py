@@ -128,6 +128,14 @@ class AvailabilityApp(faust.App):
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.processor is not None:
+            # /livez on the metrics port fails when the loop stops turning
+            # (infra.probes). Started here, not as an app task: Faust starts those
+            # only after the first table recovery, which may take minutes.
+            self.processor.metrics.heartbeat.start()
+
     async def on_stop(self) -> None:
         if self.processor is not None:
             await self.processor.drain_feed()  # while the producer still runs

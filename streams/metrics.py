@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,6 +21,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from infra.probes import LoopHeartbeat, serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +161,16 @@ class WorkerMetrics:
         r.register(self.fold_latency)
         self.lag = LagCollector()
         r.register(self.lag)
+        # Beaten by a task on the worker's loop (streams.app); read by /livez.
+        self.heartbeat = LoopHeartbeat()
 
     def serve(self, port: int) -> bool:
-        """Serve ``/metrics`` on ``port`` (all interfaces); False if it cannot bind."""
+        """Serve ``/metrics`` and the probes (``/livez``: the event loop turns;
+        ``infra.probes``) on ``port`` (all interfaces); False if it cannot bind."""
         try:
-            start_http_server(port, registry=self.registry)
+            serve_probes(port, self.registry, live=self.heartbeat.check)
         except OSError as exc:
             log.warning("worker metrics not served: port %d: %s", port, exc)
             return False
-        log.info("worker metrics on :%d/metrics", port)
+        log.info("worker metrics on :%d/metrics, probes on /livez and /readyz", port)
         return True

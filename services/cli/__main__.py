@@ -20,6 +20,8 @@ from redis.exceptions import RedisError
 from availability.drift import ExportFormatError
 from infra.audit import audit_record, new_audit_id, record_actions
 from infra.config import Settings, get_settings
+from infra.kafka import topic_problems
+from infra.topics import TopicError, create_topics, expected_partitions
 from services.cli import credentials
 from services.cli import push as push_commands
 from services.cli.baseline import reset_baseline, show_baselines
@@ -171,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
         " AVAILABILITY_DRIFT_INTERVAL seconds with AVAILABILITY_DRIFT_THRESHOLD, and the"
         " counts published for Prometheus. Off (exits at once) while the interval is 0.",
     )
+    topics = commands.add_parser(
+        "topics",
+        help="create the service's topics (idempotent; a deployment's set-up job runs it)",
+        description="Creates every topic the service uses that does not exist yet, with"
+        " AVAILABILITY_PARTITIONS partitions, AVAILABILITY_REPLICATION_FACTOR replicas and"
+        ' the retention and compaction README "Configuration" lists; existing topics'
+        " are left as they are. Exit code 1 when an existing topic has another partition"
+        " count than the workers need (they would refuse to start). Kafka's own ACLs"
+        " decide who may create topics: no AVAILABILITY_TOKEN is needed.",
+    )
+    topic_commands = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    topic_commands.add_parser("create", help="create the topics that are missing")
     credentials.add_parser(commands)
     push_commands.add_parser(commands)
     return parser
@@ -338,6 +352,21 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         return done
     if args.command == "drift-job":
         return await drift_job(settings, say)
+    if args.command == "topics" and args.action == "create":
+        try:
+            created = await create_topics(settings)
+        except TopicError as exc:
+            fail(str(exc))
+            return 1
+        say(f"created {len(created)} topic(s): {', '.join(created)}" if created
+            else "every topic exists already")  # fmt: skip
+        # A topic with another partition count would stop every worker at start (a
+        # SKU's events and its state share a partition number): fail here, before a
+        # deployment's upgrade touches the running processes.
+        problems = await topic_problems(settings.bootstrap_servers, expected_partitions(settings))
+        for problem in problems:
+            fail(f"{problem} (AVAILABILITY_PARTITIONS={settings.partitions})")
+        return 1 if problems else 0
     raise AssertionError(f"unhandled command {args.command}")
 
 

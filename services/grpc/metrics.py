@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from infra.probes import Check, serve_probes
 from services.latency import REQUEST_LATENCY_BUCKETS
 
 
@@ -66,8 +67,9 @@ class GrpcMetrics:
         counter.inc()
         histogram.observe(seconds)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, live: Check, ready: Check) -> None:
+        """``/metrics``, ``/livez`` and ``/readyz`` on ``port`` (``infra.probes``)."""
+        serve_probes(port, self.registry, live=live, ready=ready)
 
 
 def _code(context: Any, default: str) -> str:

@@ -44,6 +44,7 @@ from grpc_reflection.v1alpha import reflection
 from availability.ats import unknown_sku_view, view
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
+from infra.probes import OK, LoopHeartbeat
 from infra.store import AvailabilityStore, render_answer
 from services.auth.authenticator import AuthConfigError, Authenticator
 from services.grpc.access import AccessControl, MethodAccess, caller
@@ -174,7 +175,22 @@ class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
             await self.hub.release(watch)
 
 
-async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.HealthServicer) -> None:
+class ServingStatus:
+    """The health status last set, readable from the probe server's thread: ``/readyz``
+    on the metrics port answers what ``grpc.health.v1`` answers."""
+
+    def __init__(self) -> None:
+        self.state = "starting: Redis not checked yet"
+
+    def check(self) -> str:
+        return self.state
+
+
+async def watch_redis(
+    store: AvailabilityStore,
+    health_servicer: health.aio.HealthServicer,
+    status_seen: ServingStatus | None = None,
+) -> None:
     """SERVING while Redis answers PING, NOT_SERVING while it does not."""
     serving: bool | None = None
     while True:
@@ -191,6 +207,8 @@ async def watch_redis(store: AvailabilityStore, health_servicer: health.aio.Heal
             )
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, status)
+            if status_seen is not None:
+                status_seen.state = OK if up else "NOT_SERVING: Redis does not answer"
             log.info("health: %s", "SERVING" if up else "NOT_SERVING (Redis does not answer)")
         await asyncio.sleep(HEALTH_INTERVAL)
 
@@ -278,6 +296,8 @@ async def serve(settings: Settings) -> None:
         settings.grpc_watch_subscribe_timeout,
     )
     metrics = GrpcMetrics(lambda: hub.open_count)
+    heartbeat = LoopHeartbeat()
+    status_seen = ServingStatus()
     try:
         server, health_servicer, port = create_server(store, hub, settings, authenticator, metrics)
     except BaseException:
@@ -285,8 +305,9 @@ async def serve(settings: Settings) -> None:
         raise
     if settings.grpc_metrics_port:
         try:
-            metrics.serve(settings.grpc_metrics_port)
-            log.info("gRPC metrics on :%d/metrics", settings.grpc_metrics_port)
+            metrics.serve(settings.grpc_metrics_port, heartbeat.check, status_seen.check)
+            log.info("gRPC metrics on :%d/metrics, probes on /livez and /readyz",
+                     settings.grpc_metrics_port)  # fmt: skip
         except OSError as exc:
             log.warning("gRPC metrics not served: port %d: %s", settings.grpc_metrics_port, exc)
     for name in ("", SERVICE_NAME):
@@ -298,7 +319,8 @@ async def serve(settings: Settings) -> None:
     await authenticator.start()
     await server.start()
     log.info("gRPC API listening on %s:%d (%s)", HOST, port, transport_name(settings))
-    watcher = asyncio.create_task(watch_redis(store, health_servicer))
+    watcher = asyncio.create_task(watch_redis(store, health_servicer, status_seen))
+    heartbeat.start()
     # Everything allocated so far lives as long as the process (see services.http).
     gc.collect()
     gc.freeze()
@@ -309,6 +331,7 @@ async def serve(settings: Settings) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+        status_seen.state = "shutting down"
         await health_servicer.enter_graceful_shutdown()
         # Watches never end by themselves: end them now, so clients reconnect to
         # another replica instead of waiting for the grace period.

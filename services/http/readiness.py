@@ -2,6 +2,13 @@
 the broker, the stream processor is up and caught up, and the serving layer is
 complete (not being rebuilt after Redis lost its data: ``streams.rebuild``).
 
+``GET /readyz/local`` is this replica's own part of that: it can answer (its Redis
+answers). It is the pod's readiness probe in Kubernetes: a worker rebalance, a
+lagging processor or a serving layer being rebuilt after Redis lost its data make
+``/readyz`` fail on every replica at once, and taking every replica out of its
+Service then would turn a slower figure, or a clear 503 for the records not yet
+rewritten, into no answer at all (README "Helm chart").
+
 ``/readyz`` is open (the kubelet and load balancers call it without a credential), so
 a check's answer names what failed, never the exception behind it (host names,
 addresses, library messages): that goes to the log.
@@ -113,3 +120,10 @@ async def readiness(
         "processor": processor_state,
         "serving": serving_state,
     }
+
+
+async def local_readiness(store: AvailabilityStore) -> dict[str, str]:
+    """The checks of ``/readyz/local``: what this replica needs to answer. Not the
+    serving layer's completeness: that is the same for every replica (README "Helm
+    chart"), and while it is rebuilt each record already rewritten is served."""
+    return {"redis": await check_redis(store)}

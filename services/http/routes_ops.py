@@ -1,5 +1,6 @@
 """Operations: ``/healthz`` (the process is up), ``/readyz`` (Redis, broker and stream
-processor reachable and caught up) and ``/metrics`` (Prometheus text)."""
+processor reachable and caught up), ``/readyz/local`` (this replica can answer reads:
+its Kubernetes readiness probe) and ``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from services.http import schemas
 from services.http.access import OPEN, requires
 from services.http.deps import ServicesDep
 from services.http.errors import UNAVAILABLE
-from services.http.readiness import CHECK_TIMEOUT, OK, readiness
+from services.http.readiness import CHECK_TIMEOUT, OK, local_readiness, readiness
 from services.http.resources import describe
 from services.http.responses import error_body, json_response
 
@@ -47,7 +48,27 @@ async def healthz() -> Response:
     },
 )
 async def readyz(services: ServicesDep) -> Response:
-    checks = await readiness(services.store, services.rules, services.settings)
+    return _answer(await readiness(services.store, services.rules, services.settings))
+
+
+@router.get(
+    "/readyz/local",
+    summary="Readiness of this replica: its Redis answers and the serving layer is complete",
+    description="What this replica needs to answer reads, without the cluster-wide checks"
+    " of `/readyz` (broker, stream processor): a Kubernetes readiness probe, so that a"
+    " worker rebalance does not take every replica out of service.",
+    response_model=None,
+    openapi_extra=OPEN,
+    responses={
+        200: {"model": schemas.Readiness, "description": "Ready"},
+        503: {"model": schemas.NotReady, "description": "Not ready; `checks` says why"},
+    },
+)
+async def readyz_local(services: ServicesDep) -> Response:
+    return _answer(await local_readiness(services.store))
+
+
+def _answer(checks: dict[str, str]) -> Response:
     failed = {name: state for name, state in checks.items() if state != OK}
     if not failed:
         return json_response({"status": "ready", "checks": checks})

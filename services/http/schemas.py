@@ -108,7 +108,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"], description="ready or not_ready")
     checks: dict[str, str] = Field(
-        description='redis, broker, processor, serving: "ok" or why not',
+        description="redis, broker, processor, serving (/readyz/local: redis, serving):"
+        ' "ok" or why not',
         examples=[{"redis": "ok", "broker": "ok", "processor": "ok", "serving": "ok"}],
     )
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from infra.probes import Check, serve_probes
 
 #: Seconds from a change's computed_at to the shop's acknowledgement.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
@@ -87,5 +89,6 @@ class PushMetrics:
             registry=r,
         )
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, live: Check) -> None:
+        """``/metrics`` and ``/livez`` (the event loop turns) on ``port`` (``infra.probes``)."""
+        serve_probes(port, self.registry, live=live)

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
+from infra.probes import LoopHeartbeat
 from infra.push_policy_log import PushPolicyLog
 from services.push.engine import PushEngine
 from services.push.metrics import PushMetrics
@@ -28,9 +29,11 @@ log = logging.getLogger("services.push")
 
 async def serve(settings: Settings) -> None:
     metrics = PushMetrics()
+    heartbeat = LoopHeartbeat()
+    heartbeat.start()
     if settings.push_metrics_port:
         try:
-            metrics.serve(settings.push_metrics_port)
+            metrics.serve(settings.push_metrics_port, heartbeat.check)
         except OSError as exc:
             log.warning(
                 "push: metrics port %d: %s; running without", settings.push_metrics_port, exc
@@ -58,6 +61,7 @@ async def serve(settings: Settings) -> None:
         )  # fmt: skip
         await engine.run()
     finally:
+        await heartbeat.stop()
         await policies.stop()
         await redis.aclose()
 

@@ -149,6 +149,13 @@ async def test_redis_down_is_unavailable(settings: Settings, start_service: Star
                 assert process.running and time.monotonic() < deadline, process.tail()
                 await asyncio.sleep(0.1)
         assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # The probes on the metrics port: alive (the loop turns), not ready (no Redis).
+        probes = f"http://127.0.0.1:{down.grpc_metrics_port}"
+        async with httpx.AsyncClient(base_url=probes, timeout=5) as client:
+            assert (await client.get("/livez")).status_code == 200
+            ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["reason"] == "NOT_SERVING: Redis does not answer"
         stub = pb_grpc.AvailabilityServiceStub(channel)
         for call in (
             stub.GetAvailability(pb.GetAvailabilityRequest(sku=SKU), timeout=10, metadata=AUTH),
@@ -224,6 +231,12 @@ async def test_metrics_count_calls_by_method_and_code(apis: Apis, settings: Sett
 
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{settings.grpc_metrics_port}/metrics")
+        # The probes beside the metrics: the loop turns, and the health status is SERVING.
+        probes = [
+            await client.get(f"http://127.0.0.1:{settings.grpc_metrics_port}{path}")
+            for path in ("/livez", "/readyz")
+        ]
+    assert [(p.status_code, p.json()) for p in probes] == [(200, {"status": "ok"})] * 2
     assert response.status_code == 200
     text = response.text
     for line in (

@@ -542,6 +542,29 @@ async def test_readyz_follows_the_stream_processor(api: Api) -> None:
     )
 
 
+async def test_readyz_local_is_this_replica_alone(api: Api) -> None:
+    # No worker has reported: the cluster is not ready, but this replica can answer reads
+    # (its Kubernetes readiness probe; README "Helm chart").
+    assert (await api.client.get("/readyz")).status_code == 503
+    async with httpx.AsyncClient(base_url=api.client.base_url) as kubelet:  # no credential
+        local = await kubelet.get("/readyz/local")
+    assert local.status_code == 200
+    assert local.json() == {"status": "ready", "checks": {"redis": "ok"}}
+
+    # Redis lost the serving layer: the whole service is not ready, but that is the
+    # same for every replica, and this one still answers (the records already
+    # rewritten, a clear 503 for the rest), so it stays in its Service.
+    await api.store.forget_built()
+    assert (await api.client.get("/readyz")).status_code == 503
+    still = await api.client.get("/readyz/local")
+    assert still.status_code == 200
+    assert still.json() == {"status": "ready", "checks": {"redis": "ok"}}
+    # ... and what it answers for a record not rewritten yet is a clear 503, not a 404.
+    unwritten = await api.client.get("/v1/availability/NOT-REWRITTEN-YET")
+    assert unwritten.status_code == 503
+    assert unwritten.json()["error"]["code"] == "unavailable"
+
+
 async def test_metrics(api: Api) -> None:
     await seed(api.store, availability_of(SKU, stock_events(SKU)))
     await api.store.add_counts({"folded:pos.sale": 3, "dead_letters:pos.transactions": 1})
@@ -581,6 +604,7 @@ async def test_openapi_documents_every_route(api: Api) -> None:
         "/v1/rules/{rule_id}",
         "/healthz",
         "/readyz",
+        "/readyz/local",
         "/metrics",
     }
     assert (await api.client.get("/docs")).status_code == 200
@@ -610,6 +634,9 @@ async def test_redis_and_broker_down_give_503_not_500(settings: Settings) -> Non
             assert ready.status_code == 503
             checks = ready.json()["checks"]
             assert all(checks[name] != "ok" for name in ("redis", "broker", "processor"))
+            local = await client.get("/readyz/local")
+            assert local.status_code == 503
+            assert local.json()["checks"]["redis"] == "Redis unreachable"
 
             read = await client.get(f"/v1/availability/{SKU}")
             assert read.status_code == 503
@@ -659,6 +686,9 @@ async def test_python_m_services_http(settings: Settings, start_service: StartSe
             assert response.status_code == 200
             assert response.content == orjson.dumps(view(record, "online"))
             assert (await client.get("/healthz")).json() == {"status": "ok"}
+            # The Helm chart's readiness probe, on the real process.
+            local = await client.get("/readyz/local")
+            assert (local.status_code, local.json()["status"]) == (200, "ready")
     finally:
         await drop_keys(store)
         await store.close()

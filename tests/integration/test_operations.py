@@ -18,7 +18,7 @@ from dev.broker import DevBroker
 from dev.processes import process_env, stop_process
 from dev.redis_server import ensure_redis
 from infra.config import Settings
-from infra.kafka import read_topic
+from infra.kafka import read_topic, topic_problems
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
 from services.cli.dead_letters import DeadLetter, parse_dead_letter
@@ -306,6 +306,9 @@ async def test_the_worker_serves_its_metrics_and_logs_json(
                 break
             assert time.monotonic() < deadline, text
             await asyncio.sleep(0.2)
+        # The probe beside the metrics: the worker's event loop turns (infra.probes).
+        live = await client.get(f"http://127.0.0.1:{settings.worker_metrics_port}/livez")
+        assert (live.status_code, live.json()) == (200, {"status": "ok"})
     samples = metric_samples(text)
     assert samples['availability_worker_events_folded_total{type="erp.balance"}'] == 20
     dead = 'availability_worker_dead_letters_total{{reason="{}",topic="{}"}}'
@@ -434,3 +437,20 @@ async def test_drift_check_against_an_erp_export(
             refused = run_cli(settings, *args)
             assert refused.returncode == 2, refused
             assert message in refused.stderr
+
+
+async def test_topics_create_makes_every_topic_once(dev_broker: DevBroker, tmp_path: Path) -> None:
+    # What the Helm chart's pre-install job runs (README "Helm chart").
+    settings = make_settings(dev_broker.url, "redis://127.0.0.1:1/0", tmp_path / "data")
+    first = run_cli(settings, "topics", "create")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("created ")
+    wanted = {topic: settings.partitions for topic in settings.partitioned_topics}
+    wanted |= {settings.rules_topic: 1, settings.audit_topic: 1, settings.push_policies_topic: 1}
+    assert await topic_problems(settings.bootstrap_servers, wanted) == []
+    again = run_cli(settings, "topics", "create")
+    assert (again.returncode, again.stdout.strip()) == (0, "every topic exists already")
+    # Another partition count: the upgrade's Job fails before any worker is touched.
+    changed = run_cli(settings.model_copy(update={"partitions": 6}), "topics", "create")
+    assert changed.returncode == 1
+    assert f"topic '{settings.erp_topic}' has 4 partitions, expected 6" in changed.stderr

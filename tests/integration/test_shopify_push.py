@@ -227,6 +227,8 @@ async def test_401_and_403_stop_their_target_and_the_others_go_on(
     wait_for(lambda: metric(port, "availability_push_target_up", target="revoked") == 0)
     wait_for(lambda: metric(port, "availability_push_target_up", target="unapproved") == 0)
     assert metric(port, "availability_push_target_up", target="main") == 1
+    live = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5)  # infra.probes
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
     await produce(s, s.changes_topic, [feed_record("SKU-1", 2, {"STORE-001": 8})])
     wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 8)
     log_text = push.log_path.read_text()
