@@ -157,6 +157,22 @@ class Settings(BaseSettings):
         """The push processes' consumer group on the change feed."""
         return f"{self.faust_app_id}-push"
 
+    # --- reservations (README "Reservations") ---
+    # Seconds a hold counts while its reservation.created is not yet acknowledged by
+    # the broker: should the API die between placing a hold and publishing it, the hold
+    # is gone within this (the crash window). Longer than the publish timeout.
+    reservation_publish_window: float = Field(default=30.0, ge=5, le=600)
+    # Longest wait for the broker to acknowledge a reservation's events before the
+    # request is answered 503 (and its holds taken back).
+    reservation_publish_timeout: float = Field(default=3.0, gt=0, le=4.5)
+    # Seconds a published hold counts while the worker has not folded its event (it
+    # is handed over as soon as the worker has): the lead the API may have over a
+    # lagging worker. Beyond it, the units count again only once the fold has them.
+    reservation_handover_window: float = Field(default=120.0, ge=10, le=3600)
+    # Seconds a reservation's record (for idempotent repeats and GET) is kept after
+    # its expiry.
+    reservation_record_ttl: float = Field(default=86_400.0, ge=60)
+
     # --- topics ---
     partitions: int = Field(default=8, ge=1, description="partitions of the topics we create")
     # Production defaults: three copies, and a write (acks=all) is acknowledged once two

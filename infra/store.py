@@ -31,7 +31,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,8 +41,11 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.ats import SkuAvailability
+from availability.holds import Hold, with_holds
 
 DEFAULT_FIELD = b"*"
+#: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
+HOLDS_FIELD = b"h"
 
 # Writes a record only when its canonical form changed, bumps its version and
 # announces the change on the SKU's sharded channel, all in one step, so a watcher
@@ -51,23 +54,52 @@ DEFAULT_FIELD = b"*"
 # than 1: a record rebuilt after Redis lost its data then starts above every
 # version it had before, and consumers that skip versions they have seen lose
 # nothing. Versions are formatted with %d: Lua would print them as 1.79e+15.
-# Returns the version when the change feed still has to carry it (a change now, or
-# an earlier one the feed never acknowledged), else 0.
+# In the same step it hands reservation holds over to the record: the holds of the
+# reservation ids ARGV[5..4+ARGV[4]] (lines whose events the written figures
+# include) are removed from the SKU's holds (KEYS[2]), so that a hold stops counting
+# exactly when the figures start to; 'h' is set to the latest deadline of the holds
+# left (absent when none), which tells reads whether to count holds at all.
+# Holds past their deadline (never handed over) are purged on the way.
+# Returns {the version the change feed still has to carry (a change now, or an
+# earlier one the feed never acknowledged) else 0, how many holds were handed over,
+# how many expired holds were purged}.
 _WRITE_RECORD = """
+local n = tonumber(ARGV[4])
+local handed = 0
+if n > 0 then handed = redis.call('HDEL', KEYS[2], unpack(ARGV, 5, 4 + n)) end
+local now = math.floor(tonumber(ARGV[3]) / 1000)
+local latest = 0
+local expired = 0
+local holds = redis.call('HGETALL', KEYS[2])
+for i = 1, #holds, 2 do
+  local deadline = tonumber(string.match(holds[i + 1], ' (%d+)$'))
+  if deadline <= now then
+    redis.call('HDEL', KEYS[2], holds[i])
+    expired = expired + 1
+  elseif deadline > latest then
+    latest = deadline
+  end
+end
 local cur = redis.call('HMGET', KEYS[1], 'd', 'v', 'f')
 local v = tonumber(cur[2] or '0')
 local f = tonumber(cur[3] or '0')
 if cur[1] == ARGV[1] then
-  if f < v then return v end
-  return 0
+  if latest > 0 then
+    redis.call('HSET', KEYS[1], 'h', string.format('%d', latest))
+  else
+    redis.call('HDEL', KEYS[1], 'h')
+  end
+  if f < v then return {v, handed, expired} end
+  return {0, handed, expired}
 end
 if v == 0 then v = tonumber(ARGV[3]) else v = v + 1 end
 local version = string.format('%d', v)
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', version, 'f', string.format('%d', f), 'd', ARGV[1],
-           unpack(ARGV, 4))
+           unpack(ARGV, 5 + n))
+if latest > 0 then redis.call('HSET', KEYS[1], 'h', string.format('%d', latest)) end
 redis.call('SPUBLISH', ARGV[2], version .. ' ' .. ARGV[1])
-return v
+return {v, handed, expired}
 """
 
 # Marks partitions built, only if the epoch they were rebuilt in is still current:
@@ -167,6 +199,14 @@ def render_answer(sku: str, channel: str, tail: bytes) -> bytes:
     return b'{"sku":"' + sku.encode() + b'","channel":"' + channel.encode() + b'",' + tail
 
 
+@dataclass(frozen=True, slots=True)
+class HoldCounts:
+    """What a batch of record writes did to reservation holds."""
+
+    handed_over: int
+    expired: int
+
+
 @dataclass(frozen=True)
 class ServingLayer:
     """How complete the serving records are: which partitions have all been written
@@ -227,6 +267,10 @@ class AvailabilityStore:
     def sku_key(self, sku: str) -> str:
         return f"{self.prefix}:sku:{{{sku}}}"
 
+    def holds_key(self, sku: str) -> str:
+        """The SKU's reservation holds (``infra.reservation_store``), same slot as its record."""
+        return f"{self.prefix}:holds:{{{sku}}}"
+
     def change_channel(self, sku: str) -> bytes:
         """The sharded pub/sub channel of a SKU's changes (same slot as its record)."""
         return f"{self.prefix}:changes:{{{sku}}}".encode()
@@ -234,32 +278,61 @@ class AvailabilityStore:
     # --- writes (the stream processor) ---
 
     async def write_records(
-        self, records: Sequence[SkuAvailability], first_version: int | None = None
+        self,
+        records: Sequence[SkuAvailability],
+        first_version: int | None = None,
+        handed_over: Mapping[str, Collection[str]] | None = None,
     ) -> list[int]:
         """Write records in one round trip.
 
         Returns per record the version the change feed must carry, 0 for none (the
         record is unchanged and the feed has it). A record written for the first
-        time gets ``first_version`` (the writer's clock in microseconds).
+        time gets ``first_version`` (the writer's clock in microseconds), which is
+        also the clock that decides which reservation holds are still live.
+        ``handed_over``: per SKU the reservation ids whose lines the record includes
+        (their holds are removed in the same step).
         """
-        return await self.write_encoded(
-            [(record.sku, encode_record(record)) for record in records], first_version
+        versions, _ = await self.write_encoded(
+            [(record.sku, encode_record(record)) for record in records],
+            first_version,
+            handed_over,
         )
+        return versions
 
     async def write_encoded(
-        self, records: Sequence[tuple[str, Sequence[bytes]]], first_version: int | None = None
-    ) -> list[int]:
-        """``write_records`` of records already encoded (``(sku, encode_record(...))``)."""
+        self,
+        records: Sequence[tuple[str, Sequence[bytes]]],
+        first_version: int | None = None,
+        handed_over: Mapping[str, Collection[str]] | None = None,
+    ) -> tuple[list[int], HoldCounts]:
+        """``write_records`` of records already encoded (``(sku, encode_record(...))``);
+        also returns how many holds were handed over and how many expired ones purged."""
         if not records:
-            return []
+            return [], HoldCounts(0, 0)
         if first_version is None:
             first_version = time.time_ns() // 1000
         seed = str(first_version).encode()
+        handed_over = handed_over or {}
         calls = []
         for sku, (data, *fields) in records:
-            key = self.sku_key(sku).encode()
-            calls.append((key, data, self.change_channel(sku), seed, *fields))
-        return [int(v) for v in await self._run_script(self._write, calls)]
+            ids = [rid.encode() for rid in handed_over.get(sku, ())]
+            calls.append(
+                (
+                    self.sku_key(sku).encode(),
+                    self.holds_key(sku).encode(),
+                    data,
+                    self.change_channel(sku),
+                    seed,
+                    b"%d" % len(ids),
+                    *ids,
+                    *fields,
+                )
+            )
+        replies = await self._run_script(self._write, calls, keys=2)
+        return [int(v) for v, _, _ in replies], HoldCounts(
+            sum(int(handed) for _, handed, _ in replies),
+            sum(int(expired) for _, _, expired in replies),
+        )
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
         """Note that the change feed holds these (sku, version) pairs."""
@@ -267,9 +340,11 @@ class AvailabilityStore:
         if calls:
             await self._run_script(self._mark_published, calls)
 
-    async def _run_script(self, script: Any, calls: Sequence[Sequence[bytes]]) -> list[Any]:
-        """Run a one-key script once per call (key first, then its arguments) in one
-        round trip.
+    async def _run_script(
+        self, script: Any, calls: Sequence[Sequence[bytes]], keys: int = 1
+    ) -> list[Any]:
+        """Run a script of ``keys`` keys once per call (keys first, then its arguments)
+        in one round trip.
 
         EVALSHA directly: redis-py's script objects ask SCRIPT EXISTS before every
         pipeline, a round trip more per batch. Should the server not know the script
@@ -278,7 +353,8 @@ class AvailabilityStore:
         reports its pending version again; a mark never moves backwards).
         """
         sha = script.sha.encode()
-        payload = b"".join([_pack_command((b"EVALSHA", sha, b"1", *call)) for call in calls])
+        numkeys = b"%d" % keys
+        payload = b"".join([_pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
         for attempt in (1, 2):
             replies = await self._round_trip(payload, len(calls))
             errors = [reply for reply in replies if isinstance(reply, ResponseError)]
@@ -325,17 +401,59 @@ class AvailabilityStore:
     # --- reads (the APIs) ---
 
     async def read_tail(self, sku: str, channel: str) -> bytes | None:
-        channel_tail, default_tail = await self.client.hmget(
-            self.sku_key(sku), [b"c:" + channel.encode(), DEFAULT_FIELD]
+        channel_tail, default_tail, holds_until = await self.client.hmget(
+            self.sku_key(sku), [b"c:" + channel.encode(), DEFAULT_FIELD, HOLDS_FIELD]
         )
-        return cast(bytes | None, channel_tail or default_tail)
+        tail = cast(bytes | None, channel_tail or default_tail)
+        if tail is None or not _holds_live(holds_until):
+            return tail
+        return (await self._tails_with_holds([sku], channel))[0] or tail
 
     async def read_tails(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
-        fields = [b"c:" + channel.encode(), DEFAULT_FIELD]
+        fields = [b"c:" + channel.encode(), DEFAULT_FIELD, HOLDS_FIELD]
         pipe = self.client.pipeline(transaction=False)
         for sku in skus:
             pipe.hmget(self.sku_key(sku), fields)
-        return [channel_tail or default_tail for channel_tail, default_tail in await pipe.execute()]
+        tails: list[bytes | None] = []
+        held: list[int] = []
+        for index, (channel_tail, default_tail, holds_until) in enumerate(await pipe.execute()):
+            tails.append(channel_tail or default_tail)
+            if tails[-1] is not None and _holds_live(holds_until):
+                held.append(index)
+        if held:
+            recounted = await self._tails_with_holds([skus[i] for i in held], channel)
+            for index, tail in zip(held, recounted, strict=True):
+                if tail is not None:
+                    tails[index] = tail
+        return tails
+
+    async def _tails_with_holds(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
+        """Answer tails that count the SKUs' live reservation holds as reserved: read
+        your writes, before the worker has folded the reservations (README
+        "Reservations"). Only SKUs with holds take this path."""
+        return [
+            None if availability is None else _answer_tail(availability, channel)
+            for availability in await self._read_with_holds(skus)
+        ]
+
+    async def _read_with_holds(self, skus: Sequence[str]) -> list[SkuAvailability | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for sku in skus:
+            pipe.hget(self.sku_key(sku), b"d")
+            pipe.hgetall(self.holds_key(sku))
+        replies = await pipe.execute()
+        now = time.time_ns() // 1_000_000
+        answers: list[SkuAvailability | None] = []
+        for index in range(len(skus)):
+            raw, holds = replies[2 * index], replies[2 * index + 1]
+            if raw is None:
+                answers.append(None)
+                continue
+            availability = SkuAvailability.from_data(orjson.loads(raw))
+            answers.append(
+                with_holds(availability, [Hold.decode(_text(r), v) for r, v in holds.items()], now)
+            )
+        return answers
 
     async def read_versions(self, skus: Sequence[str]) -> list[tuple[int, SkuAvailability | None]]:
         """Each SKU's version and figures, in one round trip; (0, None) if never seen."""
@@ -351,9 +469,12 @@ class AvailabilityStore:
         return answers
 
     async def read_availability(self, sku: str) -> SkuAvailability | None:
-        raw = await self.client.hget(self.sku_key(sku), "d")
+        """The SKU's figures, its live reservation holds counted as reserved."""
+        raw, holds_until = await self.client.hmget(self.sku_key(sku), [b"d", HOLDS_FIELD])
         if raw is None:
             return None
+        if _holds_live(holds_until):
+            return (await self._read_with_holds([sku]))[0]
         return SkuAvailability.from_data(orjson.loads(raw))
 
     # --- completeness of the serving layer (streams.rebuild) ---
@@ -472,6 +593,11 @@ class AvailabilityStore:
     async def release_webhook(self, target: str, webhook_id: str) -> None:
         """Processing failed: a retry of the webhook may claim it at once."""
         await self.client.delete(self.webhook_key(target, webhook_id))
+
+
+def _holds_live(holds_until: bytes | str | None) -> bool:
+    """Whether a record's ``h`` says some hold may still count."""
+    return holds_until is not None and int(holds_until) > time.time_ns() // 1_000_000
 
 
 def _text(value: bytes | str) -> str:

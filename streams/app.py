@@ -37,7 +37,14 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT
 
 from availability.display import clip
-from availability.events import Event, event_time, event_type
+from availability.events import (
+    Event,
+    ReservationCreated,
+    ReservationFulfilled,
+    ReservationReleased,
+    event_time,
+    event_type,
+)
 from availability.journal import CorruptEntry, journal_batch, restore
 from availability.rules import Rule
 from availability.state import SkuState
@@ -236,6 +243,11 @@ class SkuStateTable(faust.Table):  # type: ignore[type-arg]
             key_partition[sku] = message.partition
 
 
+_RESERVATION_EVENTS = (ReservationCreated, ReservationReleased, ReservationFulfilled)
+#: Seconds allowed between the API's clock (a line's occurred_at) and the worker's.
+HANDOVER_CLOCK_MARGIN = 60.0
+
+
 @dataclass(slots=True)
 class _Tally:
     """What a batch folded: for the serving records and the latency histograms."""
@@ -293,6 +305,14 @@ class Processor:
             state_of=self.states.by_sku.get,
             owns=self.owns,
             feed=self.feed,
+            handover_horizon=int(
+                (
+                    settings.reservation_publish_window
+                    + settings.reservation_handover_window
+                    + HANDOVER_CLOCK_MARGIN
+                )
+                * 1_000_000
+            ),
         )
         self.rebuild = ServingRebuild(
             self.store,
@@ -445,6 +465,20 @@ class Processor:
             "SKUs whose serving record is waiting to be written",
             "gauge",
             lambda: self.writer.pending,
+        )
+        add(
+            "availability_worker_reservation_holds_handed_over",
+            "Reservation holds of the API removed by the write that first counts their"
+            ' folded line (README "Reservations")',
+            "counter",
+            lambda: self.writer.handed_over,
+        )
+        add(
+            "availability_worker_reservation_holds_expired",
+            "Reservation holds that reached their deadline without being handed over,"
+            " found (and purged) by this worker's record writes",
+            "counter",
+            lambda: self.writer.holds_expired,
         )
         add(
             "availability_worker_serving_record_errors",
@@ -772,13 +806,25 @@ class Processor:
                 tally.event_times.append(event_time(event))
                 if message.timestamp:
                     tally.publish_times.append(message.timestamp)
+            # Reservation lines the state now includes: their API holds are handed
+            # over with the SKU's next record (streams.serving), repeats included.
+            lines = [
+                event.reservation_id
+                for index, (event, _, _) in enumerate(items)
+                if index not in failed and isinstance(event, _RESERVATION_EVENTS)
+            ]
             if not result.entries:
+                if lines and not new:
+                    self.writer.note_folded(sku, lines)
+                    tally.changed.append(sku)
                 continue
             partition = self.home(sku)
             if new:
                 self.states.adopt(sku, state, partition)
             for entry in result.entries:
                 journal.add(partition, entry.key.encode(), entry.value)
+            if lines:
+                self.writer.note_folded(sku, lines)
             tally.changed.append(sku)
         for name, count in folded.items():
             self.counts[f"folded:{name}"] += count

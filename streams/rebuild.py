@@ -104,7 +104,7 @@ class ServingRebuild:
             start = logged = time.monotonic()
             for first in range(0, len(skus), REBUILD_CHUNK):
                 chunk = skus[first : first + REBUILD_CHUNK]
-                self.writer.mark(chunk)
+                self.writer.mark_recovered(chunk)
                 if not await self.writer.flush():
                     self._forced |= partitions
                     log.warning("serving layer: rebuild interrupted by a Redis failure")

@@ -5,6 +5,16 @@ recovery) and ``flush`` writes their records. A record is computed when it is
 flushed, from the state and rules of that moment, and flushes never overlap, so
 the last write for a SKU always carries its latest figures. Each write that the
 change feed must carry is handed to it (``streams.change_feed``) in write order.
+
+Reservation holds (README "Reservations") are handed over by the writes: the fold
+notes the reservation ids of the lines it folded (``note_folded``), and the write of
+the SKU's record that first includes them removes their holds in the same Redis step
+(``AvailabilityStore.write_encoded``), so no line counts twice and none drops out.
+Ids noted while a flush is under way wait for the next one, which computes its
+records after they were folded; a failed write keeps them for its retry. A worker
+that starts (or takes over partitions) has noted nothing: its rebuild writes
+(``mark_recovered``) hand over every line of the SKU recent enough that a hold of it
+may still live (``handover_horizon``).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ class ServingWriter:
         owns: Callable[[str], bool],
         feed: ChangeFeed | None = None,
         clock: Callable[[], int] = now_micros,
+        handover_horizon: int = 0,
     ) -> None:
         self.store = store
         self.feed = feed
@@ -57,9 +68,28 @@ class ServingWriter:
         self.errors = 0
         self.record_errors = 0  # records that could not be computed
         self._failed: set[str] = set()  # SKUs logged for that (once each)
+        # SKU -> reservation ids folded since its record was last written
+        self._folded_lines: dict[str, set[str]] = {}
+        self._recovered: set[str] = set()  # SKUs whose next write follows a recovery
+        # µs: a line whose latest event is older than this can have no live hold
+        self._handover_horizon = handover_horizon
+        self.handed_over = 0  # holds handed over to the records written
+        self.holds_expired = 0  # holds found past their deadline (never handed over)
+
+    def note_folded(self, sku: str, reservation_ids: Iterable[str]) -> None:
+        """The fold now includes these reservation lines of ``sku``: their holds go
+        with the next write of its record (which ``mark`` must ask for)."""
+        self._folded_lines.setdefault(sku, set()).update(reservation_ids)
 
     def mark(self, skus: Iterable[str]) -> None:
         self._dirty.update(skus)
+
+    def mark_recovered(self, skus: Iterable[str]) -> None:
+        """Mark SKUs whose state was recovered (not folded here): their next write
+        hands over the holds of all their recent reservation lines."""
+        skus = list(skus)
+        self._dirty.update(skus)
+        self._recovered.update(skus)
 
     @property
     def pending(self) -> int:
@@ -81,6 +111,11 @@ class ServingWriter:
             if not self._dirty:
                 return True
             skus, self._dirty = self._dirty, set()
+            # Taken with the records, before any await: a write hands over only lines
+            # that the state it was computed from includes.
+            lines = {sku: self._folded_lines.pop(sku) for sku in skus if sku in self._folded_lines}
+            recovered, self._recovered = self._recovered & skus, self._recovered - skus
+            self._recent_lines(recovered, lines)
             built = self._build(skus)
             records = [record for record, _ in built]
             try:
@@ -88,9 +123,16 @@ class ServingWriter:
                     chunk = built[start : start + WRITE_CHUNK]
                     if self.feed is not None:
                         await self.feed.wait_room()
-                    versions = await self.store.write_encoded(
-                        [(record.sku, encoded) for record, encoded in chunk], self._clock()
+                    handing = {r.sku: lines[r.sku] for r, _ in chunk if r.sku in lines}
+                    versions, holds = await self.store.write_encoded(
+                        [(record.sku, encoded) for record, encoded in chunk],
+                        self._clock(),
+                        handing,
                     )
+                    for sku in handing:
+                        del lines[sku]
+                    self.handed_over += holds.handed_over
+                    self.holds_expired += holds.expired
                     if self.feed is not None:
                         self.feed.add(
                             [(r, v) for (r, _), v in zip(chunk, versions, strict=True) if v]
@@ -98,10 +140,24 @@ class ServingWriter:
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 self._dirty |= skus
+                for sku, ids in lines.items():
+                    self.note_folded(sku, ids)
                 log.error("serving layer: writing %d records failed: %s", len(records), exc)
                 return False
             self.writes += len(records)
             return True
+
+    def _recent_lines(self, skus: Iterable[str], lines: dict[str, set[str]]) -> None:
+        since = self._clock() - self._handover_horizon
+        for sku in skus:
+            state = self._state_of(sku)
+            if state is None:
+                continue
+            recent = {
+                rid for rid, line in state.reservations.items() if line.last_event_at() >= since
+            }
+            if recent:
+                lines.setdefault(sku, set()).update(recent)
 
     def _build(self, skus: Iterable[str]) -> list[tuple[SkuAvailability, list[bytes]]]:
         """The records of ``skus``, computed and encoded. A SKU whose record cannot be

@@ -10,8 +10,10 @@ AVAILABILITY_WATCH = "availability:watch"
 RULES_READ = "rules:read"
 #: Create, replace and delete rules (and the other policies the API manages).
 RULES_WRITE = "rules:write"
-#: Hold and release stock through the reservation API.
+#: Hold, release and extend reservations through the reservation API.
 RESERVATIONS_WRITE = "reservations:write"
+#: Read reservations made through the API (reservations:write may read them too).
+RESERVATIONS_READ = "reservations:read"
 #: Operator actions that write: dead-letter replays, baseline resets, rebuilds.
 OPS = "ops"
 #: Scrape /metrics where it is not left open (AVAILABILITY_HTTP_METRICS_OPEN=false).
@@ -23,6 +25,7 @@ ALL_SCOPES: tuple[str, ...] = (
     RULES_READ,
     RULES_WRITE,
     RESERVATIONS_WRITE,
+    RESERVATIONS_READ,
     OPS,
     METRICS_READ,
 )

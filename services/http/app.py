@@ -14,6 +14,7 @@ from infra.audit import AuditLog
 from infra.audit_relay import AuditRelay
 from infra.config import Settings, get_settings
 from infra.push_policy_log import PushPolicyLog
+from infra.reservation_store import ReservationStore
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from services.auth.authenticator import Authenticator
@@ -21,6 +22,7 @@ from services.http import (
     routes_availability,
     routes_ops,
     routes_push_policies,
+    routes_reservations,
     routes_rules,
     routes_webhooks,
 )
@@ -29,6 +31,8 @@ from services.http.errors import install_error_handlers
 from services.http.hot_reads import HotReads
 from services.http.metrics import Metrics, MetricsMiddleware
 from services.http.resources import RulesConnection, Services
+from services.reservations.metrics import ReservationMetrics
+from services.reservations.service import ReservationService
 from services.webhooks.publisher import Publisher
 from services.webhooks.receiver import WebhookMetrics, WebhookReceiver
 from services.webhooks.shops import WebhookShops
@@ -48,7 +52,8 @@ client-credentials JWT) whose scopes include what the operation names, except th
 probes. Every error is `{"error": {"code": str, "message": str}}` with code
 `invalid_argument` or `malformed_json` (400), `unauthenticated` (401),
 `permission_denied` (403), `not_found` (404),
-`method_not_allowed` (405), `scope_conflict` (409), `payload_too_large` (413),
+`method_not_allowed` (405), `scope_conflict`, `insufficient_stock`, `conflict` or
+`not_active` (409), `payload_too_large` (413),
 `unavailable` (503)
 or `internal` (500).
 """
@@ -64,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticator = Authenticator.from_settings(cfg)
     webhook_shops = WebhookShops.from_settings(cfg)  # client secrets read once, here
     webhook_metrics = WebhookMetrics(metrics.registry)
+    reservation_metrics = ReservationMetrics(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,14 +82,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         relay = AuditRelay(cfg, rules_log, push_policies)
         rules = RulesConnection(rules_log, [push_policies, audit, relay])
         webhooks = WebhookReceiver(cfg, webhook_shops, store, Publisher(cfg), webhook_metrics)
+        reservation_publisher = Publisher(cfg, "reservations")
+        reservations = ReservationService(
+            cfg, ReservationStore(store), reservation_publisher, reservation_metrics
+        )
         try:
             await authenticator.start()
             await rules.start(wait=RULES_STARTUP_WAIT)
             webhooks.start()
+            reservation_publisher.start()
             app.state.services = Services(cfg, store, rules, metrics, audit, push_policies)
             setattr(app.state, routes_webhooks.STATE_ATTRIBUTE, webhooks)
+            setattr(app.state, routes_reservations.STATE_ATTRIBUTE, reservations)
             yield
         finally:
+            await reservation_publisher.close()
             await webhooks.close()
             await rules.close()
             await store.close()
@@ -104,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_push_policies.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_webhooks.router)
+    app.include_router(routes_reservations.router)
     _document_bearer_scheme(app)
     table = AccessTable.from_app(
         app,

@@ -43,8 +43,9 @@ class Record:
 
 
 class Publisher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, purpose: str = "shopify-webhooks") -> None:
         self.settings = settings
+        self.purpose = purpose  # in the client id and the log lines
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._warm_up: asyncio.Task[None] | None = None
@@ -52,14 +53,16 @@ class Publisher:
 
     def start(self) -> None:
         """Connect in the background, so the first webhook need not."""
-        self._warm_up = asyncio.create_task(self._start_quietly(), name="webhook-producer")
+        self._warm_up = asyncio.create_task(self._start_quietly(), name=f"{self.purpose}-producer")
 
     async def _start_quietly(self) -> None:
         try:
             async with asyncio.timeout(WARM_UP_TIMEOUT):
                 await self._started()
         except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("webhook producer: broker not reachable yet (%r); retried per webhook", exc)
+            log.warning(
+                "%s producer: broker not reachable yet (%r); retried per request", self.purpose, exc
+            )
 
     async def _started(self) -> AIOKafkaProducer:
         async with self._lock:
@@ -69,7 +72,7 @@ class Publisher:
                 **kafka_client_options(self.settings),
                 acks="all",
                 max_batch_size=self.settings.producer_max_batch_size,
-                client_id=f"{self.settings.faust_app_id}-shopify-webhooks",
+                client_id=f"{self.settings.faust_app_id}-{self.purpose}",
             )
             try:
                 await producer.start()
@@ -102,7 +105,7 @@ class Publisher:
         except TimeoutError:
             raise PublishFailed(f"the broker did not acknowledge within {timeout:g} s") from None
         except (KafkaError, OSError) as exc:
-            log.warning("webhook producer: publishing failed: %r", exc)
+            log.warning("%s producer: publishing failed: %r", self.purpose, exc)
             raise PublishFailed("the broker cannot be reached") from None
 
     async def close(self) -> None:

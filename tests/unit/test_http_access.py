@@ -18,7 +18,7 @@ from services.auth.scopes import ALL_SCOPES, METRICS_READ
 from services.http import create_app
 from services.http.access import OPEN, AccessTable, UndeclaredAccess, requires
 
-SAMPLE_PARAMETERS = {"sku": "SKU-1", "rule_id": "r1", "policy_id": "p1"}
+SAMPLE_PARAMETERS = {"sku": "SKU-1", "rule_id": "r1", "policy_id": "p1", "reservation_id": "r1"}
 
 
 class Keys:

@@ -6,7 +6,7 @@ private Faust parts it relies on (``streams.intake``, ``streams.serving``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -18,7 +18,7 @@ import streams.serving as serving
 from availability.events import PosSale
 from availability.rules import RuleBook
 from availability.state import SkuState, fold
-from infra.store import AvailabilityStore
+from infra.store import AvailabilityStore, HoldCounts
 from streams import faust_internals
 from streams.intake import Clock, Refusal, read_event
 from streams.serving import ServingWriter
@@ -85,10 +85,13 @@ class FakeStore:
         self.written: list[str] = []
 
     async def write_encoded(
-        self, records: Sequence[tuple[str, Sequence[bytes]]], first_version: int | None = None
-    ) -> list[int]:
+        self,
+        records: Sequence[tuple[str, Sequence[bytes]]],
+        first_version: int | None = None,
+        handed_over: Mapping[str, Collection[str]] | None = None,
+    ) -> tuple[list[int], HoldCounts]:
         self.written.extend(sku for sku, _ in records)
-        return [1] * len(records)
+        return [1] * len(records), HoldCounts(0, 0)
 
 
 async def test_a_record_that_cannot_be_computed_holds_up_no_other(

@@ -1,0 +1,1 @@
+"""The reservation API's logic, shared by HTTP (and gRPC): ``ReservationService``."""

@@ -1,0 +1,389 @@
+"""Reserve, release, extend and read reservations (README "Reservations").
+
+A reserve request runs, in order:
+
+1. **Claim** the reservation id (its record, state ``placing``, kept for the publish
+   window): a repeat of a finished request gets the first answer, another body under
+   the id ``Conflict``, a request racing one still being placed ``InProgress``.
+2. **Hold** every line, one SKU after another, each with one atomic check-and-hold in
+   Redis (``infra.reservation_store``). When a line does not fit, the holds already
+   placed are taken back and the answer is ``InsufficientStock``: nothing held, and no
+   event published.
+3. **Publish** one ``reservation.created`` per line to ``orders.reservations`` and wait
+   for the broker's acknowledgement (bounded). If it does not come, the holds are
+   taken back and the answer is ``Unavailable``.
+4. **Confirm**: the holds now count until the worker folds their events (and hands
+   them over) or the handover window passes; the record keeps the answer.
+
+Crash window: a hold counts for the publish window (30 s by default) until step 4
+gives it the longer deadline, so an API killed between steps 2 and 4 leaves holds that
+stop counting within that window, and a retry of the request after it starts again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from availability.events import (
+    Event,
+    ReservationCreated,
+    ReservationReleased,
+    event_to_dict,
+)
+from availability.holds import (
+    ReservationRequest,
+    held_by_location,
+    line_event_id,
+    most_free,
+    pending_deadline,
+    placement_order,
+    published_deadline,
+)
+from availability.identifiers import format_timestamp
+from infra.config import Settings
+from infra.reservation_store import ReservationStore
+from services.reservations.metrics import ReservationMetrics
+from services.webhooks.publisher import Publisher, PublishFailed, Record
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+PLACING = "placing"
+HELD = "held"
+RELEASED = "released"
+EXPIRED = "expired"
+
+
+class ReservationError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Conflict(ReservationError):
+    """Another request body under the same reservation id."""
+
+
+class InProgress(ReservationError):
+    """A request for the reservation id is being placed right now."""
+
+
+class NotFound(ReservationError):
+    pass
+
+
+class NotActive(ReservationError):
+    """Released or expired: it cannot be extended."""
+
+
+class Unavailable(ReservationError):
+    """Redis or the broker cannot be reached; nothing is held."""
+
+
+class InsufficientStock(ReservationError):
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        super().__init__("not every line can be held; nothing is held")
+        self.lines = lines
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    sku: str
+    quantity: int
+    location_id: str
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ReservationService:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: ReservationStore,
+        publisher: Publisher,
+        metrics: ReservationMetrics,
+        clock: Callable[[], int] = _now_us,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.publisher = publisher
+        self.metrics = metrics
+        self.clock = clock
+        self._publish_window_ms = int(settings.reservation_publish_window * 1000)
+        self._handover_window_ms = int(settings.reservation_handover_window * 1000)
+
+    # --- reserve ---
+
+    async def reserve(self, request: ReservationRequest) -> tuple[dict[str, Any], bool]:
+        """The answer, and whether it is a repeat of an earlier one."""
+        try:
+            answer, repeated = await self._reserve(request)
+        except InsufficientStock:
+            self.metrics.outcome("insufficient_stock")
+            raise
+        except (Conflict, InProgress):
+            self.metrics.outcome("conflict")
+            raise
+        except Unavailable:
+            self.metrics.outcome("unavailable")
+            raise
+        self.metrics.outcome("repeated" if repeated else "created")
+        return answer, repeated
+
+    async def _reserve(self, request: ReservationRequest) -> tuple[dict[str, Any], bool]:
+        rid = request.reservation_id
+        fingerprint = request.fingerprint()
+        try:
+            existing = await self.redis.claim(
+                rid, {"fp": fingerprint, "state": PLACING}, self._publish_window_ms
+            )
+        except REDIS_ERRORS:
+            raise Unavailable("the serving store (Redis) cannot be reached") from None
+        if existing is not None:
+            if existing.get("fp") != fingerprint:
+                raise Conflict(
+                    f"reservation {rid!r} exists with another request body; use a new"
+                    " reservation_id"
+                )
+            if existing.get("state") == PLACING:
+                raise InProgress(f"reservation {rid!r} is being placed by another request; retry")
+            return existing["answer"], True
+        placed: list[Placed] = []
+        try:
+            now_us = self.clock()
+            expires_us = now_us + request.expires_in_s * 1_000_000
+            placed = await self._hold_all(request, now_us // 1000, expires_us // 1000)
+            await self._publish(
+                [
+                    ReservationCreated(
+                        line_event_id(rid, line.sku, "created", now_us),
+                        line.sku,
+                        rid,
+                        line.location_id,
+                        line.quantity,
+                        now_us,
+                        expires_us,
+                        request.channel,
+                    )
+                    for line in placed
+                ]
+            )
+            confirmed_ms = self.clock() // 1000
+            deadline = published_deadline(
+                confirmed_ms, expires_us // 1000, self._handover_window_ms
+            )
+            for line in placed:
+                await self.redis.move_deadline(line.sku, rid, deadline)
+            answer = {
+                "reservation_id": rid,
+                "channel": request.channel,
+                "status": HELD,
+                "created_at": format_timestamp(now_us),
+                "expires_at": format_timestamp(expires_us),
+                "lines": [
+                    {"sku": x.sku, "quantity": x.quantity, "location_id": x.location_id}
+                    for x in placed
+                ],
+            }
+            record = {
+                "fp": fingerprint,
+                "state": HELD,
+                "answer": answer,
+                "expires_at_us": expires_us,
+            }
+            await self.redis.save(rid, record, self._record_ttl_ms(expires_us))
+            return answer, False
+        except BaseException as exc:
+            await self._undo(rid, placed, keep_claim=isinstance(exc, REDIS_ERRORS))
+            if isinstance(exc, REDIS_ERRORS):
+                raise Unavailable("the serving store (Redis) cannot be reached") from None
+            raise
+
+    async def _hold_all(
+        self, request: ReservationRequest, now_ms: int, expires_ms: int
+    ) -> list[Placed]:
+        rid, channel = request.reservation_id, request.channel
+        deadline = pending_deadline(now_ms, expires_ms, self._publish_window_ms)
+        unplaced = [line.sku for line in request.lines if line.location_id is None]
+        figures = dict(zip(unplaced, await self.redis.figures(unplaced), strict=True))
+        placed: list[Placed] = []
+        try:
+            for line in request.lines:
+                if line.location_id is not None:
+                    candidates = [line.location_id]
+                else:
+                    availability, holds = figures[line.sku]
+                    held = held_by_location(holds, now_ms)
+                    candidates = placement_order(availability, channel, held)
+                placement = await self.redis.place(
+                    line.sku, rid, channel, line.quantity, candidates, now_ms, deadline
+                )
+                if placement.expired:
+                    self.metrics.holds_expired.inc(placement.expired)
+                if placement.location_id is None:
+                    raise InsufficientStock([])
+                placed.append(Placed(line.sku, line.quantity, placement.location_id))
+        except InsufficientStock:
+            await self._take_back(rid, placed)
+            placed.clear()
+            raise InsufficientStock(await self._shortfall(request, now_ms)) from None
+        except BaseException:
+            await self._take_back(rid, placed)
+            raise
+        return placed
+
+    async def _shortfall(self, request: ReservationRequest, now_ms: int) -> list[dict[str, Any]]:
+        """Per line what was asked and what is available now (for the 409 body)."""
+        skus = [line.sku for line in request.lines]
+        figures = await self.redis.figures(skus)
+        lines = []
+        for line, (availability, holds) in zip(request.lines, figures, strict=True):
+            held = held_by_location(holds, now_ms)
+            available = most_free(availability, request.channel, held, line.location_id)
+            entry: dict[str, Any] = {"sku": line.sku, "asked": line.quantity}
+            if line.location_id is not None:
+                entry["location_id"] = line.location_id
+            entry["available"] = available
+            lines.append(entry)
+        return lines
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        topic = self.settings.reservations_topic
+        records = [
+            Record(topic, event.sku.encode(), orjson.dumps(event_to_dict(event)))
+            for event in events
+        ]
+        try:
+            await self.publisher.publish(records, self.settings.reservation_publish_timeout)
+        except PublishFailed as exc:
+            raise Unavailable(f"the broker did not take the reservation: {exc}") from None
+
+    async def _take_back(self, rid: str, placed: Sequence[Placed]) -> None:
+        for line in placed:
+            try:
+                await self.redis.remove(line.sku, rid)
+            except REDIS_ERRORS:
+                # Redis is away: the hold stops counting at its (pending) deadline.
+                log.warning("reservation %s: hold of %s left to expire", rid, line.sku)
+
+    async def _undo(self, rid: str, placed: Sequence[Placed], *, keep_claim: bool) -> None:
+        await self._take_back(rid, placed)
+        if keep_claim:
+            return  # Redis is away; the claim expires with the publish window
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.redis.forget(rid)
+
+    # --- release, extend, read ---
+
+    async def release(self, rid: str) -> bool:
+        """Release a reservation: True when this call released it, False when it was
+        released before (idempotent)."""
+        record = await self._record(rid)
+        if record["state"] == RELEASED:
+            return False
+        answer = record["answer"]
+        now_us = self.clock()
+        try:
+            for line in answer["lines"]:
+                await self.redis.remove(line["sku"], rid)
+        except REDIS_ERRORS:
+            raise Unavailable("the serving store (Redis) cannot be reached") from None
+        await self._publish(
+            [
+                ReservationReleased(
+                    line_event_id(rid, line["sku"], "released", now_us),
+                    line["sku"],
+                    rid,
+                    line["location_id"],
+                    now_us,
+                )
+                for line in answer["lines"]
+            ]
+        )
+        record["state"] = RELEASED
+        answer["status"] = RELEASED
+        await self._save(rid, record)
+        self.metrics.releases.inc()
+        return True
+
+    async def extend(self, rid: str, expires_in_s: int) -> dict[str, Any]:
+        """Move a held reservation's expiry to ``expires_in_s`` seconds from now (a newer
+        ``reservation.created`` of every line, with the new ``expires_at``)."""
+        record = await self._record(rid)
+        now_us = self.clock()
+        status = self._status(record, now_us)
+        if status != HELD:
+            raise NotActive(f"reservation {rid!r} is {status}; only a held one can be extended")
+        answer = record["answer"]
+        expires_us = now_us + expires_in_s * 1_000_000
+        await self._publish(
+            [
+                ReservationCreated(
+                    line_event_id(rid, line["sku"], "created", now_us),
+                    line["sku"],
+                    rid,
+                    line["location_id"],
+                    line["quantity"],
+                    now_us,
+                    expires_us,
+                    answer["channel"],
+                )
+                for line in answer["lines"]
+            ]
+        )
+        deadline = published_deadline(now_us // 1000, expires_us // 1000, self._handover_window_ms)
+        try:
+            for line in answer["lines"]:
+                await self.redis.move_deadline(line["sku"], rid, deadline)
+        except REDIS_ERRORS:
+            raise Unavailable("the serving store (Redis) cannot be reached") from None
+        answer["expires_at"] = format_timestamp(expires_us)
+        record["expires_at_us"] = expires_us
+        await self._save(rid, record)
+        return self.view(record, now_us)
+
+    async def get(self, rid: str) -> dict[str, Any]:
+        return self.view(await self._record(rid), self.clock())
+
+    def view(self, record: dict[str, Any], now_us: int) -> dict[str, Any]:
+        return {**record["answer"], "status": self._status(record, now_us)}
+
+    @staticmethod
+    def _status(record: dict[str, Any], now_us: int) -> str:
+        if record["state"] == RELEASED:
+            return RELEASED
+        return EXPIRED if now_us >= record["expires_at_us"] else HELD
+
+    async def _record(self, rid: str) -> dict[str, Any]:
+        try:
+            record = await self.redis.load(rid)
+        except REDIS_ERRORS:
+            raise Unavailable("the serving store (Redis) cannot be reached") from None
+        if record is None:
+            raise NotFound(f"no reservation {rid!r}")
+        if record.get("state") == PLACING:
+            raise InProgress(f"reservation {rid!r} is being placed; retry")
+        assert isinstance(record, dict)
+        return record
+
+    async def _save(self, rid: str, record: dict[str, Any]) -> None:
+        try:
+            await self.redis.save(rid, record, self._record_ttl_ms(record["expires_at_us"]))
+        except REDIS_ERRORS:
+            raise Unavailable("the serving store (Redis) cannot be reached") from None
+
+    def _record_ttl_ms(self, expires_us: int) -> int:
+        left_ms = max(0, expires_us // 1000 - self.clock() // 1000)
+        return left_ms + int(self.settings.reservation_record_ttl * 1000)
