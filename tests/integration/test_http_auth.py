@@ -31,7 +31,7 @@ from tests.integration.support import (
 from tests.integration.test_http_api import SKU, availability_of, seed, stock_events
 from tests.jwt_issuer import AUDIENCE, ISSUER, Issuer
 
-SAMPLE_PARAMETERS = {"sku": SKU, "rule_id": "r1", "policy_id": "p1"}
+SAMPLE_PARAMETERS = {"sku": SKU, "rule_id": "r1", "policy_id": "p1", "reservation_id": "res-1"}
 
 
 @dataclass
