@@ -34,12 +34,6 @@ NOT_IN_CHART: dict[str, str] = {
     # The SASL password is mounted from a Secret as a file (AVAILABILITY_KAFKA_SASL_PASSWORD_FILE),
     # never put in the environment.
     "kafka_sasl_password": "mounted as a file (kafka_sasl_password_file)",
-    # The reservation API's windows (README "Reservations"): the defaults serve until
-    # the chart offers them under `config`.
-    "reservation_publish_window": "not offered yet: the default (30 s) applies",
-    "reservation_publish_timeout": "not offered yet: the default (3 s) applies",
-    "reservation_handover_window": "not offered yet: the default (120 s) applies",
-    "reservation_record_ttl": "not offered yet: the default (1 day) applies",
 }
 
 #: Names the chart sets for settings that are being added to ``Settings`` (Redis
