@@ -217,7 +217,7 @@ class Settings(BaseSettings):
     # transfers and damaged returns leave the state; events of those types older
     # than this are dead-lettered (too_old). README "State and recovery".
     state_horizon: float = Field(default=7 * 24 * 3600.0, gt=0)
-    # A skipped offset range read directly (streams.app, README "Delivery
+    # A skipped offset range read directly (streams.partition_progress, README "Delivery
     # guarantees") is read in pieces of at most this many records / bytes, and
     # given up (logged, counted, and left to Kafka's redelivery) after this long.
     gap_read_max_records: int = Field(default=10_000, ge=1)

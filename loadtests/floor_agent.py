@@ -18,7 +18,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from infra.config import get_settings
-from streams.app import build_app
+from streams.faust_app import build_app
 
 FLOOR_FIELD = "decoded"
 

@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import os
 import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import faust
 import numpy as np
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT
@@ -45,31 +43,29 @@ from availability.events import (
     event_time,
     event_type,
 )
-from availability.journal import CorruptEntry, journal_batch, restore
+from availability.journal import journal_batch
 from availability.rules import Rule
 from availability.state import SkuState
 from infra.config import Settings
 from infra.dead_letters import MAX_REASON_CHARS, dead_letter_record
-from infra.kafka import CommittedOffsets, RangeReader, faust_broker_credentials
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from infra.topics import durability_configs
 from streams.change_feed import ChangeFeed
+from streams.faust_app import SkuStateTable, build_app
 from streams.faust_internals import (
     aiokafka_producer,
-    committed_offsets,
-    key_partitions,
     mark_range_done,
-    paused_partitions,
-    set_committed_offset,
-    store_dict,
 )
 from streams.intake import Clock, Refusal, forwarded_value, read_event
-from streams.kafka import HomePartitions, OutgoingRecords, Transport
+from streams.kafka import HomePartitions, OutgoingRecords
 from streams.metrics import WorkerMetrics
+from streams.partition_progress import PartitionProgress
 from streams.pruning import Pruner
 from streams.rebuild import ServingRebuild
 from streams.serving import ServingWriter, now_micros
+from streams.task_stacks import log_task_stacks
+from streams.worker_readings import register_worker_readings
 
 log = logging.getLogger(__name__)
 
@@ -80,167 +76,6 @@ IDLE_LOG_INTERVAL = 300.0  # ... and while idle
 #: A window that brings this many events or more means events arrive faster than
 #: single windows are folded (see Processor.fold_windows).
 BUSY_WINDOW = 32
-
-
-def _await_chain(awaited: Any) -> list[str]:
-    lines = []
-    while awaited is not None:
-        frame = None
-        for name in ("cr_frame", "gi_frame", "ag_frame"):
-            frame = frame or getattr(awaited, name, None)
-        if frame is not None:
-            code = frame.f_code
-            lines.append(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}")
-        else:
-            lines.append(f"  {awaited!r}")
-        following = None
-        for name in ("cr_await", "gi_yieldfrom", "ag_await"):
-            following = following or getattr(awaited, name, None)
-        awaited = following
-    return lines
-
-
-def log_task_stacks() -> None:
-    """Log where the worker waits: every asyncio task's chain of awaits, and that of
-    every suspended coroutine of the service's own code (a framework may run one
-    behind a wrapper that hides it from its task)."""
-    lines = []
-    tasks = asyncio.all_tasks()
-    for task in tasks:
-        lines.append(f"task {task.get_name()}:")
-        lines.extend(_await_chain(task.get_coro()))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ours = tuple(
-        os.path.join(root, package) + os.sep for package in ("streams", "services", "infra")
-    )
-    gc.unfreeze()  # frozen objects are invisible to get_objects; the timer freezes again
-    for obj in gc.get_objects():
-        frame = getattr(obj, "cr_frame", None) if inspect.iscoroutine(obj) else None
-        if frame is not None and frame.f_code.co_filename.startswith(ours):
-            lines.append(f"coroutine {frame.f_code.co_name}:")
-            lines.extend(_await_chain(obj))
-    log.warning("%d tasks:\n%s", len(tasks), "\n".join(lines))
-
-
-class AvailabilityApp(faust.App):
-    fetch_max_wait_ms: int = 500
-    processor: Processor | None = None
-
-    def _new_transport(self) -> Any:
-        return Transport(self.conf.broker_consumer, self)
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        if self.processor is not None:
-            # /livez on the metrics port fails when the loop stops turning
-            # (infra.probes). Started here, not as an app task: Faust starts those
-            # only after the first table recovery, which may take minutes.
-            self.processor.metrics.heartbeat.start()
-
-    async def on_stop(self) -> None:
-        if self.processor is not None:
-            await self.processor.drain_feed()  # while the producer still runs
-        await super().on_stop()
-        if self.processor is not None:
-            await self.processor.close()
-
-
-def build_app(settings: Settings, app_id: str) -> AvailabilityApp:
-    """The Faust app of a worker (also the benchmark's floor agent: the same config)."""
-    app = AvailabilityApp(
-        app_id,
-        broker=settings.broker,
-        # TLS and SASL (AVAILABILITY_KAFKA_*): Faust's consumers, producer and topic
-        # admin connect as every other client does (infra.kafka).
-        broker_credentials=faust_broker_credentials(settings),
-        store="memory://",
-        datadir=settings.data_dir,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        broker_session_timeout=settings.broker_session_timeout,
-        broker_heartbeat_interval=settings.broker_heartbeat_interval,
-        broker_request_timeout=settings.broker_request_timeout,
-        producer_max_batch_size=settings.producer_max_batch_size,
-        # A dead letter may be as large as the broker takes (streams.dead_letters);
-        # Faust's default request limit (1,000,000 bytes) is below Kafka's 1 MiB.
-        producer_max_request_size=max(1_000_000, settings.dead_letter_max_bytes),
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        table_cleanup_interval=3600.0,
-    )
-    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
-    return app
-
-
-class SkuStateTable(faust.Table):  # type: ignore[type-arg]
-    """SKU -> ``SkuState``, made durable as a journal (``availability.journal``) in
-    the table's changelog topic.
-
-    Every entry of a SKU goes to the SKU's partition (Kafka's default partitioner on
-    the SKU's bytes), which is the partition of its events in the input topics, so
-    a worker recovers the state of exactly the SKUs it is assigned. Faust's own
-    table writes (one record per key, the whole value) are not used: the worker
-    sends the entries in batches (``Processor.process``), and recovery folds them
-    back (``apply_changelog_batch``).
-    """
-
-    def _serializer_from_type(self, typ: Any) -> Any:
-        return "raw"  # keys and values are the journal's own bytes
-
-    def __init__(self, *args: Any, partitions: int, max_future_skew: float, **kwargs: Any) -> None:
-        super().__init__(*args, partitions=partitions, **kwargs)
-        self.partition_count = partitions
-        self.max_future_skew = max_future_skew
-        self.corrupt_entries = 0
-
-    @property
-    def by_sku(self) -> dict[str, SkuState]:
-        """The states, as a plain dict (the table's mapping interface is slower)."""
-        return cast(dict[str, SkuState], store_dict(self.data))
-
-    @property
-    def journal_topic(self) -> str:
-        return self.changelog_topic.get_topic_name()
-
-    def adopt(self, sku: str, state: SkuState, partition: int) -> None:
-        """Hold a SKU's state created by the fold (its journal is written apart)."""
-        self.by_sku[sku] = state
-        # The memory store forgets the SKUs of partitions it no longer owns after a
-        # rebalance, by this map.
-        key_partitions(self.data)[sku] = partition
-
-    def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
-        """Recovery: fold journal entries back into the states."""
-        states = self.by_sku
-        key_partition = key_partitions(self.data)
-        # As the worker folds: baselines older than the skew are settled.
-        settle_before = now_micros() - int(self.max_future_skew * 1_000_000)
-        for event in batch:
-            message = event.message
-            try:
-                if message.key is None:
-                    raise CorruptEntry("an entry without a key")
-                sku = restore(
-                    states, message.key.decode(), message.value, settle_before=settle_before
-                )
-            except (CorruptEntry, UnicodeDecodeError) as exc:
-                # Not written by this code. Faust would log and drop the whole rest of
-                # the batch; one entry is dropped here, loudly.
-                self.corrupt_entries += 1
-                log.error(
-                    "journal %s[%d]@%d: skipping an entry: %s",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    exc,
-                    extra={
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "offset": message.offset,
-                    },
-                )
-                continue
-            key_partition[sku] = message.partition
 
 
 _RESERVATION_EVENTS = (ReservationCreated, ReservationReleased, ReservationFulfilled)
@@ -322,18 +157,12 @@ class Processor:
             skus_in=self._skus_in,
         )
         self.metrics = WorkerMetrics()
-        self._reported_ready = False
-        self._register_readings()
+        self.reported_ready = False
+        register_worker_readings(self)
         self.counts: Counter[str] = Counter()
         self._progress: Counter[str] = Counter()
         self._progress_logged = time.monotonic()
-        self.processed: dict[TP, int] = {}
-        self._paused_seen: set[TP] = set()
-        self.gap_reader = RangeReader(settings, f"{settings.faust_app_id}-gaps")
-        self.committed_by_partition: dict[str, int] = {}
-        self.committed_reader = CommittedOffsets(settings, settings.faust_app_id)
-        self.gap_timeouts = 0
-        self.gap_offsets_lost = 0
+        self.progress = PartitionProgress(settings, app, self.source.topics)
         self.pruner = Pruner(
             states=lambda: self.states.by_sku,
             home=self.home,
@@ -394,7 +223,7 @@ class Processor:
         @self.states.on_recover
         async def on_recovered() -> None:
             # A new assignment: Faust seeks to the committed offsets.
-            self.processed.clear()
+            self.progress.processed.clear()
             # Whatever Redis holds (perhaps nothing, perhaps records from before a
             # crash), rewrite every owned SKU from the recovered state.
             self.rebuild.force(range(self.partitions))
@@ -412,8 +241,7 @@ class Processor:
 
     async def close(self) -> None:
         await self.rules.stop()
-        await self.gap_reader.close()
-        await self.committed_reader.close()
+        await self.progress.close()
         try:
             await self.store.remove_worker(self.worker_id)
         except Exception as exc:
@@ -445,113 +273,6 @@ class Processor:
         for sku, value in changes:
             records.add(self.home(sku), sku.encode(), value)
         return await records.send()
-
-    def _register_readings(self) -> None:
-        add = self.metrics.readings.add
-        add(
-            "availability_worker_serving_writes",
-            "Serving records written to Redis",
-            "counter",
-            lambda: self.writer.writes,
-        )
-        add(
-            "availability_worker_serving_write_errors",
-            "Writes of serving records that failed (the records stay pending and are retried)",
-            "counter",
-            lambda: self.writer.errors,
-        )
-        add(
-            "availability_worker_serving_writes_pending",
-            "SKUs whose serving record is waiting to be written",
-            "gauge",
-            lambda: self.writer.pending,
-        )
-        add(
-            "availability_worker_reservation_holds_handed_over",
-            "Reservation holds of the API removed by the write that first counts their"
-            ' folded line (README "Reservations")',
-            "counter",
-            lambda: self.writer.handed_over,
-        )
-        add(
-            "availability_worker_reservation_holds_expired",
-            "Reservation holds that reached their deadline without being handed over,"
-            " found (and purged) by this worker's record writes",
-            "counter",
-            lambda: self.writer.holds_expired,
-        )
-        add(
-            "availability_worker_serving_record_errors",
-            "Serving records that could not be computed (left out, not retried until the"
-            " SKU changes again; each SKU logged once)",
-            "counter",
-            lambda: self.writer.record_errors,
-        )
-        add(
-            "availability_worker_skipped_offsets_lost",
-            "Offsets of a range the consumer skipped that retention had deleted before"
-            " the worker read it (their events are missing from the figures)",
-            "counter",
-            lambda: self.gap_offsets_lost,
-        )
-        add(
-            "availability_worker_skipped_range_timeouts",
-            "Reads of a skipped offset range that timed out (retried)",
-            "counter",
-            lambda: self.gap_timeouts,
-        )
-        add(
-            "availability_worker_states_pruned",
-            "SKU states from which settled baselines, old reservation lines or old"
-            " transfer and damaged-return ids were removed",
-            "counter",
-            lambda: self.pruner.pruned,
-        )
-        add(
-            "availability_worker_prune_errors",
-            "SKU states whose pruning failed (left as they were)",
-            "counter",
-            lambda: self.pruner.errors,
-        )
-        add(
-            "availability_worker_change_feed_published",
-            "Change-feed records the broker acknowledged",
-            "counter",
-            lambda: self.feed.published,
-        )
-        add(
-            "availability_worker_change_feed_errors",
-            "Change-feed sends that failed (retried)",
-            "counter",
-            lambda: self.feed.errors,
-        )
-        add(
-            "availability_worker_serving_records_rebuilt",
-            "Serving records rewritten by a rebuild (Redis lost its data, a new assignment,"
-            " or an operator's request)",
-            "counter",
-            lambda: self.rebuild.records_rewritten,
-        )
-        add(
-            "availability_worker_rebuilding_partitions",
-            "Partitions whose serving records this worker is rewriting now",
-            "gauge",
-            lambda: len(self.rebuild.rebuilding),
-        )
-        add(
-            "availability_worker_skus",
-            "SKUs whose state this worker holds",
-            "gauge",
-            lambda: len(self.states.by_sku),
-        )
-        add(
-            "availability_worker_ready",
-            "1 when the state is recovered, the rules loaded, and no rebalance or rebuild"
-            " is under way",
-            "gauge",
-            # As of the last status report: read from the metrics server's thread.
-            lambda: 1.0 if self._reported_ready else 0.0,
-        )
 
     @property
     def ready(self) -> bool:
@@ -640,7 +361,8 @@ class Processor:
                     and time.monotonic() - since < settings.fold_batch_max_wait
                     and (
                         len(events) >= BUSY_WINDOW
-                        or self.waiting_events() - len(gathered) >= settings.fold_batch_size
+                        or self.progress.waiting_events() - len(gathered)
+                        >= settings.fold_batch_size
                     )
                 ):
                     continue
@@ -659,16 +381,6 @@ class Processor:
             # Not durable yet, not lost: a restart folds the state back unpruned and
             # the pruning is done again; the figures are the same either way.
             log.warning("writing the pruned state to the journal failed: %s", exc)
-
-    def waiting_events(self) -> int:
-        """Events in the input partitions beyond those processed (gathered ones too)."""
-        consumer = self.app.consumer
-        waiting = 0
-        for tp, done in self.processed.items():
-            highwater = consumer.highwater(tp)
-            if highwater is not None and highwater > done:
-                waiting += highwater - done
-        return waiting
 
     async def _fold_and_ack(self, stream: Any, events: list[EventT[Any]]) -> None:
         await self.process(events)
@@ -706,14 +418,14 @@ class Processor:
         messages = [event.message for event in batch]
         for message in messages:
             tp = TP(message.topic, message.partition)
-            if tp not in self.processed:
-                await self._learn_committed(tp)
-            self._track_offset(tp, message.offset, gaps)
+            if tp not in self.progress.processed:
+                await self.progress.learn_committed(tp)
+            self.progress.track_offset(tp, message.offset, gaps)
         journal = OutgoingRecords(self._producer(), self.states.journal_topic)
         self.pruner.step(clock, journal)
         for tp, (start, end) in gaps.items():
             # Read and folded a piece at a time: a skipped range may be long.
-            async for piece in self._read_gap(tp, start, end):
+            async for piece in self.progress.read_gap(tp, start, end):
                 await self._fold_messages(piece, clock, tally, journal, sent)
         await self._fold_messages(messages, clock, tally, journal, sent)
         sent.extend(await journal.send())
@@ -830,97 +542,6 @@ class Processor:
             self.counts[f"folded:{name}"] += count
             self.metrics.folded.labels(name).inc(count)
 
-    async def _learn_committed(self, tp: TP) -> None:
-        """Faust sometimes starts an assignment without the committed offsets it
-        seeked to (its note is None): it then commits one offset at a time, and the
-        gap before the first record goes unseen. The broker's is put in its place."""
-        consumer = self.app.consumer
-        if committed_offsets(consumer).get(tp) is not None:
-            return
-        offset = await self.committed_reader.committed(tp.topic, tp.partition)
-        if offset is not None:
-            set_committed_offset(consumer, tp, offset)
-
-    def _track_offset(self, tp: TP, offset: int, gaps: dict[TP, tuple[int, int]]) -> None:
-        """Note ``offset`` as processed; record a forward jump in ``gaps``.
-
-        The offsets of our input topics have no holes, but Faust's consumer can drop
-        records it had fetched when a rebalance starts while it delivers them, and
-        then treat their offsets as a gap that it commits past. ``process`` reads
-        such a range itself (``RangeReader``) and folds it with the batch: the fold
-        does not depend on order, and ignores events it has already seen.
-        """
-        expected = self.processed.get(tp)
-        if expected is None:
-            # First record since the assignment: it should be the one at the committed
-            # offset that Faust positioned the partition at.
-            expected = committed_offsets(self.app.consumer).get(tp)
-            log.info(
-                "resuming %s[%d] at offset %d (committed %s)",
-                tp.topic,
-                tp.partition,
-                offset,
-                expected,
-            )
-        if expected is not None and offset > expected and tp not in gaps:
-            gaps[tp] = (expected, offset)
-        if expected is None or offset >= expected:
-            self.processed[tp] = offset + 1
-
-    async def _read_gap(self, tp: TP, start: int, end: int) -> AsyncIterator[list[Any]]:
-        """The records of a skipped range, a bounded piece at a time
-        (``AVAILABILITY_GAP_READ_MAX_RECORDS`` / ``_MAX_BYTES``). A piece not read
-        within ``AVAILABILITY_GAP_READ_TIMEOUT`` is asked for again (the fold waits,
-        as for any write to the broker); offsets lost to retention are counted."""
-        settings = self.settings
-        log.warning(
-            "%s[%d]: the consumer skipped offsets %d-%d; reading them directly",
-            tp.topic,
-            tp.partition,
-            start,
-            end - 1,
-        )
-        position = start
-        while position < end:
-            try:
-                piece = await self.gap_reader.read(
-                    tp.topic,
-                    tp.partition,
-                    position,
-                    end,
-                    max_records=settings.gap_read_max_records,
-                    max_bytes=settings.gap_read_max_bytes,
-                    timeout=settings.gap_read_timeout,
-                )
-            except TimeoutError:
-                self.gap_timeouts += 1
-                log.warning(
-                    "%s[%d]: reading skipped offsets %d-%d timed out after %.0f s; retrying",
-                    tp.topic,
-                    tp.partition,
-                    position,
-                    end - 1,
-                    settings.gap_read_timeout,
-                )
-                await asyncio.sleep(1.0)
-                continue
-            if piece.lost:
-                self.gap_offsets_lost += piece.lost
-                log.error(
-                    "%s[%d]: offsets %d-%d of a skipped range are gone (retention): %d"
-                    " events cannot be read; folding from %d on",
-                    tp.topic,
-                    tp.partition,
-                    position,
-                    position + piece.lost - 1,
-                    piece.lost,
-                    position + piece.lost,
-                    extra={"topic": tp.topic, "partition": tp.partition},
-                )
-            if piece.records:
-                yield piece.records
-            position = piece.next_offset
-
     async def _dead_letter(self, message: Any, refusal: Refusal) -> Awaitable[Any]:
         log.warning(
             "dead letter from %s[%d]@%d: %s",
@@ -991,80 +612,16 @@ class Processor:
         self._progress.clear()
         self._progress_logged = now
 
-    async def lag_by_partition(self) -> dict[str, int]:
-        """Events after the *committed* offset, per input partition: a partition whose
-        commits are stuck shows, even while its events are being folded (a partition
-        the group never committed counts from offset 0). The committed offsets are
-        kept for the metrics (``committed_by_partition``)."""
-        consumer = self.app.consumer
-        committed = committed_offsets(consumer)
-        lags: dict[str, int] = {}
-        offsets: dict[str, int] = {}
-        for tp in consumer.assignment():
-            if tp.topic not in self.source.topics:
-                continue
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            name = f"{tp.topic}:{tp.partition}"
-            done = committed.get(tp)
-            if done is not None:
-                offsets[name] = done
-            lags[name] = max(0, highwater - (done or 0))
-        self.committed_by_partition = offsets
-        return lags
-
-    def unfolded_events(self) -> int:
-        """Events in the assigned input partitions after the last one folded (after
-        the committed offset where none was folded yet since the assignment)."""
-        consumer = self.app.consumer
-        committed = committed_offsets(consumer)
-        behind = 0
-        for tp in consumer.assignment():
-            if tp.topic not in self.source.topics:
-                continue
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            done = self.processed.get(tp)
-            if done is None:
-                done = committed.get(tp) or 0
-            behind += max(0, highwater - done)
-        return behind
-
-    def resume_stalled_partitions(self) -> set[TP]:
-        """Resume input partitions left paused outside recovery; returns them.
-
-        Faust pauses the input partitions while tables recover and resumes them
-        after, but skips the resume when it believes the recovery belongs to an
-        older rebalance (seen when a broker reports the same generation twice).
-        The partitions would then never be fetched again. A partition paused for two
-        status reports in a row while nothing is rebalancing or recovering is
-        resumed here.
-        """
-        app = self.app
-        if not self.recovered or app.rebalancing or app.in_recovery:
-            self._paused_seen = set()
-            return set()
-        paused_now = paused_partitions(app.consumer)
-        paused = {tp for tp in paused_now if tp.topic in self.source.topics}
-        stalled = paused & self._paused_seen
-        self._paused_seen = paused - stalled
-        if stalled:
-            log.warning("resuming input partitions left paused: %s", sorted(stalled))
-            app.consumer.resume_partitions(stalled)
-        return stalled
-
     async def report_status(self) -> None:
         try:
-            self.resume_stalled_partitions()
-            lags = await self.lag_by_partition() if self.recovered else {}
-            behind = self.unfolded_events() if self.recovered else 0
+            self.progress.resume_stalled_partitions(self.recovered)
+            lags = await self.progress.lag_by_partition() if self.recovered else {}
+            behind = self.progress.unfolded_events() if self.recovered else 0
             counts, self.counts = self.counts, Counter()
             self._log_progress(counts, lags)
             await self.store.add_counts(counts)
-            ready = self._reported_ready = self.ready
-            self.metrics.lag.update(lags, self.committed_by_partition)
+            ready = self.reported_ready = self.ready
+            self.metrics.lag.update(lags, self.progress.committed_by_partition)
             await self.store.report_worker(
                 self.worker_id,
                 {

@@ -39,7 +39,7 @@ from infra.rules_log import RulesLog
 from infra.secrets import SecretNotFound
 from infra.topics import create_topics, wanted_topics
 from services.cli.dead_letters import ensure_replays_topic
-from streams.app import build_app
+from streams.faust_app import build_app
 from tests.grpc_certificates import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
