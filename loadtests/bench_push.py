@@ -46,16 +46,9 @@ from infra.config import Settings
 from infra.kafka import kafka_client_options
 from infra.shopify_config import ShopifyTarget
 from infra.topics import create_topics
-from loadtests.bench_grpc import (
-    BenchError,
-    Service,
-    Stack,
-    bench_settings,
-    delete_keys,
-    free_port,
-    run_cli,
-    summarize_ms,
-)
+from loadtests.bench_cli import BenchError, run_cli
+from loadtests.bench_measure import summarize_ms
+from loadtests.bench_stack import Service, Stack, bench_settings, delete_keys, free_port
 from services.push.state import PushState
 
 log = logging.getLogger("bench")

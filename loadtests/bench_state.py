@@ -42,7 +42,8 @@ from dev.processes import stop_process as stop_child_process
 from infra.config import Settings
 from infra.kafka import kafka_client_options
 from infra.topics import create_topics
-from loadtests.bench_grpc import BenchError, Stack, bench_settings, delete_keys
+from loadtests.bench_cli import BenchError
+from loadtests.bench_stack import Stack, bench_settings, delete_keys
 
 log = logging.getLogger("bench")
 

@@ -1,6 +1,6 @@
 """HTTP load for the benchmark: ``wrk`` runs for the HTTP read path, ``h2load`` runs
 for the gRPC one, and the freshness prober (a load process of
-``loadtests.bench_grpc.LoadProcess``).
+``loadtests.bench_processes.LoadProcess``).
 
 ``wrk`` (Debian package ``wrk``) is the load generator of the HTTP read path: a C
 program whose own cost per request is small beside the Python server's, so the
@@ -34,7 +34,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from loadtests.bench_grpc import BenchError, Message, _receive, _start_of
+from loadtests.bench_cli import BenchError
+from loadtests.bench_processes import Message, receive, start_of
 from loadtests.workload import location_name, sku_name
 
 WRK_THREADS = 1  # one core for the load, the other for the server under test
@@ -262,7 +263,7 @@ def run_h2load_grpc(
 
 @dataclass(frozen=True)
 class ProbeJob:
-    """Follows the schedule of ``bench_grpc.run_producer`` (event n at start + n / rate,
+    """Follows the schedule of ``bench_grpc_loads.run_producer`` (event n at start + n / rate,
     a sale of 1 unit at SKU ``n % skus``, location ``(n // skus) % locations``)."""
 
     base_url: str
@@ -333,7 +334,7 @@ async def run_http_prober(job: ProbeJob, conn: Connection[Message, Message]) -> 
         gc.collect()
         gc.freeze()
         conn.send(("ready", None))
-        start = _start_of(await _receive(conn, "go"))
+        start = start_of(await receive(conn, "go"))
         cpu_before = time.process_time()
         seen = array("d", [math.nan]) * len(sampled)
 

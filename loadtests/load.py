@@ -58,14 +58,8 @@ from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.kafka import kafka_client_options
 from infra.topics import create_topics
-from loadtests.bench_grpc import (
-    BenchError,
-    Stack,
-    bench_settings,
-    free_port,
-    send_all,
-    wait_serving,
-)
+from loadtests.bench_cli import BenchError
+from loadtests.bench_stack import Stack, bench_settings, free_port, send_all, wait_serving
 from loadtests.credentials import bearer
 from loadtests.flash_sale import Catalogue, Slot, oversell, oversold_by_channel
 from loadtests.shopify_channel import VARIANTS, ShopifyChannel

@@ -42,7 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from dev.shopify_admin.client import StandIn
 from infra.config import Settings
 from infra.shopify_config import ShopifyTarget
-from loadtests.bench_grpc import BenchError, free_port
+from loadtests.bench_cli import BenchError
+from loadtests.bench_stack import free_port
 from loadtests.flash_sale import SHOPIFY, Catalogue, Slot
 
 log = logging.getLogger("load")
