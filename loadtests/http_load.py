@@ -80,6 +80,22 @@ request = function()
 end
 """
 
+# A cart of one line per request, a random SKU, no location (the service places it);
+# every request a new reservation id: each is a reserve, never an idempotent repeat.
+_WRK_RESERVE = """
+math.randomseed(%(seed)d)
+local skus = %(skus)d
+local n = 0
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  n = n + 1
+  local body = string.format(
+    '{"reservation_id":"%(prefix)s-%%d","channel":"online","expires_in_s":900,'
+    .. '"lines":[{"sku":"SKU-%%06d","quantity":1}]}', n, math.random(0, skus - 1))
+  return wrk.format("POST", "/v1/reservations", nil, body)
+end
+"""
+
 _WRK_DELAY = """
 delay = function()
   return %(delay_ms)d
@@ -134,13 +150,15 @@ def run_wrk(
     authorization: str,
     batch: int = 100,
     delay_ms: int | None = None,
+    prefix: str = "wrk",
 ) -> LoadRun:
-    """One ``wrk`` run against ``url``: ``kind`` is ``single`` or ``batch``; with
+    """One ``wrk`` run against ``url``: ``kind`` is ``single``, ``batch`` or
+    ``reserve`` (reservation ids ``{prefix}-1``, ``-2``, ...: a new prefix per run); with
     ``delay_ms`` each connection pauses that long between requests (a fixed rate of
     about ``connections / delay`` requests/s). ``authorization`` is sent with every
     request (the scripts' own headers add to wrk's, never replace them)."""
-    script = _WRK_SINGLE if kind == "single" else _WRK_BATCH
-    text = script % {"seed": seed, "skus": skus, "batch": batch}
+    script = {"single": _WRK_SINGLE, "batch": _WRK_BATCH, "reserve": _WRK_RESERVE}[kind]
+    text = script % {"seed": seed, "skus": skus, "batch": batch, "prefix": prefix}
     if delay_ms is not None:
         text += _WRK_DELAY % {"delay_ms": delay_ms}
     text += _WRK_DONE

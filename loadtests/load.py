@@ -212,10 +212,13 @@ def agreement(
     for s, loc, n in [*ledger["reserved"], *ledger.get("shopify", ())]:
         reserved[(s, loc)] = reserved.get((s, loc), 0) + n
     wrong = []
+    held_online = sum(n for _, _, n in ledger["reserved"])
+    shown_reserved = 0
     for slot in set(sold) | set(reserved):
         expected_on_hand = catalogue.stock[slot] - sold.get(slot, 0)
         figures_ = shown.get(slot)
         got = None if figures_ is None else (figures_["on_hand"], figures_["reserved"])
+        shown_reserved += 0 if figures_ is None else int(figures_["reserved"])
         if got != (expected_on_hand, reserved.get(slot, 0)):
             wrong.append(
                 {
@@ -225,7 +228,13 @@ def agreement(
                     "shown_on_hand_reserved": got,
                 }
             )
-    return {"sku_locations_checked": len(set(sold) | set(reserved)), "disagree": wrong[:20]}
+    return {
+        "sku_locations_checked": len(set(sold) | set(reserved)),
+        # units held online (kept carts) plus ordered on Shopify, and what the fold shows
+        "units_reserved_expected": held_online + sum(n for _, _, n in ledger.get("shopify", ())),
+        "units_reserved_shown": shown_reserved,
+        "disagree": wrong[:20],
+    }
 
 
 def run_locust(params: Params, config_path: Path, output: Path, host: str, token: str) -> int:
@@ -413,7 +422,9 @@ def render(report: Mapping[str, Any]) -> str:
         f" {over['units_oversold_by_channel']['online']}, Shopify"
         f" {over['units_oversold_by_channel']['shopify']}",
         f"service agrees with the ledger at {check['sku_locations_checked']} SKU-locations: "
-        + ("yes" if not check["disagree"] else f"NO ({len(check['disagree'])} shown differ)"),
+        + ("yes" if not check["disagree"] else f"NO ({len(check['disagree'])} shown differ)")
+        + f"; units reserved (held online + ordered on Shopify): ledger"
+        f" {check.get('units_reserved_expected')}, fold {check.get('units_reserved_shown')}",
     ]
     if "shopify" in report:
         lines += render_shopify(over, report["shopify"])
