@@ -95,7 +95,7 @@ from loadtests.http_load import (
     run_http_prober,
     run_wrk,
 )
-from loadtests.serving import seed_serving, stop_services_since, wait_http
+from loadtests.serving import fresh_broker, seed_serving, stop_services_since, wait_http
 from loadtests.workload import (
     POPULARITIES,
     Event,
@@ -758,16 +758,6 @@ def highest_sustained(
         if measured["sustained"]:
             break
     return runs
-
-
-def fresh_broker(stack: Stack) -> None:
-    """A new, empty development broker for the next measurement: the one before holds
-    the topics of the runs so far in memory, and it works more slowly the more it
-    holds (seen: a second floor run a quarter slower than the first)."""
-    if stack.broker is not None:
-        stack.broker.stop()
-    stack.broker = DevBroker(free_port(), stack.log_dir).start()
-    log.info("broker at %s", stack.broker.bootstrap_servers)
 
 
 def run_fold_sections(stack: Stack, params: Params, report: dict[str, Any]) -> None:

@@ -7,7 +7,10 @@ process (``python -m services.http``), called over HTTP with the run's API key (
 scope) as a bearer token. ``--skus`` SKUs x ``--locations`` locations of serving
 records with 1,000,000 units each, written straight to Redis: every reserve is
 placed (201), never a 409. There is no worker: a hold stays in Redis as it does
-until the worker hands it over (at most a few per SKU by the end of the run).
+until the worker hands it over (at most a few per SKU by the end of the run). Each
+reserve run gets a new, empty broker (the development broker slows down, and stalls
+for seconds, the more records it holds): the API is restarted on it, same port and
+keys.
 
 1. **Highest throughput, closed loop**: ``wrk`` (one thread, ``--connections``
    connections, each with one request in flight) for ``--seconds``:
@@ -55,11 +58,13 @@ import orjson
 
 from dev.broker import DevBroker
 from dev.redis_server import ensure_redis
+from infra.config import Settings
 from infra.topics import create_topics
 from loadtests.bench_grpc import (
     BenchError,
     CpuMeter,
     Message,
+    Service,
     Stack,
     _receive,
     _start_of,
@@ -72,7 +77,7 @@ from loadtests.bench_grpc import (
 )
 from loadtests.credentials import bearer
 from loadtests.http_load import LoadRun, run_wrk
-from loadtests.serving import seed_serving, stop_services_since, wait_http
+from loadtests.serving import fresh_broker, seed_serving, stop_services_since, wait_http
 from loadtests.workload import sku_name
 
 log = logging.getLogger("bench")
@@ -265,11 +270,27 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
             )
         reserves: list[LoadRun] = []
         reads: list[LoadRun] = []
-        pids = {"server": server.proc.pid, "redis": redis_pid(params.redis_url)}
-        meter_pids = {name: pid for name, pid in pids.items() if pid is not None}
+        redis = redis_pid(params.redis_url)
         cpu: dict[str, Any] = {}
+
+        def meter_pids() -> dict[str, int]:
+            pids = {"server": server.proc.pid, "redis": redis}
+            return {name: pid for name, pid in pids.items() if pid is not None}
+
         for round_ in range(params.rounds):
-            meter = CpuMeter(meter_pids)
+            if round_:
+                settings, server = restart_on_fresh_broker(stack, settings, already_running)
+                run_wrk(
+                    url,
+                    kind="reserve",
+                    skus=params.skus,
+                    connections=4,
+                    seconds=2,
+                    seed=round_,
+                    authorization=authorization,
+                    prefix=f"{run_id}-warm{round_}",
+                )
+            meter = CpuMeter(meter_pids())
             meter.start()
             reserves.append(
                 _closed_loop(url, "reserve", params, authorization, prefix=f"{run_id}-c{round_}")
@@ -283,10 +304,11 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
         job = OpenLoopJob(
             url, authorization, params.skus, rate, params.open_seconds, params.seed, f"{run_id}-o"
         )
+        settings, server = restart_on_fresh_broker(stack, settings, already_running)
         load = stack.start_load("reserve-open-loop", run_open_loop, job)
         try:
             load.expect("ready", 60)
-            meter = CpuMeter({**meter_pids, "load": load.process.pid or 0})
+            meter = CpuMeter({**meter_pids(), "load": load.process.pid or 0})
             meter.start()
             load.send("go", time.time() + 0.5)
             result: OpenLoopResult = load.expect("result", params.open_seconds + 120)
@@ -324,6 +346,27 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
         stop_services_since(stack, already_running)
         stack.settings = None
         delete_keys(settings)
+
+
+def restart_on_fresh_broker(
+    stack: Stack, settings: Settings, already_running: int
+) -> tuple[Settings, Service]:
+    """The HTTP API again, on a new, empty development broker (``fresh_broker``: it
+    slows down, and stalls for seconds, the more records it holds) and on the same
+    port and Redis keys."""
+    stop_services_since(stack, already_running)
+    fresh_broker(stack)
+    assert stack.broker is not None
+    settings = settings.model_copy(update={"broker": stack.broker.url})
+    stack.settings = settings
+    asyncio.run(create_topics(settings))
+    server = stack.start_service("http-reserve", "services.http", settings)
+    wait_http(
+        f"http://127.0.0.1:{settings.http_port}/v1/availability/{sku_name(0)}",
+        stack,
+        authorization=bearer(settings.token.get_secret_value()),
+    )
+    return settings, server
 
 
 def log_round(round_: int, reserve: LoadRun, read: LoadRun) -> None:
