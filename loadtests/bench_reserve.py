@@ -18,13 +18,16 @@ keys.
    (the service reads the SKU's figures and holds and places the line), a new
    reservation id per request; then, in the same run, the single read
    (``GET /v1/availability/{sku}``, a random SKU) the same way. ``--rounds``
-   interleaved rounds; the throughput is their mean. Any answer other than 201 (200
-   for reads) fails the run.
+   interleaved rounds; the throughput is their mean. Answers other than 2xx are
+   counted (``wrk`` does not tell them apart); more than half of them fails the run.
 2. **Latency at half that throughput, open loop**: a load process (aiohttp) sends
    reserve requests on a fixed schedule, request n at start + n / rate, whatever the
    answers, for ``--open-seconds``. The latency is from the request's scheduled
    moment to its answer, so a sender that falls behind counts against the service
-   (no coordinated omission). Target: p99 <= 20 ms.
+   (no coordinated omission). Target: p99 <= 20 ms. A 503 (the broker did not
+   acknowledge within the publish timeout: nothing held) or no answer within 10 s is
+   counted and reported, and is in the latency at its time (no answer: last); any
+   other answer than 201 fails the run.
 
 Writes a table to stdout and JSON to ``--output`` (default
 ``bench-results/reserve.json``). Everything it started is stopped on exit, and its
@@ -89,6 +92,12 @@ EXPIRES_IN_S: Final[int] = 900
 WARM_UP_REQUESTS: Final[int] = 50
 REQUEST_TIMEOUT_S: Final[float] = 10.0
 FAILURES_KEPT: Final[int] = 5
+#: Open-loop answers that do not fail the run: 201, and 503 or no answer when the
+#: broker does not acknowledge in time (the development broker stalls for seconds now
+#: and then). They are counted, and in the latency at their time (no answer: last).
+ACCEPTED_OUTCOMES: Final[frozenset[str]] = frozenset(
+    {"201", "503", "TimeoutError", "ServerTimeoutError"}
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,7 @@ async def run_open_loop(job: OpenLoopJob, conn: Connection[Message, Message]) ->
                 status = await reserve(f"{job.prefix}-{n}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 statuses[type(exc).__name__] += 1
+                latencies[n] = math.inf  # unanswered: worse than any answer
                 return
             done = time.perf_counter()
             statuses[str(status)] += 1
@@ -225,14 +235,22 @@ def _closed_loop(url: str, kind: str, params: Params, authorization: str, **extr
         authorization=authorization,
         **extra,
     )
-    if run.errors:
-        raise BenchError(f"{kind}: {run.errors} requests failed or were not answered 2xx")
+    if run.errors > run.requests / 2:
+        raise BenchError(f"{kind}: {run.errors} of {run.requests} requests failed")
     return run
+
+
+def _finite(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary with ``inf`` (unanswered requests) shown as ``None`` (JSON null)."""
+    return {
+        k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in summary.items()
+    }
 
 
 def _mean_of(runs: Sequence[LoadRun]) -> dict[str, Any]:
     return {
         "runs": [r.summary() for r in runs],
+        "errors": sum(r.errors for r in runs),
         "requests_per_second": round(sum(r.rate for r in runs) / len(runs)),
         "p50_ms": round(max(r.p50_ms for r in runs), 3),
         "p99_ms": round(max(r.p99_ms for r in runs), 3),
@@ -317,7 +335,7 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
             load.stop()
             stack.loads.remove(load)
         stack.check_alive()
-        bad = {status: n for status, n in result.statuses.items() if status != "201"}
+        bad = {s: n for s, n in result.statuses.items() if s not in ACCEPTED_OUTCOMES}
         if bad:
             raise BenchError(
                 f"open loop: answers other than 201: {bad}; the first: {result.failures}"
@@ -326,8 +344,14 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
             "target_requests_per_second": round(rate, 1),
             "requests": result.sent,
             "requests_per_second": round(result.sent / max(result.seconds, 1e-9), 1),
-            "latency_ms": summarize_ms([x for x in result.latencies if not math.isnan(x)]),
-            "service_time_ms": summarize_ms([x for x in result.service_times if not math.isnan(x)]),
+            "answers": result.statuses,
+            "not_placed": sum(n for s, n in result.statuses.items() if s != "201"),
+            "first_not_placed": result.failures,
+            # every request: a 503 at its time, an unanswered one as infinitely late
+            "latency_ms": _finite(summarize_ms(list(result.latencies))),
+            "service_time_ms": _finite(
+                summarize_ms([x for x in result.service_times if not math.isnan(x)])
+            ),
             "max_behind_schedule_ms": round(result.max_behind_schedule * 1000, 3),
             "load_process_cpu_seconds": round(result.cpu_seconds, 2),
         }
@@ -339,7 +363,7 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
             "closed_loop": closed,
             "open_loop_at_half": open_loop,
             "p99_target_ms": RESERVE_P99_TARGET_MS,
-            "p99_met": p99 <= RESERVE_P99_TARGET_MS,
+            "p99_met": p99 is not None and p99 <= RESERVE_P99_TARGET_MS,
             "cpu_percent": cpu,
         }
     finally:
@@ -400,8 +424,15 @@ def render(report: Mapping[str, Any]) -> str:
             f" {report['p99_target_ms']:g} ms: {verdict})",
             f"    from the actual send: p50 {service['p50']} ms, p99 {service['p99']} ms;"
             f" sender at most {half['max_behind_schedule_ms']} ms behind schedule",
+            f"    not placed: {half.get('not_placed', 0)} of {half.get('requests', '?')}"
+            f" ({_outcomes(half.get('answers', {}))}); closed-loop errors: reserve"
+            f" {reserve.get('errors', 0)}, read {read.get('errors', 0)}",
         ]
     )
+
+
+def _outcomes(answers: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(answers.items())) or "none"
 
 
 def from_bench(params: Any) -> Params:
