@@ -12,19 +12,23 @@ served and the push has set every shop's levels, then runs
 ``--users`` users plus ``--shopify-users`` shoppers on the shops (0: no Shopify
 channel, no stand-in, no push).
 
-Afterwards it waits until every order webhook is delivered and the worker has folded
+Online checkouts go through the reserve API (``POST /v1/reservations``; some carts
+are released, some left to expire). Afterwards it waits until every order webhook is
+delivered, the last cart left to expire has expired and the worker has folded
 everything, and checks the service against the ledger of what the users took: every
 claimed SKU-location's ``on_hand`` must be its stock minus the units sold in stores,
-and its ``reserved`` the units reserved online plus those ordered on Shopify there;
+and its ``reserved`` the units still held online plus those ordered on Shopify there;
 then, with the push policies deleted, every shop's levels must equal our online ATS.
-It prints Locust's summary, the oversell (its definition is in
-``loadtests.flash_sale``), by channel and per shop, and those checks, and writes
-Locust's CSV and HTML report and ``load.json`` to ``--output-dir`` (default
-``bench-results/load``).
+It prints Locust's summary, the online checkouts' outcomes (held, refused, conflicts,
+released, expired), the reserve API's oversell and the oversell between channels
+(definitions in ``loadtests.flash_sale``), by channel and per shop, and those checks,
+and writes Locust's CSV and HTML report and ``load.json`` to ``--output-dir``
+(default ``bench-results/load``).
 
-Exit code: 0 when every request succeeded, every webhook was delivered, and the
-service agrees with the ledger and the shops with the service; 1 otherwise (a failed
-request, a disagreement, or a step that failed).
+Exit code: 0 when every request succeeded, every webhook was delivered, the reserve
+API oversold nothing, and the service agrees with the ledger and the shops with the
+service; 1 otherwise (a failed request, a unit the reserve API oversold, a
+disagreement, or a step that failed).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ import re
 
 import orjson
 
-from loadtests.bench_reserve import from_bench, parse_args, render, reserve_body
-from loadtests.http_load import _WRK_RESERVE
+from loadtests.bench_reserve import from_bench, parse_args, render
+from loadtests.http_load import _WRK_RESERVE, reserve_body
 from services.http.routes_reservations import parse_reserve_request
 
 
