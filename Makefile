@@ -42,6 +42,7 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
+	bench-reserve \
 	alerts-check chart-check image-check constraints shopify-schema shopify-standin
 
 help: ## show this help
@@ -72,12 +73,18 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP) ## benchmarks: HTTP and gRPC reads, fold vs its floor, freshness, memory; BENCH_ARGS=--quick
+bench: $(STAMP) ## benchmarks: HTTP and gRPC reads, reserve, fold vs its floor, freshness, memory; BENCH_ARGS=--quick
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
 		echo "installing wrk and h2load (Debian packages wrk, nghttp2-client) for the read benchmark"; \
 		$(APT_INSTALL) wrk nghttp2-client >/dev/null 2>&1 || \
 		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) wrk nghttp2-client; }; }
 	$(VPY) -m loadtests.bench $(BENCH_ARGS)
+
+bench-reserve: $(STAMP) ## the reserve endpoint alone: highest throughput, then p50/p99 at half of it; BENCH_ARGS=--quick
+	@command -v wrk >/dev/null || { \
+		echo "installing wrk (Debian package wrk) for the closed-loop runs"; \
+		$(APT_INSTALL) wrk >/dev/null 2>&1 || { $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) wrk; }; }
+	$(VPY) -m loadtests.bench_reserve $(BENCH_ARGS)
 
 load: $(STAMP) ## headless flash-sale load test with Locust, Shopify channel included (oversell by channel and push policy); LOAD_ARGS=--quick
 	$(VPY) -m loadtests.load $(LOAD_ARGS)

@@ -24,6 +24,10 @@ ratio compares each worker count with the floor at the same count.
 SKU-location (``MEMORY USAGE`` of a sample of serving records) and the worker's
 resident memory per 100,000 SKU-locations.
 
+**Reserve** (``loadtests.bench_reserve``; alone: ``make bench-reserve``): the
+reserve endpoint's highest throughput beside the single read's, then its latency at
+half of it.
+
 **State** (``loadtests.bench_state``): the worker's memory over a long
 reservation-heavy run, with a short state horizon and with the default one.
 
@@ -45,8 +49,6 @@ import random
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -59,32 +61,18 @@ import orjson
 import redis
 from aiokafka import AIOKafkaProducer
 
-from availability.ats import LocationAvailability, SkuAvailability
 from dev.broker import DevBroker
-from dev.processes import stop_process as stop_child_process
 from dev.redis_server import ensure_redis
 from dev.sample_data import topic_for
 from infra.config import Settings
 from infra.kafka import kafka_client_options
-from infra.store import AvailabilityStore
 from infra.topics import create_topics
-from loadtests import bench_push
-from loadtests.bench_grpc import (
-    WORKER_BATCH_BYTES,
-    BenchError,
-    CpuMeter,
-    ProduceJob,
-    ProduceResult,
-    Service,
-    Stack,
-    bench_settings,
-    delete_keys,
-    free_port,
-    redis_pid,
-    run_cli,
-    run_producer,
-    summarize_ms,
-)
+from loadtests import bench_push, bench_reserve
+from loadtests.bench_cli import BenchError, run_cli
+from loadtests.bench_grpc import WORKER_BATCH_BYTES
+from loadtests.bench_grpc_loads import ProduceJob, ProduceResult, run_producer
+from loadtests.bench_measure import CpuMeter, redis_pid, summarize_ms
+from loadtests.bench_stack import Service, Stack, bench_settings, delete_keys, free_port
 from loadtests.bench_state import StateParams, measure_state_memory, state_lines
 from loadtests.credentials import bearer, grpc_metadata
 from loadtests.floor_agent import FLOOR_FIELD, floor_key
@@ -96,13 +84,12 @@ from loadtests.http_load import (
     run_http_prober,
     run_wrk,
 )
+from loadtests.serving import fresh_broker, seed_serving, stop_services_since, wait_http
 from loadtests.workload import (
-    CATALOGUE_ON_HAND,
     POPULARITIES,
     Event,
     catalogue,
     event_mix,
-    location_name,
     sku_name,
 )
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
@@ -123,7 +110,7 @@ FRESHNESS_TARGET_RATE: Final[float] = 1000.0
 # own, so the worker folds less than it did alone on the backlog.
 HIGH_RATE_FRACTIONS: Final[tuple[float, ...]] = (0.5, 0.3, 0.2)
 SUSTAINED_P99_MS: Final[float] = 500.0
-SECTIONS: Final[tuple[str, ...]] = ("reads", "fold", "freshness", "state", "push")
+SECTIONS: Final[tuple[str, ...]] = ("reads", "reserve", "fold", "freshness", "state", "push")
 GRPC_GET_METHOD: Final[str] = "/availability.v1.AvailabilityService/GetAvailability"
 POLL_INTERVAL: Final[float] = 0.2
 MEMORY_SAMPLE: Final[int] = 500  # serving records whose MEMORY USAGE is taken
@@ -340,14 +327,6 @@ def measure_fold(
         stack.settings = None
 
 
-def stop_services_since(stack: Stack, already_running: int) -> None:
-    """Stop the services a measurement started (those after the first ``already_running``)."""
-    for service in reversed(stack.services[already_running:]):
-        stop_child_process(service.proc, 10.0)
-        service.log_file.close()
-        stack.services.remove(service)
-
-
 def measure_memory(
     client: redis.Redis, settings: Settings, params: Params, worker_rss: int
 ) -> dict[str, Any]:
@@ -373,42 +352,6 @@ def measure_memory(
 
 
 # --------------------------------------------------------------------------- reads
-
-
-async def seed_serving(settings: Settings, skus: int, locations: int) -> None:
-    """Serving records as the worker writes them for the catalogue (no worker needed)."""
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
-    try:
-        names = [location_name(j) for j in range(locations)]
-        records = [
-            SkuAvailability(
-                sku_name(i),
-                tuple(LocationAvailability(n, CATALOGUE_ON_HAND, 0, 0, 0, 0, {}) for n in names),
-                None,
-            )
-            for i in range(skus)
-        ]
-        for start in range(0, len(records), 500):
-            await store.write_records(records[start : start + 500])
-    finally:
-        await store.close()
-
-
-def wait_http(url: str, stack: Stack, timeout: float = 60.0, *, authorization: str) -> None:
-    """Until ``url`` answers 200."""
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"Authorization": authorization})
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        stack.check_alive()
-        if time.monotonic() > deadline:
-            raise BenchError(f"{url} did not answer 200 within {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def _read_pair(
@@ -739,6 +682,8 @@ def run(params: Params, log_dir: Path) -> dict[str, Any]:
         stack.redis_proc = ensure_redis(params.redis_url, stack.log_dir)
         if "reads" in params.sections:
             report["reads"] = measure_reads(stack, params)
+        if "reserve" in params.sections:  # loadtests.bench_reserve
+            report["reserve"] = bench_reserve.measure(stack, bench_reserve.from_bench(params))
         if "fold" in params.sections:
             run_fold_sections(stack, params, report)
         if "state" in params.sections:
@@ -802,16 +747,6 @@ def highest_sustained(
         if measured["sustained"]:
             break
     return runs
-
-
-def fresh_broker(stack: Stack) -> None:
-    """A new, empty development broker for the next measurement: the one before holds
-    the topics of the runs so far in memory, and it works more slowly the more it
-    holds (seen: a second floor run a quarter slower than the first)."""
-    if stack.broker is not None:
-        stack.broker.stop()
-    stack.broker = DevBroker(free_port(), stack.log_dir).start()
-    log.info("broker at %s", stack.broker.bootstrap_servers)
 
 
 def run_fold_sections(stack: Stack, params: Params, report: dict[str, Any]) -> None:
@@ -953,6 +888,8 @@ def render_table(report: Mapping[str, Any]) -> str:
     ]
     if "reads" in report:
         lines += _read_lines(report["reads"])
+    if "reserve" in report:
+        lines.append(bench_reserve.render(report["reserve"]))
     if "fold" in report:
         lines += [
             "",

@@ -66,6 +66,7 @@ from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.kafka import kafka_client_options
 from infra.topics import create_topics
+from loadtests.bench_cli import run_cli
 from loadtests.bench_grpc_catalogue import (
     PRODUCER_LINGER_MS,
     PRODUCER_MAX_BATCH_BYTES,
@@ -76,10 +77,13 @@ from loadtests.bench_grpc_loads import (
     GetJob,
     GetResult,
     OnHandLog,
+    ProduceJob,
+    ProduceResult,
     TapJob,
     WatchJob,
     rfc3339_now,
     run_get_client,
+    run_producer,
     run_redis_tap,
     run_watcher,
 )
@@ -92,32 +96,19 @@ from loadtests.bench_grpc_report import (
     target_met,
     watch_summary,
 )
+from loadtests.bench_measure import CpuMeter, redis_pid
 from loadtests.bench_processes import LoadProcess
 from loadtests.bench_stack import (
     REPO_ROOT,
+    Stack,
+    bench_settings,
+    free_port,
     read_counter,
     send_all,
     wait_serving,
     worker_statuses,
 )
 from loadtests.workload import location_name, sku_name
-
-# isort: split
-# Explicit re-exports: loadtests.bench imports these from here, where they were
-# before they moved to the modules named (some are used here too).
-from loadtests.bench_cli import BenchError as BenchError
-from loadtests.bench_cli import run_cli as run_cli
-from loadtests.bench_grpc_loads import ProduceJob as ProduceJob
-from loadtests.bench_grpc_loads import ProduceResult as ProduceResult
-from loadtests.bench_grpc_loads import run_producer as run_producer
-from loadtests.bench_measure import CpuMeter as CpuMeter
-from loadtests.bench_measure import redis_pid as redis_pid
-from loadtests.bench_measure import summarize_ms as summarize_ms
-from loadtests.bench_stack import Service as Service
-from loadtests.bench_stack import Stack as Stack
-from loadtests.bench_stack import bench_settings as bench_settings
-from loadtests.bench_stack import delete_keys as delete_keys
-from loadtests.bench_stack import free_port as free_port
 
 log = logging.getLogger("bench.grpc")
 

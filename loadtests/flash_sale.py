@@ -4,19 +4,32 @@ what the simulated shoppers and stores took, and the oversell it adds up to.
 **Oversell** (what ``make load`` reports). Every SKU and location starts with the stock
 of its ERP balance (``Catalogue.stock``), and nothing restocks during the run. A
 *claim* is a unit taken from a location: a ``pos.sale`` a store terminal published,
-a ``reservation.created`` a checkout published, or an order a Shopify checkout placed
-on the Shopify stand-in. Each claims only after something showed enough available to
-sell: a checkout, the online ATS at the location it reserves at; a store, its own
-location's ATS over gRPC; Shopify, its own ``available`` at the shop's location, which
-our push keeps equal to our online ATS there (the stand-in refuses an order beyond it,
-as Shopify does for tracked inventory that may not oversell). For each SKU and
-location,
+a hold the reserve API placed for an online checkout (``POST /v1/reservations``
+answered 201), or an order a Shopify checkout placed on the Shopify stand-in. A
+store claims after its location's ATS over gRPC showed the unit; Shopify, after its
+own ``available`` at the shop's location did, which our push keeps equal to our online
+ATS there (the stand-in refuses an order beyond it, as Shopify does for tracked
+inventory that may not oversell); an online hold is checked and placed in one atomic
+step by the service. A hold gives its units back when the cart is released
+(``DELETE``) or expires (a claim of negative units). For each SKU and location, the
+claims taken in the order made,
 
-    oversold = max(0, units claimed - stock)
+    oversold = the units claimed while no unit was left (stock - net units claimed)
 
 and the run's oversell is the sum over all SKU-locations: the units promised to
-customers that did not exist. A service whose figures were always fresh would give 0;
-every unit above that was sold on figures that lagged behind the events.
+customers that did not exist. Without releases it is max(0, units claimed - stock).
+A service whose figures were always fresh would give 0; every unit above that was
+sold on figures that lagged behind the events.
+
+**The online channel's oversell** (:func:`online_oversell`, the figure ``make load``
+fails on). The reserve API checks each hold against the folded figures and every hold
+already placed, so what it cannot see is a claim the worker has not folded yet: a till
+sale or Shopify order made a moment before. An online hold is counted as oversold
+when its units exceed the stock less the online holds live at that moment and less
+the other channels' claims made at least ``known_after_us`` (5 s) earlier, which the
+service had certainly folded: a positive figure means the reserve API itself promised
+units that did not exist. The units claimed by two channels within the fold's lag are
+the by-channel oversell below.
 
 **By channel** (:func:`oversold_by_channel`): at each SKU-location the claims are
 taken in the order they were made; the units of a claim beyond what the earlier
@@ -130,6 +143,9 @@ class Ledger:
     claims: list[tuple[int, str, str, str, int]] = field(default_factory=list)
     # Shopify checkouts the shop refused (sold out there), per location
     refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # the online checkouts' outcomes through the reserve API
+    online: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    expiry_us: int = 0  # the latest expiry of a cart left to expire
 
     def sale(self, sku: str, location: str, quantity: int, occurred_at_us: int) -> None:
         self.sold[(sku, location)] += quantity
@@ -137,8 +153,22 @@ class Ledger:
         self.claims.append((occurred_at_us, STORE, sku, location, quantity))
 
     def reservation(self, sku: str, location: str, quantity: int, at_us: int = 0) -> None:
+        """An online hold (a line of a reservation answered 201)."""
         self.reserved[(sku, location)] += quantity
         self.claims.append((at_us, ONLINE, sku, location, quantity))
+
+    def freed(self, sku: str, location: str, quantity: int, at_us: int) -> None:
+        """An online hold given back at ``at_us``: its cart released or expired."""
+        self.reserved[(sku, location)] -= quantity
+        self.claims.append((at_us, ONLINE, sku, location, -quantity))
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        """The online checkouts' outcomes (``made``, ``refused``, ``released``, ...)."""
+        self.online[outcome] += n
+
+    def expiring_until(self, expires_at_us: int) -> None:
+        """A cart left to expire: the ledger's ``reserved`` holds once it has."""
+        self.expiry_us = max(self.expiry_us, expires_at_us)
 
     def shopify_order(self, sku: str, location: str, quantity: int, at_us: int) -> None:
         """A checkout the Shopify shop accepted (its order webhook comes back to us as
@@ -162,6 +192,8 @@ class Ledger:
             "reserved": [[s, loc, n] for (s, loc), n in self.reserved.items()],
             "shopify": [[s, loc, n] for (s, loc), n in self.shopify.items()],
             "shopify_refused": dict(self.refused),
+            "online": dict(self.online),
+            "expiry_us": self.expiry_us,
             "claims": [list(claim) for claim in self.claims],
         }
 
@@ -177,8 +209,15 @@ def oversell(stock: Mapping[Slot, int], ledger_data: Mapping[str, Any]) -> dict[
     unknown = sorted(f"{s}@{loc}" for s, loc in claimed if (s, loc) not in stock)
     if unknown:
         raise ValueError(f"claims on SKU-locations that have no stock: {unknown[:5]}")
-    over = {slot: units - stock[slot] for slot, units in claimed.items() if units > stock[slot]}
-    by_channel = oversold_by_channel(stock, ledger_data.get("claims", ()))
+    claims = ledger_data.get("claims", ())
+    by_channel = oversold_by_channel(stock, claims)
+    if claims:  # in the order made, with the units given back
+        over: dict[Slot, int] = defaultdict(int)
+        for per_slot in by_channel.values():
+            for slot, units in per_slot.items():
+                over[slot] += units
+    else:
+        over = {s: units - stock[s] for s, units in claimed.items() if units > stock[s]}
     return {
         "units_sold_in_stores": totals[STORE],
         "units_reserved_online": totals[ONLINE],
@@ -187,6 +226,7 @@ def oversell(stock: Mapping[Slot, int], ledger_data: Mapping[str, Any]) -> dict[
         "sku_locations_oversold": len(over),
         "sku_locations_claimed": len(claimed),
         "units_oversold_by_channel": {c: sum(by_channel[c].values()) for c in CHANNELS},
+        "units_oversold_by_reserve_api": sum(online_oversell(stock, claims).values()),
         "worst": [
             {"sku": s, "location_id": loc, "units": n}
             for (s, loc), n in sorted(over.items(), key=lambda item: (-item[1], item[0]))[:10]
@@ -200,7 +240,8 @@ def oversold_by_channel(
     """Channel -> SKU-location -> units oversold by that channel's claims: at each
     SKU-location, claims in the order made (``(at_us, channel, sku, location,
     quantity)``; a tie keeps the ledger's order), each claim's units beyond what the
-    earlier ones left. Summed over channels, a SKU-location's figure is its oversell."""
+    earlier ones left (a negative quantity gives units back). Summed over channels, a
+    SKU-location's figure is its oversell."""
     by_slot: dict[Slot, list[tuple[int, int, str, int]]] = defaultdict(list)
     for n, (at_us, channel, sku, location, quantity) in enumerate(claims):
         if channel not in CHANNELS:
@@ -210,8 +251,47 @@ def oversold_by_channel(
     for slot, made in by_slot.items():
         left = stock[slot]
         for _, _, channel, quantity in sorted(made):
+            if quantity < 0:
+                left -= quantity
+                continue
             beyond = quantity - max(0, min(left, quantity))
             left -= quantity
             if beyond:
                 result[channel][slot] = result[channel].get(slot, 0) + beyond
+    return result
+
+
+#: Another channel's claim made this long before an online hold has been folded.
+KNOWN_AFTER_US = 5_000_000
+
+
+def online_oversell(
+    stock: Mapping[Slot, int],
+    claims: Iterable[Sequence[Any]],
+    known_after_us: int = KNOWN_AFTER_US,
+) -> dict[Slot, int]:
+    """SKU-location -> units the online holds took beyond the stock less the online
+    holds live then and the other channels' claims made ``known_after_us`` or more
+    before (module docstring). The reserve API's guarantee is that this is empty."""
+    # Per slot: (when it counts, order at that instant, units, is an online hold).
+    # At one instant a hold given back and another channel's known claim come before
+    # an online hold (freed before it was placed; folded before it was checked).
+    by_slot: dict[Slot, list[tuple[int, int, int, bool]]] = defaultdict(list)
+    for at_us, channel, sku, location, quantity in claims:
+        units = int(quantity)
+        if channel == ONLINE:
+            by_slot[(sku, location)].append((int(at_us), int(units > 0), units, units > 0))
+        elif channel in CHANNELS:
+            by_slot[(sku, location)].append((int(at_us) + known_after_us, 0, units, False))
+        else:
+            raise ValueError(f"unknown channel {channel!r}")
+    result: dict[Slot, int] = {}
+    for slot, events in by_slot.items():
+        taken = 0  # online units live plus the other channels' known claims
+        for _, _, units, online_hold in sorted(events):
+            if online_hold:
+                beyond = units - max(0, min(stock[slot] - taken, units))
+                if beyond:
+                    result[slot] = result.get(slot, 0) + beyond
+            taken += units
     return result

@@ -1,5 +1,6 @@
-"""HTTP load for the benchmark: ``wrk`` runs for the HTTP read path, ``h2load`` runs
-for the gRPC one, and the freshness prober (a load process of
+"""HTTP load for the benchmark: ``wrk`` runs for the HTTP read path and the reserve
+endpoint's closed loop, ``h2load`` runs for the gRPC one, the freshness prober and
+the reserve endpoint's open loop (load processes of
 ``loadtests.bench_processes.LoadProcess``).
 
 ``wrk`` (Debian package ``wrk``) is the load generator of the HTTP read path: a C
@@ -26,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -78,6 +80,22 @@ wrk.headers["Content-Type"] = "application/json"
 request = function()
   n = n %% 200 + 1
   return wrk.format("POST", "/v1/availability:batch", nil, bodies[n])
+end
+"""
+
+# A cart of one line per request, a random SKU, no location (the service places it);
+# every request a new reservation id: each is a reserve, never an idempotent repeat.
+_WRK_RESERVE = """
+math.randomseed(%(seed)d)
+local skus = %(skus)d
+local n = 0
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  n = n + 1
+  local body = string.format(
+    '{"reservation_id":"%(prefix)s-%%d","channel":"online","expires_in_s":900,'
+    .. '"lines":[{"sku":"SKU-%%06d","quantity":1}]}', n, math.random(0, skus - 1))
+  return wrk.format("POST", "/v1/reservations", nil, body)
 end
 """
 
@@ -135,13 +153,15 @@ def run_wrk(
     authorization: str,
     batch: int = 100,
     delay_ms: int | None = None,
+    prefix: str = "wrk",
 ) -> LoadRun:
-    """One ``wrk`` run against ``url``: ``kind`` is ``single`` or ``batch``; with
+    """One ``wrk`` run against ``url``: ``kind`` is ``single``, ``batch`` or
+    ``reserve`` (reservation ids ``{prefix}-1``, ``-2``, ...: a new prefix per run); with
     ``delay_ms`` each connection pauses that long between requests (a fixed rate of
     about ``connections / delay`` requests/s). ``authorization`` is sent with every
     request (the scripts' own headers add to wrk's, never replace them)."""
-    script = _WRK_SINGLE if kind == "single" else _WRK_BATCH
-    text = script % {"seed": seed, "skus": skus, "batch": batch}
+    script = {"single": _WRK_SINGLE, "batch": _WRK_BATCH, "reserve": _WRK_RESERVE}[kind]
+    text = script % {"seed": seed, "skus": skus, "batch": batch, "prefix": prefix}
     if delay_ms is not None:
         text += _WRK_DELAY % {"delay_ms": delay_ms}
     text += _WRK_DONE
@@ -363,5 +383,124 @@ async def run_http_prober(job: ProbeJob, conn: Connection[Message, Message]) -> 
             requests=counters["requests"],
             errors=counters["errors"],
             cpu_seconds=time.process_time() - cpu_before,
+        )
+    conn.send(("result", result))
+
+
+# --------------------------------------------------------------------------- open loop
+
+RESERVE_EXPIRES_IN_S = 900
+WARM_UP_REQUESTS = 50
+REQUEST_TIMEOUT_S = 10.0
+FAILURES_KEPT = 5
+
+
+@dataclass(frozen=True)
+class OpenLoopJob:
+    base_url: str
+    authorization: str
+    skus: int
+    rate: float
+    duration: float
+    seed: int
+    prefix: str  # of the reservation ids
+
+
+@dataclass
+class OpenLoopResult:
+    latencies: array[float]  # seconds from the scheduled send to the answer; NaN: none
+    service_times: array[float]  # seconds from the actual send to the answer
+    statuses: dict[str, int]
+    sent: int
+    seconds: float  # from the first scheduled send to the last answer
+    max_behind_schedule: float
+    cpu_seconds: float
+    failures: list[str]  # the first few answers other than 201: when, status, body
+
+
+def reserve_body(reservation_id: str, sku: str) -> bytes:
+    return orjson.dumps(
+        {
+            "reservation_id": reservation_id,
+            "channel": "online",
+            "expires_in_s": RESERVE_EXPIRES_IN_S,
+            "lines": [{"sku": sku, "quantity": 1}],
+        }
+    )
+
+
+async def run_open_loop(job: OpenLoopJob, conn: Connection[Message, Message]) -> None:
+    """Reserve requests on a fixed schedule (``job.rate`` a second), each on its own
+    task, whatever the answers; a random SKU and a new reservation id each."""
+    rng = random.Random(job.seed)
+    headers = {"Authorization": job.authorization, "Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=0)  # as many connections as requests in flight
+    async with aiohttp.ClientSession(
+        connector=connector, headers=headers, timeout=timeout
+    ) as session:
+        url = f"{job.base_url}/v1/reservations"
+
+        failures: list[str] = []
+
+        async def reserve(reservation_id: str) -> int:
+            body = reserve_body(reservation_id, sku_name(rng.randrange(job.skus)))
+            async with session.post(url, data=body) as answer:
+                text = await answer.read()
+                if answer.status != 201 and len(failures) < FAILURES_KEPT:
+                    failures.append(f"{time.time():.3f} {answer.status} {text[:200]!r}")
+                return answer.status
+
+        for n in range(WARM_UP_REQUESTS):  # connect, and warm both ends up
+            status = await reserve(f"{job.prefix}-warm-{n}")
+            if status != 201:
+                raise BenchError(f"a warm-up reserve was answered {status}")
+        gc.collect()
+        gc.freeze()
+        conn.send(("ready", None))
+        start = start_of(await receive(conn, "go"))
+        total = max(1, round(job.rate * job.duration))
+        latencies = array("d", [math.nan]) * total
+        service_times = array("d", [math.nan]) * total
+        statuses: Counter[str] = Counter()
+        behind = 0.0
+        last_done = [start]
+        cpu_before = time.process_time()
+
+        async def one(n: int, scheduled: float) -> None:
+            sent = time.perf_counter()
+            try:
+                status = await reserve(f"{job.prefix}-{n}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                statuses[type(exc).__name__] += 1
+                latencies[n] = math.inf  # unanswered: worse than any answer
+                return
+            done = time.perf_counter()
+            statuses[str(status)] += 1
+            latencies[n] = done - scheduled
+            service_times[n] = done - sent
+            last_done[0] = max(last_done[0], done)
+
+        tasks: set[asyncio.Task[None]] = set()
+        for n in range(total):
+            scheduled = start + n / job.rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            behind = max(behind, -delay)
+            task = asyncio.create_task(one(n, scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*tasks)
+        result = OpenLoopResult(
+            latencies=latencies,
+            service_times=service_times,
+            statuses=dict(statuses),
+            sent=total,
+            seconds=last_done[0] - start,
+            max_behind_schedule=behind,
+            cpu_seconds=time.process_time() - cpu_before,
+            failures=failures,
         )
     conn.send(("result", result))

@@ -12,19 +12,23 @@ served and the push has set every shop's levels, then runs
 ``--users`` users plus ``--shopify-users`` shoppers on the shops (0: no Shopify
 channel, no stand-in, no push).
 
-Afterwards it waits until every order webhook is delivered and the worker has folded
+Online checkouts go through the reserve API (``POST /v1/reservations``; some carts
+are released, some left to expire). Afterwards it waits until every order webhook is
+delivered, the last cart left to expire has expired and the worker has folded
 everything, and checks the service against the ledger of what the users took: every
 claimed SKU-location's ``on_hand`` must be its stock minus the units sold in stores,
-and its ``reserved`` the units reserved online plus those ordered on Shopify there;
+and its ``reserved`` the units still held online plus those ordered on Shopify there;
 then, with the push policies deleted, every shop's levels must equal our online ATS.
-It prints Locust's summary, the oversell (its definition is in
-``loadtests.flash_sale``), by channel and per shop, and those checks, and writes
-Locust's CSV and HTML report and ``load.json`` to ``--output-dir`` (default
-``bench-results/load``).
+It prints Locust's summary, the online checkouts' outcomes (held, refused, conflicts,
+released, expired), the reserve API's oversell and the oversell between channels
+(definitions in ``loadtests.flash_sale``), by channel and per shop, and those checks,
+and writes Locust's CSV and HTML report and ``load.json`` to ``--output-dir``
+(default ``bench-results/load``).
 
-Exit code: 0 when every request succeeded, every webhook was delivered, and the
-service agrees with the ledger and the shops with the service; 1 otherwise (a failed
-request, a disagreement, or a step that failed).
+Exit code: 0 when every request succeeded, every webhook was delivered, the reserve
+API oversold nothing, and the service agrees with the ledger and the shops with the
+service; 1 otherwise (a failed request, a unit the reserve API oversold, a
+disagreement, or a step that failed).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ DEFAULT_OUTPUT: Final[Path] = REPO_ROOT / "bench-results" / "load"
 LOCUSTFILE: Final[Path] = Path(__file__).with_name("locustfile.py")
 CATALOGUE_AS_OF: Final[str] = "2026-01-01T00:00:00Z"
 BATCH_READ: Final[int] = 500
+#: After a cart's expiry, the worker's expiry tick (0.1 s) has rewritten its figures.
+EXPIRY_MARGIN_S: Final[float] = 2.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,28 @@ def wait_folded(settings: Settings, stack: Stack, timeout: float = 120.0) -> Non
         client.close()
 
 
+def wait_expired(expiry_us: int, alive: Callable[[], None]) -> None:
+    """Until the last cart left to expire has (and the worker's expiry tick has run)."""
+    left = expiry_us / 1_000_000 + EXPIRY_MARGIN_S - time.time()
+    if left > 0:
+        log.info("waiting %.1f s until the last cart left to expire has expired", left)
+    while time.time() < expiry_us / 1_000_000 + EXPIRY_MARGIN_S:
+        alive()
+        time.sleep(0.5)
+
+
+def online_summary(ledger: Mapping[str, Any]) -> dict[str, int]:
+    """The online checkouts through the reserve API: their outcomes and the units
+    still held after the sale (kept carts)."""
+    outcomes = ledger.get("online", {})
+    summary = {
+        name: int(outcomes.get(name, 0))
+        for name in ("made", "lines", "refused", "conflicts", "kept", "released", "left_to_expire")
+    }
+    summary["units_held_after_sale"] = sum(n for _, _, n in ledger["reserved"])
+    return summary
+
+
 def online_ats(base_url: str, authorization: str) -> Callable[[Sequence[str]], dict[Slot, int]]:
     """A reader of our online ATS per SKU-location."""
 
@@ -182,10 +210,13 @@ def agreement(
     for s, loc, n in [*ledger["reserved"], *ledger.get("shopify", ())]:
         reserved[(s, loc)] = reserved.get((s, loc), 0) + n
     wrong = []
+    held_online = sum(n for _, _, n in ledger["reserved"])
+    shown_reserved = 0
     for slot in set(sold) | set(reserved):
         expected_on_hand = catalogue.stock[slot] - sold.get(slot, 0)
         figures_ = shown.get(slot)
         got = None if figures_ is None else (figures_["on_hand"], figures_["reserved"])
+        shown_reserved += 0 if figures_ is None else int(figures_["reserved"])
         if got != (expected_on_hand, reserved.get(slot, 0)):
             wrong.append(
                 {
@@ -195,7 +226,13 @@ def agreement(
                     "shown_on_hand_reserved": got,
                 }
             )
-    return {"sku_locations_checked": len(set(sold) | set(reserved)), "disagree": wrong[:20]}
+    return {
+        "sku_locations_checked": len(set(sold) | set(reserved)),
+        # units held online (kept carts) plus ordered on Shopify, and what the fold shows
+        "units_reserved_expected": held_online + sum(n for _, _, n in ledger.get("shopify", ())),
+        "units_reserved_shown": shown_reserved,
+        "disagree": wrong[:20],
+    }
 
 
 def run_locust(params: Params, config_path: Path, output: Path, host: str, token: str) -> int:
@@ -306,6 +343,7 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
         webhooks: dict[str, int] = {}
         if shopify is not None:
             webhooks = shopify.wait_delivered(stack.check_alive)
+        wait_expired(int(ledger.get("expiry_us", 0)), stack.check_alive)
         wait_folded(settings, stack)
         skus = sorted(
             {s for key in ("sold", "reserved", "shopify") for s, _, _ in ledger.get(key, ())}
@@ -319,6 +357,8 @@ def run(params: Params, output: Path, log_dir: Path) -> tuple[dict[str, Any], in
             "stats": _locust_stats(output / "locust_stats.csv"),
         }
         failed = code != 0 or bool(check["disagree"])
+        failed = failed or report["oversell"]["units_oversold_by_reserve_api"] != 0
+        report["online"] = online_summary(ledger)
         if shopify is not None:
             during_sale = shopify.push_metrics()
             log.info("shopify: policies deleted; waiting until every level equals our figure")
@@ -355,14 +395,34 @@ def render(report: Mapping[str, Any]) -> str:
             f"  {name:<36} {row['Request Count']:>6} {row['Failure Count']:>6}"
             f" {row['50%']:>7} {row['99%']:>7} {float(row['Requests/s']):>6.0f}"
         )
+    online = report.get("online", {})
+    reserve_api = over["units_oversold_by_reserve_api"]
     lines += [
         "",
-        f"units sold in stores {over['units_sold_in_stores']}, reserved online"
+        f"online checkouts (reserve API): {online.get('made', 0)} carts held (201,"
+        f" {online.get('lines', 0)} lines), {online.get('refused', 0)} refused (409"
+        f" insufficient_stock), {online.get('conflicts', 0)} conflicts;"
+        f" {online.get('released', 0)} released (abandoned),"
+        f" {online.get('left_to_expire', 0)} left to expire, {online.get('kept', 0)} kept",
+        f"ONLINE OVERSOLD by the reserve API: {reserve_api} units"
+        + (
+            " (ok)"
+            if reserve_api == 0
+            else " (FAIL: the reserve API promised units that did not exist)"
+        ),
+        f"units sold in stores {over['units_sold_in_stores']}, held online after the sale"
         f" {over['units_reserved_online']}",
         f"oversell: {over['units_oversold']} units at {over['sku_locations_oversold']} of"
-        f" {over['sku_locations_claimed']} SKU-locations claimed",
+        f" {over['sku_locations_claimed']} SKU-locations claimed (a unit claimed by two"
+        " channels within the fold's lag)",
+        "  by the later claim's channel: stores"
+        f" {over['units_oversold_by_channel']['store']}, online"
+        f" {over['units_oversold_by_channel']['online']}, Shopify"
+        f" {over['units_oversold_by_channel']['shopify']}",
         f"service agrees with the ledger at {check['sku_locations_checked']} SKU-locations: "
-        + ("yes" if not check["disagree"] else f"NO ({len(check['disagree'])} shown differ)"),
+        + ("yes" if not check["disagree"] else f"NO ({len(check['disagree'])} shown differ)")
+        + f"; units reserved (held online + ordered on Shopify): ledger"
+        f" {check.get('units_reserved_expected')}, fold {check.get('units_reserved_shown')}",
     ]
     if "shopify" in report:
         lines += render_shopify(over, report["shopify"])
@@ -375,6 +435,8 @@ def render_shopify(over: Mapping[str, Any], shopify: Mapping[str, Any]) -> list[
     lines = [
         f"units ordered on Shopify {over['units_ordered_on_shopify']}; oversold by channel:"
         f" stores {by['store']}, online {by['online']}, Shopify {by['shopify']}",
+        "  (online: units held a moment after a till sale or Shopify order the worker had"
+        " not folded yet)",
         "",
         "Shopify shops, one per push policy (scoped to the shop's location):",
         *(f"  {row['shop']:<13} {row['policy']}" for row in rows),

@@ -3,9 +3,12 @@
 Five kinds of users at once against a running service:
 
 - ``Shopper`` (HTTP): product pages (a single read, mostly of the flash-sale SKUs),
-  collection pages (a batch read of 24 SKUs) and checkouts: read the SKU, and if a
-  location shows online ATS, reserve one unit there (a ``reservation.created`` event:
-  the contract has no reserve API yet).
+  collection pages (a batch read of 24 SKUs) and checkouts through the reserve API
+  (``POST /v1/reservations``): a cart of 1-3 SKUs, one unit each, held all or
+  nothing; some carts are picked up in a store (every line names it), the others let
+  the service place each line. A cart held (201) is kept, abandoned (``DELETE`` a
+  moment later) or left to expire (a short ``expires_in_s``); 409
+  ``insufficient_stock`` means sold out, and the shopper leaves.
 - ``StoreTerminal`` (gRPC, a POS till at one store): ``GetAvailability`` of a SKU at
   its store and, if the store shows ATS, sell one unit (a ``pos.sale`` event).
 - ``ShopifyShopper`` (HTTP, against the Shopify stand-in; only when the run's
@@ -64,6 +67,15 @@ ERP_BATCH = 20  # balances per ERP feed round
 # An ERP balance is as of this long ago: every store sale that happened before then
 # has been acknowledged by the broker (and is in the ledger) by the time it is sent.
 ERP_LAG_SECONDS = 2.0
+# Online carts (the reserve API): the share picked up in a store (every line names
+# that store; the others leave the location to the service), abandoned (released a
+# moment later) and left to expire after a few seconds; the rest are kept.
+PICKUP_SHARE = 0.4
+ABANDON_SHARE = 0.25
+ABANDON_AFTER_S = (0.5, 3.0)
+EXPIRE_SHARE = 0.2
+EXPIRING_IN_S = (2, 5)
+KEPT_EXPIRES_IN_S = 900
 _RNG = random.Random(CONFIG.get("seed", 5))
 _PRODUCER: KafkaProducer | None = None
 _counter = [0]
@@ -142,31 +154,92 @@ class Shopper(FastHttpUser):
 
     @task(2)
     def checkout(self) -> None:
-        sku = _RNG.choice(CATALOGUE.hot_skus)
-        with self.client.get(
-            f"/v1/availability/{sku}?channel=online", name="checkout: read", catch_response=True
+        """A cart of 1-3 SKUs reserved through the reserve API, all or nothing."""
+        cart = cart_request(_RNG)
+        fate = cart.pop("_fate")
+        with self.client.post(
+            "/v1/reservations", json=cart, name="reserve (cart)", catch_response=True
         ) as answer:
-            if answer.status_code != 200:
-                answer.failure(f"status {answer.status_code}")
+            if answer.status_code == 409:
+                code = (answer.json().get("error") or {}).get("code")
+                if code == "insufficient_stock":  # sold out: the shopper leaves
+                    LEDGER.count("refused")
+                    answer.success()
+                elif code == "conflict":
+                    LEDGER.count("conflicts")
+                    answer.success()
+                else:
+                    answer.failure(f"409 {code}")
                 return
-            locations = answer.json()["locations"]
-        open_ = [loc for loc in locations if loc["ats"] >= 1]
-        if not open_:
-            return  # sold out online: the shopper leaves
-        location = max(open_, key=lambda loc: loc["ats"])["location_id"]
-        claimed = time.time()
-        reservation = {
-            "type": "reservation.created",
-            "event_id": event_id("res"),
-            "sku": sku,
-            "reservation_id": event_id("order"),
-            "location_id": location,
-            "quantity": 1,
-            "occurred_at": rfc3339(claimed),
-            "channel": "online",
-        }
-        if publish(CONFIG["topics"]["reservations"], reservation):
-            LEDGER.reservation(sku, location, 1, int(claimed * 1_000_000))
+            if answer.status_code != 201:
+                answer.failure(f"status {answer.status_code}: {answer.text[:200]}")
+                return
+            placed = answer.json()
+        held_at = int(time.time() * 1_000_000)  # the hold was placed before its answer
+        lines = [(x["sku"], x["location_id"], int(x["quantity"])) for x in placed["lines"]]
+        LEDGER.count("made")
+        LEDGER.count("lines", len(lines))
+        for sku, location, quantity in lines:
+            LEDGER.reservation(sku, location, quantity, held_at)
+        if fate == "expire":
+            expires_us = parse_rfc3339_us(placed["expires_at"])
+            for sku, location, quantity in lines:
+                LEDGER.freed(sku, location, quantity, expires_us)
+            LEDGER.expiring_until(expires_us)
+            LEDGER.count("left_to_expire")
+        elif fate == "abandon":
+            time.sleep(_RNG.uniform(*ABANDON_AFTER_S))  # cooperative: Locust patches it
+            released_at = int(time.time() * 1_000_000)  # freed after this instant
+            with self.client.delete(
+                f"/v1/reservations/{cart['reservation_id']}",
+                name="release (abandoned cart)",
+                catch_response=True,
+            ) as answer:
+                if answer.status_code != 204:
+                    answer.failure(f"status {answer.status_code}: {answer.text[:200]}")
+                    return
+            for sku, location, quantity in lines:
+                LEDGER.freed(sku, location, quantity, released_at)
+            LEDGER.count("released")
+        else:
+            LEDGER.count("kept")
+
+
+def cart_request(rng: random.Random) -> dict[str, Any]:
+    """A reserve request: 1-3 distinct SKUs (the first a flash-sale SKU), one unit each;
+    a click-and-collect cart names its store on every line, the others leave the
+    location to the service. ``_fate`` (not sent): ``keep``, ``abandon`` (released a
+    moment later) or ``expire`` (a short expiry, left to run out)."""
+    skus = [rng.choice(CATALOGUE.hot_skus)]
+    for _ in range(rng.randint(0, 2)):
+        sku = pick_sku(rng)
+        if sku not in skus:
+            skus.append(sku)
+    pickup = rng.choice(CATALOGUE.locations) if rng.random() < PICKUP_SHARE else None
+    lines: list[dict[str, Any]] = []
+    for sku in skus:
+        line: dict[str, Any] = {"sku": sku, "quantity": 1}
+        if pickup is not None:
+            line["location_id"] = pickup
+        lines.append(line)
+    draw = rng.random()
+    fate = "abandon" if draw < ABANDON_SHARE else "keep"
+    expires_in_s = KEPT_EXPIRES_IN_S
+    if draw >= 1 - EXPIRE_SHARE:
+        fate, expires_in_s = "expire", rng.randint(*EXPIRING_IN_S)
+    return {
+        "reservation_id": event_id("cart"),
+        "channel": "online",
+        "expires_in_s": expires_in_s,
+        "lines": lines,
+        "_fate": fate,
+    }
+
+
+def parse_rfc3339_us(text: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 UTC timestamp (``...Z``)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
 
 
 class GrpcUser(User):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from loadtests.flash_sale import (
+    KNOWN_AFTER_US,
     ONLINE,
     SHOPIFY,
     STORE,
     Catalogue,
     Ledger,
+    online_oversell,
     oversell,
     oversold_by_channel,
 )
@@ -108,3 +110,54 @@ def test_oversell_by_channel_refuses_unknown_channels() -> None:
     claim = [0, "fax", built.hot_skus[0], built.locations[0], 1]
     with pytest.raises(ValueError, match="fax"):
         oversold_by_channel(built.stock, [claim])
+
+
+def test_units_given_back_by_a_released_or_expired_hold_can_be_claimed_again() -> None:
+    built = catalogue()
+    sku = built.hot_skus[0]
+    here = built.locations[0]
+    stock = built.stock[(sku, here)]
+    ledger = Ledger()
+    for n in range(stock):
+        ledger.reservation(sku, here, 1, at_us=10 + n)
+    ledger.freed(sku, here, 1, at_us=100)  # a cart released
+    ledger.reservation(sku, here, 1, at_us=101)  # takes the freed unit: not oversold
+    result = oversell(built.stock, ledger.to_data())
+    assert result["units_oversold"] == 0
+    assert result["units_reserved_online"] == stock
+    ledger.reservation(sku, here, 1, at_us=102)  # one beyond
+    ledger.freed(sku, here, 1, at_us=103)  # given back later: it was still oversold
+    result = oversell(built.stock, ledger.to_data())
+    assert result["units_oversold"] == 1
+    assert result["units_oversold_by_channel"][ONLINE] == 1
+    assert result["units_reserved_online"] == stock
+
+
+def test_online_oversell_counts_only_what_the_reserve_api_could_see() -> None:
+    """Online holds beyond the stock less the live online holds and the other
+    channels' claims made KNOWN_AFTER_US before; a till sale a moment before a hold
+    (not folded yet) is the by-channel race, not the reserve API's oversell."""
+    built = catalogue()
+    sku = built.hot_skus[0]
+    here, there = built.locations
+    stock = built.stock[(sku, here)]
+    ledger = Ledger()
+    ledger.sale(sku, here, stock, occurred_at_us=1_000)  # sold out in the store
+    ledger.reservation(sku, here, 1, at_us=2_000)  # a moment later: not folded yet
+    data = ledger.to_data()
+    assert online_oversell(built.stock, data["claims"]) == {}
+    assert oversell(built.stock, data)["units_oversold_by_channel"][ONLINE] == 1
+    ledger.reservation(sku, here, 1, at_us=1_000 + KNOWN_AFTER_US)  # known by then
+    assert online_oversell(built.stock, ledger.to_data()["claims"]) == {(sku, here): 1}
+    # Online against online: a hold beyond the live holds; one freed at the same
+    # instant as the next is placed gives its unit back first.
+    there_stock = built.stock[(sku, there)]
+    other = Ledger()
+    for n in range(there_stock):
+        other.reservation(sku, there, 1, at_us=n)
+    other.freed(sku, there, 1, at_us=50)
+    other.reservation(sku, there, 1, at_us=50)
+    assert online_oversell(built.stock, other.to_data()["claims"]) == {}
+    other.reservation(sku, there, 2, at_us=60)
+    assert online_oversell(built.stock, other.to_data()["claims"]) == {(sku, there): 2}
+    assert oversell(built.stock, other.to_data())["units_oversold_by_reserve_api"] == 2
