@@ -22,7 +22,7 @@ from infra.config import Settings
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
-from services.grpc.reservations import STATUS_DETAILS_KEY, reservation_dict
+from services.grpc.reservations import STATUS_DETAILS_KEY, parse_reserve, reservation_dict
 from tests.integration.conftest import StartService, make_settings
 from tests.integration.grpc_support import AUTH, Apis, forget_store, status_of, wait_serving
 from tests.integration.support import free_port
@@ -406,3 +406,25 @@ async def test_broker_or_redis_away_is_unavailable_and_nothing_held(
             "the serving store (Redis) cannot be reached",
         )
     assert process.running
+
+
+async def test_a_request_racing_one_being_placed_is_aborted(apis: Apis) -> None:
+    """A reservation id claimed by a request still placing its holds (here: claimed
+    the way the service claims it, as another API process would be doing)."""
+    request = reserve("g-race", line("G-RACE", 1))
+    placing = {"fp": parse_reserve(request).fingerprint(), "state": "placing"}
+    assert await ReservationStore(apis.store).claim("g-race", placing, 10_000) is None
+    code, details = await status_of(apis.stub.Reserve(request, metadata=AUTH))
+    assert (code, details) == (
+        grpc.StatusCode.ABORTED,
+        "reservation 'g-race' is being placed by another request; retry",
+    )
+    get = pb.GetReservationRequest(reservation_id="g-race")
+    assert await status_of(apis.stub.GetReservation(get, metadata=AUTH)) == (
+        grpc.StatusCode.ABORTED,
+        "reservation 'g-race' is being placed; retry",
+    )
+    # Another body under the id is a conflict, placed or not.
+    other = reserve("g-race", line("G-RACE", 2))
+    code, _ = await status_of(apis.stub.Reserve(other, metadata=AUTH))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
