@@ -39,7 +39,12 @@ from prometheus_client import Counter
 
 from services.auth.authenticator import Authenticator
 from services.auth.identity import Identity, Unauthenticated, missing_scope_message
-from services.auth.scopes import AVAILABILITY_READ, AVAILABILITY_WATCH
+from services.auth.scopes import (
+    AVAILABILITY_READ,
+    AVAILABILITY_WATCH,
+    RESERVATIONS_READ,
+    RESERVATIONS_WRITE,
+)
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.tls import certificate_subject
 
@@ -49,11 +54,16 @@ AVAILABILITY_SERVICE: Final = pb.DESCRIPTOR.services_by_name["AvailabilityServic
 HEALTH_SERVICE: Final = health_pb2.DESCRIPTOR.services_by_name["Health"]
 REFLECTION_SERVICE: Final = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
 
-#: What each AvailabilityService method needs: a credential holding one of these.
+#: What each AvailabilityService method needs: a credential holding one of these. The
+#: reservation RPCs need what the HTTP API's /v1/reservations routes need.
 SERVICE_SCOPES: Final[Mapping[str, frozenset[str]]] = {
     "GetAvailability": frozenset({AVAILABILITY_READ}),
     "BatchGetAvailability": frozenset({AVAILABILITY_READ}),
     "WatchAvailability": frozenset({AVAILABILITY_WATCH}),
+    "Reserve": frozenset({RESERVATIONS_WRITE}),
+    "Release": frozenset({RESERVATIONS_WRITE}),
+    "GetReservation": frozenset({RESERVATIONS_READ, RESERVATIONS_WRITE}),
+    "ExtendReservation": frozenset({RESERVATIONS_WRITE}),
 }
 #: The identity's subject until a handler asks for the certificate's (``caller``).
 CERTIFICATE_HOLDER: Final = "client certificate"

@@ -64,7 +64,7 @@ def decoder(message_type: type[M]) -> Callable[[bytes], M | Malformed]:
     return decode
 
 
-def _well_formed(request: M | Malformed) -> M:
+def well_formed(request: M | Malformed) -> M:
     if isinstance(request, Malformed):
         raise InvalidArgument(request.reason)
     return request
@@ -94,7 +94,7 @@ def parse_get(
     request: pb.GetAvailabilityRequest | Malformed,
 ) -> tuple[str, str, str | None]:
     """(sku, channel, location_id or None), checked in the HTTP API's order."""
-    request = _well_formed(request)
+    request = well_formed(request)
     sku = require_sku(request.sku)
     channel = resolve_channel(request.channel)
     location_id = None
@@ -107,7 +107,7 @@ def parse_batch(
     request: pb.BatchGetAvailabilityRequest | Malformed,
 ) -> tuple[list[str], str]:
     """(skus, channel): at most 500 SKUs, each valid, then the channel."""
-    request = _well_formed(request)
+    request = well_formed(request)
     count = len(request.skus)
     if count > MAX_BATCH_SKUS:
         raise InvalidArgument(f"skus holds {count} SKUs; at most {MAX_BATCH_SKUS} allowed")
@@ -122,7 +122,7 @@ def parse_watch(
 ) -> tuple[list[str], str, list[str] | None, Thresholds]:
     """(distinct skus in request order, channel, location_ids or None for all,
     thresholds)."""
-    request = _well_formed(request)
+    request = well_formed(request)
     # The counts first: nothing below looks at a request larger than these.
     listed = len(request.skus)
     if listed > MAX_WATCH_ENTRIES:

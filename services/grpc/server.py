@@ -5,7 +5,9 @@ give the same answers: ``GetAvailability`` reads the stored answer tail (or, wit
 ``location_id``, the SKU's record narrowed by ``availability.ats.view``);
 ``BatchGetAvailability`` reads every tail in one round trip and answers an unknown
 SKU with ``availability.ats.unknown_sku_view``. ``WatchAvailability`` streams are fed
-by the process's ``WatchHub`` (``services.grpc.watch``).
+by the process's ``WatchHub`` (``services.grpc.watch``). The reservation RPCs
+(``services.grpc.reservations``) are served by the HTTP API's ``ReservationService``
+with a publisher of this process's own.
 
 Every call passes ``services.grpc.access`` first (a bearer token or, with mutual
 TLS, a client certificate, and the method's scope); ``services.grpc.tls`` sets up TLS
@@ -45,6 +47,7 @@ from availability.ats import unknown_sku_view, view
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
 from infra.probes import OK, LoopHeartbeat
+from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore, render_answer
 from services.auth.authenticator import AuthConfigError, Authenticator
 from services.grpc.access import AccessControl, MethodAccess, caller
@@ -63,8 +66,12 @@ from services.grpc.messages import (
     watch_message,
 )
 from services.grpc.metrics import GrpcMetrics, timed, timed_stream
+from services.grpc.reservations import ReservationRpcs
 from services.grpc.tls import TlsConfigError, certificate_scopes, server_credentials
 from services.grpc.watch import TooManyWatches, WatchClosed, WatchHub
+from services.reservations.metrics import ReservationMetrics
+from services.reservations.service import ReservationService
+from services.webhooks.publisher import Publisher
 
 log = logging.getLogger("services.grpc")
 
@@ -85,12 +92,17 @@ BatchContext = grpc.aio.ServicerContext[
 WatchContext = grpc.aio.ServicerContext[pb.WatchAvailabilityRequest, pb.WatchAvailabilityResponse]
 
 
-class AvailabilityService(pb_grpc.AvailabilityServiceServicer):
+class AvailabilityService(ReservationRpcs, pb_grpc.AvailabilityServiceServicer):
     def __init__(
-        self, store: AvailabilityStore, hub: WatchHub, metrics: GrpcMetrics | None = None
+        self,
+        store: AvailabilityStore,
+        hub: WatchHub,
+        reservations: ReservationService,
+        metrics: GrpcMetrics | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
+        self.reservations = reservations
         self.metrics = metrics
 
     @timed
@@ -233,6 +245,26 @@ def service_handlers(service: AvailabilityService) -> dict[str, grpc.RpcMethodHa
             request_deserializer=decoder(pb.WatchAvailabilityRequest),
             response_serializer=pb.WatchAvailabilityResponse.SerializeToString,
         ),
+        "Reserve": grpc.unary_unary_rpc_method_handler(
+            service.Reserve,
+            request_deserializer=decoder(pb.ReserveRequest),
+            response_serializer=pb.ReserveResponse.SerializeToString,
+        ),
+        "Release": grpc.unary_unary_rpc_method_handler(
+            service.Release,
+            request_deserializer=decoder(pb.ReleaseRequest),
+            response_serializer=pb.ReleaseResponse.SerializeToString,
+        ),
+        "GetReservation": grpc.unary_unary_rpc_method_handler(
+            service.GetReservation,
+            request_deserializer=decoder(pb.GetReservationRequest),
+            response_serializer=pb.Reservation.SerializeToString,
+        ),
+        "ExtendReservation": grpc.unary_unary_rpc_method_handler(
+            service.ExtendReservation,
+            request_deserializer=decoder(pb.ExtendReservationRequest),
+            response_serializer=pb.Reservation.SerializeToString,
+        ),
     }
 
 
@@ -242,10 +274,12 @@ def create_server(
     settings: Settings,
     authenticator: Authenticator,
     metrics: GrpcMetrics,
+    reservations: ReservationService,
     address: str | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A server with the three services behind access control, bound to ``address``
-    (default ``[::]:AVAILABILITY_GRPC_PORT``; not started).
+    (default ``[::]:AVAILABILITY_GRPC_PORT``; not started). ``reservations`` serves the
+    reservation RPCs (its publisher is the caller's to start and close).
 
     Raises ``TlsConfigError`` or ``ServerLimitsError`` for settings that cannot be used.
     """
@@ -261,7 +295,7 @@ def create_server(
         options=server_options(settings),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs(settings),
     )
-    handlers = service_handlers(AvailabilityService(store, hub, metrics))
+    handlers = service_handlers(AvailabilityService(store, hub, reservations, metrics))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.aio.HealthServicer()
@@ -296,10 +330,19 @@ async def serve(settings: Settings) -> None:
         settings.grpc_watch_subscribe_timeout,
     )
     metrics = GrpcMetrics(lambda: hub.open_count)
+    publisher = Publisher(settings, "grpc-reservations")
+    reservations = ReservationService(
+        settings,
+        ReservationStore(store),
+        publisher,
+        ReservationMetrics(metrics.registry, api="grpc"),
+    )
     heartbeat = LoopHeartbeat()
     status_seen = ServingStatus()
     try:
-        server, health_servicer, port = create_server(store, hub, settings, authenticator, metrics)
+        server, health_servicer, port = create_server(
+            store, hub, settings, authenticator, metrics, reservations
+        )
     except BaseException:
         await store.close()
         raise
@@ -317,6 +360,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await authenticator.start()
+    publisher.start()
     await server.start()
     log.info("gRPC API listening on %s:%d (%s)", HOST, port, transport_name(settings))
     watcher = asyncio.create_task(watch_redis(store, health_servicer, status_seen))
@@ -337,6 +381,7 @@ async def serve(settings: Settings) -> None:
         # another replica instead of waiting for the grace period.
         await hub.close("the server is shutting down; reconnect")
         await server.stop(SHUTDOWN_GRACE)
+        await publisher.close()
         await authenticator.close()
         await store.close()
         log.info("stopped")

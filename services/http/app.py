@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticator = Authenticator.from_settings(cfg)
     webhook_shops = WebhookShops.from_settings(cfg)  # client secrets read once, here
     webhook_metrics = WebhookMetrics(metrics.registry)
-    reservation_metrics = ReservationMetrics(metrics.registry)
+    reservation_metrics = ReservationMetrics(metrics.registry, api="http")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

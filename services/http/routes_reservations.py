@@ -13,29 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 
-from availability.display import preview
-from availability.holds import (
-    MAX_EXPIRES_IN_S,
-    MAX_LINES,
-    MIN_EXPIRES_IN_S,
-    LineRequest,
-    ReservationRequest,
-    duplicate_skus,
-)
-from availability.identifiers import DEFAULT_CHANNEL, MAX_QUANTITY, RULE_ID_PATTERN
+from availability.holds import MAX_EXPIRES_IN_S, MAX_LINES, MIN_EXPIRES_IN_S, ReservationRequest
+from availability.identifiers import DEFAULT_CHANNEL, RULE_ID_PATTERN
 from services.auth.scopes import RESERVATIONS_READ, RESERVATIONS_WRITE
 from services.http import schemas
 from services.http.access import requires
 from services.http.errors import ApiError
 from services.http.responses import json_response
-from services.http.validation import (
-    RULE_ID_RULE,
-    read_json,
-    require_channel,
-    require_location,
-    require_rule_id,
-    require_sku,
-)
+from services.http.validation import RULE_ID_RULE, read_json, require_rule_id
+from services.reservations import requests as checks
+from services.reservations.requests import InvalidReservation
 from services.reservations.service import (
     Conflict,
     InProgress,
@@ -76,10 +63,6 @@ IdPath = Annotated[
 ]
 
 
-def _shown_value(value: object) -> str:
-    return preview(value, 80)
-
-
 def _service(request: Request) -> ReservationService:
     service = getattr(request.app.state, STATE_ATTRIBUTE, None)
     if not isinstance(service, ReservationService):
@@ -102,21 +85,15 @@ def _api_error(exc: ReservationError) -> ApiError:
 
 
 def _expires_in(value: object, field: str = "expires_in_s") -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not MIN_EXPIRES_IN_S <= value <= MAX_EXPIRES_IN_S
-    ):
-        raise ApiError.invalid(
-            f"{field} must be an integer from {MIN_EXPIRES_IN_S} to {MAX_EXPIRES_IN_S},"
-            f" got {_shown_value(value)}"
-        )
-    return value
+    try:
+        return checks.expires_in(value, field)
+    except InvalidReservation as exc:
+        raise ApiError.invalid(exc.message) from None
 
 
 def _object(value: object, field: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ApiError.invalid(f"{field} must be a JSON object, got {_shown_value(value)}")
+        raise ApiError.invalid(f"{field} must be a JSON object, got {checks.shown(value)}")
     unknown = sorted(set(value) - allowed)
     if unknown:
         where = "" if field == "the body" else f" in {field}"
@@ -125,44 +102,29 @@ def _object(value: object, field: str, allowed: frozenset[str]) -> dict[str, Any
 
 
 def parse_reserve_request(data: Any) -> ReservationRequest:
+    """The body's JSON shape here; its values by the checks the gRPC API shares
+    (``services.reservations.requests``)."""
     body = _object(data, "the body", RESERVE_FIELDS)
     for name in ("reservation_id", "expires_in_s", "lines"):
         if name not in body:
             raise ApiError.invalid(f"{name} is required")
-    rid = require_rule_id(body["reservation_id"], "reservation_id")
-    channel = body.get("channel")
-    channel = require_channel(DEFAULT_CHANNEL if channel is None else channel)
-    expires_in_s = _expires_in(body["expires_in_s"])
-    raw_lines = body["lines"]
-    if not isinstance(raw_lines, list) or not 1 <= len(raw_lines) <= MAX_LINES:
-        raise ApiError.invalid(f"lines must be a list of 1 to {MAX_LINES} lines")
-    lines = []
-    for index, raw in enumerate(raw_lines):
-        where = f"lines[{index}]"
-        line = _object(raw, where, LINE_FIELDS)
-        if "sku" not in line or "quantity" not in line:
-            raise ApiError.invalid(f"{where}.sku and {where}.quantity are required")
-        sku = require_sku(line["sku"], f"{where}.sku")
-        quantity = line["quantity"]
-        if (
-            isinstance(quantity, bool)
-            or not isinstance(quantity, int)
-            or not 1 <= quantity <= MAX_QUANTITY
-        ):
-            raise ApiError.invalid(
-                f"{where}.quantity must be an integer from 1 to {MAX_QUANTITY},"
-                f" got {_shown_value(quantity)}"
-            )
-        location = line.get("location_id")
-        if location is not None:
-            location = require_location(location, f"{where}.location_id")
-        lines.append(LineRequest(sku, quantity, location))
-    twice = duplicate_skus(lines)
-    if twice:
-        raise ApiError.invalid(
-            f"lines: each SKU may appear in one line only; repeated: {', '.join(twice)}"
-        )
-    return ReservationRequest(rid, channel, expires_in_s, tuple(lines))
+    try:
+        rid = checks.reservation_id(body["reservation_id"])
+        channel = body.get("channel")
+        channel = checks.channel(DEFAULT_CHANNEL if channel is None else channel)
+        expires_in_s = checks.expires_in(body["expires_in_s"])
+        raw_lines = body["lines"]
+        checks.line_count(len(raw_lines) if isinstance(raw_lines, list) else 0)
+        lines = []
+        for index, raw in enumerate(raw_lines):
+            where = f"lines[{index}]"
+            line = _object(raw, where, LINE_FIELDS)
+            if "sku" not in line or "quantity" not in line:
+                raise ApiError.invalid(f"{where}.sku and {where}.quantity are required")
+            lines.append(checks.line(index, line["sku"], line["quantity"], line.get("location_id")))
+        return checks.request(rid, channel, expires_in_s, lines)
+    except InvalidReservation as exc:
+        raise ApiError.invalid(exc.message) from None
 
 
 _EXPIRES_SCHEMA = {"type": "integer", "minimum": MIN_EXPIRES_IN_S, "maximum": MAX_EXPIRES_IN_S}

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infra.config import Settings
 from infra.store import AvailabilityStore
+from infra.topics import create_topics
 from services.auth.api_keys import new_api_key
 from services.auth.scopes import ALL_SCOPES, AVAILABILITY_READ, AVAILABILITY_WATCH
 from services.grpc.access import AVAILABILITY_SERVICE, SERVICE_SCOPES
@@ -49,6 +50,13 @@ REQUESTS: dict[str, Message] = {
     "GetAvailability": pb.GetAvailabilityRequest(sku=SKU),
     "BatchGetAvailability": pb.BatchGetAvailabilityRequest(skus=[SKU]),
     "WatchAvailability": pb.WatchAvailabilityRequest(skus=[SKU]),
+    # In this order: each call of a reservation method passes on the one reserved here.
+    "Reserve": pb.ReserveRequest(
+        reservation_id="auth-1", expires_in_s=60, lines=[pb.ReservationLine(sku=SKU, quantity=1)]
+    ),
+    "GetReservation": pb.GetReservationRequest(reservation_id="auth-1"),
+    "ExtendReservation": pb.ExtendReservationRequest(reservation_id="auth-1", expires_in_s=60),
+    "Release": pb.ReleaseRequest(reservation_id="auth-1"),
 }
 
 
@@ -114,6 +122,7 @@ async def live(
         auth_jwt_issuer=ISSUER,
         auth_jwt_audience=AUDIENCE,
     )
+    await create_topics(settings)  # Reserve publishes
     store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
     await store.write_records([availability_of(SKU, stock_events())])
     await mark_serving_layer_complete(store, settings.partitions)

@@ -30,6 +30,7 @@ from infra.config import Settings
 from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.messages import InvalidArgument, decoder, parse_batch, parse_get, parse_watch
+from services.grpc.reservations import parse_extend, parse_reservation_id, parse_reserve
 from tests.integration.conftest import StartService
 from tests.integration.grpc_support import (
     AUTH,
@@ -48,12 +49,29 @@ CHECKS: dict[str, Callable[[bytes], object]] = {
     "GetAvailability": lambda data: parse_get(decoder(pb.GetAvailabilityRequest)(data)),
     "BatchGetAvailability": lambda data: parse_batch(decoder(pb.BatchGetAvailabilityRequest)(data)),
     "WatchAvailability": lambda data: parse_watch(decoder(pb.WatchAvailabilityRequest)(data)),
+    "Reserve": lambda data: parse_reserve(decoder(pb.ReserveRequest)(data)),
+    "Release": lambda data: parse_reservation_id(decoder(pb.ReleaseRequest)(data)),
+    "GetReservation": lambda data: parse_reservation_id(decoder(pb.GetReservationRequest)(data)),
+    "ExtendReservation": lambda data: parse_extend(decoder(pb.ExtendReservationRequest)(data)),
+}
+#: A reservation's outcomes other than OK: not enough stock (or released, expired),
+#: another body under the id, one being placed, an unknown id.
+RESERVATION_OUTCOMES = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.NOT_FOUND,
 }
 SERVED = {
     # A valid Get of a SKU never seen is NOT_FOUND.
     "GetAvailability": {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND},
     "BatchGetAvailability": {grpc.StatusCode.OK},
     "WatchAvailability": {grpc.StatusCode.OK},  # its first message arrived
+    "Reserve": RESERVATION_OUTCOMES - {grpc.StatusCode.NOT_FOUND},
+    "Release": RESERVATION_OUTCOMES - {grpc.StatusCode.ALREADY_EXISTS},
+    "GetReservation": RESERVATION_OUTCOMES - {grpc.StatusCode.ALREADY_EXISTS},
+    "ExtendReservation": RESERVATION_OUTCOMES - {grpc.StatusCode.ALREADY_EXISTS},
 }
 fuzz = hypothesis_settings(
     max_examples=60,
@@ -154,6 +172,8 @@ def requests(draw: st.DrawFn) -> tuple[str, Message]:
     value repeated, so that a long list costs nothing to make)."""
     method = draw(st.sampled_from(sorted(CHECKS)))
     channel = draw(texts)
+    if method in RESERVATION_METHODS:
+        return method, reservation_request(draw, method, channel)
     if method == "GetAvailability":
         one = pb.GetAvailabilityRequest(sku=draw(texts), channel=channel)
         if draw(st.booleans()):
@@ -164,6 +184,29 @@ def requests(draw: st.DrawFn) -> tuple[str, Message]:
         return method, pb.BatchGetAvailabilityRequest(skus=skus, channel=channel)
     locations = [draw(texts)] * draw(st.integers(0, 110))
     return method, pb.WatchAvailabilityRequest(skus=skus, channel=channel, location_ids=locations)
+
+
+RESERVATION_METHODS = ("Reserve", "Release", "GetReservation", "ExtendReservation")
+seconds = st.integers(-5, 20_000)
+
+
+def reservation_request(draw: st.DrawFn, method: str, channel: str) -> Message:
+    rid = draw(texts)
+    if method == "Release":
+        return pb.ReleaseRequest(reservation_id=rid)
+    if method == "GetReservation":
+        return pb.GetReservationRequest(reservation_id=rid)
+    if method == "ExtendReservation":
+        return pb.ExtendReservationRequest(reservation_id=rid, expires_in_s=draw(seconds))
+    one = pb.ReservationLine(sku=draw(texts), quantity=draw(st.integers(-2, 2_000_000_000)))
+    if draw(st.booleans()):
+        one.location_id = draw(texts)
+    lines = [one] * draw(st.integers(0, 105))
+    for _ in range(draw(st.integers(0, 3))):
+        lines.append(pb.ReservationLine(sku=draw(texts), quantity=draw(st.integers(0, 3))))
+    return pb.ReserveRequest(
+        reservation_id=rid, channel=channel, expires_in_s=draw(seconds), lines=lines
+    )
 
 
 @st.composite

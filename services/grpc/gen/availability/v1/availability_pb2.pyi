@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReservationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESERVATION_STATUS_UNSPECIFIED: _ClassVar[ReservationStatus]
+    RESERVATION_STATUS_HELD: _ClassVar[ReservationStatus]
+    RESERVATION_STATUS_RELEASED: _ClassVar[ReservationStatus]
+    RESERVATION_STATUS_EXPIRED: _ClassVar[ReservationStatus]
+RESERVATION_STATUS_UNSPECIFIED: ReservationStatus
+RESERVATION_STATUS_HELD: ReservationStatus
+RESERVATION_STATUS_RELEASED: ReservationStatus
+RESERVATION_STATUS_EXPIRED: ReservationStatus
 
 class GetAvailabilityRequest(_message.Message):
     __slots__ = ("sku", "channel", "location_id")
@@ -87,3 +99,97 @@ class LocationAvailability(_message.Message):
     buffer: int
     ats: int
     def __init__(self, location_id: _Optional[str] = ..., on_hand: _Optional[int] = ..., reserved: _Optional[int] = ..., in_transit: _Optional[int] = ..., damaged: _Optional[int] = ..., safety_stock: _Optional[int] = ..., buffer: _Optional[int] = ..., ats: _Optional[int] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("reservation_id", "channel", "expires_in_s", "lines")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    channel: str
+    expires_in_s: int
+    lines: _containers.RepeatedCompositeFieldContainer[ReservationLine]
+    def __init__(self, reservation_id: _Optional[str] = ..., channel: _Optional[str] = ..., expires_in_s: _Optional[int] = ..., lines: _Optional[_Iterable[_Union[ReservationLine, _Mapping]]] = ...) -> None: ...
+
+class ReservationLine(_message.Message):
+    __slots__ = ("sku", "quantity", "location_id")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    quantity: int
+    location_id: str
+    def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ..., location_id: _Optional[str] = ...) -> None: ...
+
+class ReserveResponse(_message.Message):
+    __slots__ = ("reservation", "replayed")
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    reservation: Reservation
+    replayed: bool
+    def __init__(self, reservation: _Optional[_Union[Reservation, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ("already_released",)
+    ALREADY_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    already_released: bool
+    def __init__(self, already_released: _Optional[bool] = ...) -> None: ...
+
+class GetReservationRequest(_message.Message):
+    __slots__ = ("reservation_id",)
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    def __init__(self, reservation_id: _Optional[str] = ...) -> None: ...
+
+class ExtendReservationRequest(_message.Message):
+    __slots__ = ("reservation_id", "expires_in_s")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    expires_in_s: int
+    def __init__(self, reservation_id: _Optional[str] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
+
+class Reservation(_message.Message):
+    __slots__ = ("reservation_id", "channel", "status", "created_at", "expires_at", "lines")
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    reservation_id: str
+    channel: str
+    status: ReservationStatus
+    created_at: str
+    expires_at: str
+    lines: _containers.RepeatedCompositeFieldContainer[ReservationLine]
+    def __init__(self, reservation_id: _Optional[str] = ..., channel: _Optional[str] = ..., status: _Optional[_Union[ReservationStatus, str]] = ..., created_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[ReservationLine, _Mapping]]] = ...) -> None: ...
+
+class InsufficientStock(_message.Message):
+    __slots__ = ("lines", "omitted_lines")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LineShortage]
+    omitted_lines: int
+    def __init__(self, lines: _Optional[_Iterable[_Union[LineShortage, _Mapping]]] = ..., omitted_lines: _Optional[int] = ...) -> None: ...
+
+class LineShortage(_message.Message):
+    __slots__ = ("line", "sku", "location_id", "asked", "available")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    line: int
+    sku: str
+    location_id: str
+    asked: int
+    available: int
+    def __init__(self, line: _Optional[int] = ..., sku: _Optional[str] = ..., location_id: _Optional[str] = ..., asked: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...

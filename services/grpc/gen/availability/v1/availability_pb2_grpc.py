@@ -26,13 +26,16 @@ if _version_not_supported:
 
 
 class AvailabilityServiceStub:
-    """Reads of the available-to-sell figures that the stream processor keeps in Redis.
+    """Reads of the available-to-sell figures that the stream processor keeps in Redis,
+    and the reservation API (README "Reservations": the same service as HTTP's
+    /v1/reservations, with the same answers).
 
     Every call needs a credential: "authorization: Bearer <token>" metadata or, on a
     mutual-TLS server, a client certificate. UNAUTHENTICATED without a valid one,
     PERMISSION_DENIED without the method's scope (availability:read for the reads,
-    availability:watch for WatchAvailability); either comes before the request is
-    read. INVALID_ARGUMENT for bytes that are not the request message;
+    availability:watch for WatchAvailability, reservations:write for Reserve, Release
+    and ExtendReservation, reservations:read or reservations:write for
+    GetReservation); either comes before the request is read. INVALID_ARGUMENT for bytes that are not the request message;
     RESOURCE_EXHAUSTED for a request over the server's size limit or while the server
     serves its maximum of calls at once.
     """
@@ -58,16 +61,39 @@ class AvailabilityServiceStub:
                 request_serializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityRequest.SerializeToString,
                 response_deserializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/availability.v1.AvailabilityService/Reserve',
+                request_serializer=availability_dot_v1_dot_availability__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=availability_dot_v1_dot_availability__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/availability.v1.AvailabilityService/Release',
+                request_serializer=availability_dot_v1_dot_availability__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=availability_dot_v1_dot_availability__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/availability.v1.AvailabilityService/GetReservation',
+                request_serializer=availability_dot_v1_dot_availability__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=availability_dot_v1_dot_availability__pb2.Reservation.FromString,
+                _registered_method=True)
+        self.ExtendReservation = channel.unary_unary(
+                '/availability.v1.AvailabilityService/ExtendReservation',
+                request_serializer=availability_dot_v1_dot_availability__pb2.ExtendReservationRequest.SerializeToString,
+                response_deserializer=availability_dot_v1_dot_availability__pb2.Reservation.FromString,
+                _registered_method=True)
 
 
 class AvailabilityServiceServicer:
-    """Reads of the available-to-sell figures that the stream processor keeps in Redis.
+    """Reads of the available-to-sell figures that the stream processor keeps in Redis,
+    and the reservation API (README "Reservations": the same service as HTTP's
+    /v1/reservations, with the same answers).
 
     Every call needs a credential: "authorization: Bearer <token>" metadata or, on a
     mutual-TLS server, a client certificate. UNAUTHENTICATED without a valid one,
     PERMISSION_DENIED without the method's scope (availability:read for the reads,
-    availability:watch for WatchAvailability); either comes before the request is
-    read. INVALID_ARGUMENT for bytes that are not the request message;
+    availability:watch for WatchAvailability, reservations:write for Reserve, Release
+    and ExtendReservation, reservations:read or reservations:write for
+    GetReservation); either comes before the request is read. INVALID_ARGUMENT for bytes that are not the request message;
     RESOURCE_EXHAUSTED for a request over the server's size limit or while the server
     serves its maximum of calls at once.
     """
@@ -119,6 +145,59 @@ class AvailabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reserve(self, request, context):
+        """Hold stock for a checkout: every line or none, checked and held atomically
+        against the figures and every other hold, then one reservation.created per line
+        published and acknowledged by the broker. A line without location_id goes to the
+        location with the most units available for the channel (ties: the smaller
+        location id); a line is never split.
+
+        Idempotent by reservation_id: the same request again (same channel, expires_in_s
+        and lines, in any order) gets the first answer with replayed = true, even after a
+        release. Status codes:
+        - INVALID_ARGUMENT naming the field ("lines[2].quantity must be ...");
+        - FAILED_PRECONDITION when not every line can be held (nothing is held, nothing
+        published): the message says, line by line, what was asked and what is
+        available, and the status details (grpc-status-details-bin, a google.rpc.Status)
+        carry an InsufficientStock message with the same per line;
+        - ALREADY_EXISTS for another request body under the reservation_id (use a new id);
+        - ABORTED while another request with the same reservation_id is being placed
+        (retry it);
+        - UNAVAILABLE when Redis or the broker cannot be reached: nothing is held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Release a reservation: its units are free at once and reservation.released is
+        published per line. Idempotent: releasing a released reservation is OK too
+        (already_released = true). NOT_FOUND for an unknown reservation_id; ABORTED while
+        it is being placed; UNAVAILABLE when Redis or the broker cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReservation(self, request, context):
+        """A reservation made through this API (gRPC or HTTP): its lines and their
+        locations, expiry and status. NOT_FOUND for an unknown reservation_id (also once
+        its record is gone: AVAILABILITY_RESERVATION_RECORD_TTL after its expiry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendReservation(self, request, context):
+        """Set a held reservation's expiry to expires_in_s seconds from now (shorter is
+        allowed too), by publishing a newer reservation.created of every line.
+        FAILED_PRECONDITION for a released or expired reservation; NOT_FOUND, ABORTED,
+        UNAVAILABLE as for Release.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AvailabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +216,26 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
                     request_deserializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityRequest.FromString,
                     response_serializer=availability_dot_v1_dot_availability__pb2.WatchAvailabilityResponse.SerializeToString,
             ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=availability_dot_v1_dot_availability__pb2.ReserveRequest.FromString,
+                    response_serializer=availability_dot_v1_dot_availability__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=availability_dot_v1_dot_availability__pb2.ReleaseRequest.FromString,
+                    response_serializer=availability_dot_v1_dot_availability__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=availability_dot_v1_dot_availability__pb2.GetReservationRequest.FromString,
+                    response_serializer=availability_dot_v1_dot_availability__pb2.Reservation.SerializeToString,
+            ),
+            'ExtendReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendReservation,
+                    request_deserializer=availability_dot_v1_dot_availability__pb2.ExtendReservationRequest.FromString,
+                    response_serializer=availability_dot_v1_dot_availability__pb2.Reservation.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'availability.v1.AvailabilityService', rpc_method_handlers)
@@ -146,13 +245,16 @@ def add_AvailabilityServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AvailabilityService:
-    """Reads of the available-to-sell figures that the stream processor keeps in Redis.
+    """Reads of the available-to-sell figures that the stream processor keeps in Redis,
+    and the reservation API (README "Reservations": the same service as HTTP's
+    /v1/reservations, with the same answers).
 
     Every call needs a credential: "authorization: Bearer <token>" metadata or, on a
     mutual-TLS server, a client certificate. UNAUTHENTICATED without a valid one,
     PERMISSION_DENIED without the method's scope (availability:read for the reads,
-    availability:watch for WatchAvailability); either comes before the request is
-    read. INVALID_ARGUMENT for bytes that are not the request message;
+    availability:watch for WatchAvailability, reservations:write for Reserve, Release
+    and ExtendReservation, reservations:read or reservations:write for
+    GetReservation); either comes before the request is read. INVALID_ARGUMENT for bytes that are not the request message;
     RESOURCE_EXHAUSTED for a request over the server's size limit or while the server
     serves its maximum of calls at once.
     """
@@ -228,6 +330,114 @@ class AvailabilityService:
             '/availability.v1.AvailabilityService/WatchAvailability',
             availability_dot_v1_dot_availability__pb2.WatchAvailabilityRequest.SerializeToString,
             availability_dot_v1_dot_availability__pb2.WatchAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/availability.v1.AvailabilityService/Reserve',
+            availability_dot_v1_dot_availability__pb2.ReserveRequest.SerializeToString,
+            availability_dot_v1_dot_availability__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/availability.v1.AvailabilityService/Release',
+            availability_dot_v1_dot_availability__pb2.ReleaseRequest.SerializeToString,
+            availability_dot_v1_dot_availability__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/availability.v1.AvailabilityService/GetReservation',
+            availability_dot_v1_dot_availability__pb2.GetReservationRequest.SerializeToString,
+            availability_dot_v1_dot_availability__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/availability.v1.AvailabilityService/ExtendReservation',
+            availability_dot_v1_dot_availability__pb2.ExtendReservationRequest.SerializeToString,
+            availability_dot_v1_dot_availability__pb2.Reservation.FromString,
             options,
             channel_credentials,
             insecure,
