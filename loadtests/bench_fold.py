@@ -44,6 +44,7 @@ from loadtests.bench_stack import (
     folded_count,
     send_all,
 )
+from loadtests.credentials import bearer
 from loadtests.floor_agent import FLOOR_FIELD, floor_key
 from loadtests.http_load import ProbeJob, ProbeResult, run_http_prober
 from loadtests.serving import stop_services_since
@@ -238,7 +239,7 @@ def measure_freshness(
         "producer",
         run_producer,
         ProduceJob(
-            **kafka_client_options(settings),
+            settings=settings,
             topic=settings.pos_topic,
             skus=params.skus,
             locations=params.locations,
@@ -262,6 +263,7 @@ def measure_freshness(
             poll_interval=0.002,
             timeout=10.0,
             seed=params.seed,
+            authorization=bearer(settings.token.get_secret_value()),
         ),
     )
     try:
