@@ -1,13 +1,15 @@
 """How a benchmark's command line runs: logging, signals, a log directory kept on
-failure, and ``BenchError``, the failure of a step that it reports and exits 1 on."""
+failure, ``BenchError``, the failure of a step that it reports and exits 1 on, and
+writing the report (JSON, a table on stdout)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -54,3 +56,22 @@ def run_cli(
             shutil.rmtree(log_dir, ignore_errors=True)
     publish(report)
     return 0
+
+
+def write_report(
+    output: Path,
+    report: dict[str, Any],
+    render_table: Callable[[Mapping[str, Any]], str],
+    render_markdown: Callable[[Mapping[str, Any]], str] | None = None,
+) -> None:
+    """``report`` as JSON to ``output`` (and, with ``render_markdown``, its summary
+    beside it as ``.md``); its table on stdout."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    if render_markdown is None:
+        print(render_table(report), flush=True)
+        log.info("results written to %s", output)
+        return
+    output.with_suffix(".md").write_text(render_markdown(report))
+    print(render_table(report), flush=True)
+    log.info("results written to %s (and %s)", output, output.with_suffix(".md"))

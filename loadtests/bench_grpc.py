@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import os
@@ -66,7 +65,7 @@ from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.kafka import kafka_client_options
 from infra.topics import create_topics
-from loadtests.bench_cli import run_cli
+from loadtests.bench_cli import run_cli, write_report
 from loadtests.bench_grpc_catalogue import (
     PRODUCER_LINGER_MS,
     PRODUCER_MAX_BATCH_BYTES,
@@ -567,10 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params, output, keep_logs = parse_args(argv)
 
     def publish(report: dict[str, Any]) -> None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2) + "\n")
-        print(render_table(report), flush=True)
-        log.info("results written to %s", output)
+        write_report(output, report, render_table)
 
     return run_cli("bench-grpc-", lambda log_dir: run(params, log_dir), keep_logs, publish)
 

@@ -1,5 +1,6 @@
 """What a benchmark measures besides its own clients: the CPU of each process of the
-stack over a phase, and latency summaries (percentiles in milliseconds)."""
+stack over a phase, a process's resident memory, and latency summaries (percentiles
+in milliseconds)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import redis
 
+from loadtests.bench_cli import BenchError
+
 
 def redis_pid(redis_url: str) -> int | None:
     """The Redis server's process id, if it runs on this machine."""
@@ -25,6 +28,14 @@ def redis_pid(redis_url: str) -> int | None:
     finally:
         client.close()
     return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident memory (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for process {pid}")
 
 
 class CpuMeter:

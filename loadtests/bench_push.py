@@ -331,7 +331,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def from_bench(params: Any) -> argparse.Namespace:
-    """This section's parameters within ``make bench`` (``loadtests.bench.Params``):
+    """This section's parameters within ``make bench`` (``loadtests.bench_params.Params``):
     its Redis and partitions; a small run with ``--quick``."""
     quick = params.skus < 10_000
     return argparse.Namespace(

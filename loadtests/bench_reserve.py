@@ -309,7 +309,7 @@ def _outcomes(answers: Mapping[str, int]) -> str:
 
 
 def from_bench(params: Any) -> Params:
-    """This section's parameters within ``make bench`` (``loadtests.bench.Params``):
+    """This section's parameters within ``make bench`` (``loadtests.bench_params.Params``):
     its SKUs, locations, Redis and partitions; short runs with ``--quick``."""
     quick = params.skus < 10_000
     return Params(

@@ -194,17 +194,25 @@ async def wait_serving(target: str, alive: Callable[[], None], timeout: float) -
 
 
 async def send_all(
-    producer: AIOKafkaProducer, topic: str, events: Iterable[dict[str, Any]]
-) -> None:
-    """Start ``producer``, send ``events`` keyed by SKU, wait for every ack, stop it."""
+    producer: AIOKafkaProducer,
+    topic: str | Callable[[dict[str, Any]], str],
+    events: Iterable[dict[str, Any]],
+) -> int:
+    """Start ``producer``, send ``events`` keyed by SKU to ``topic`` (or to
+    ``topic(event)``), wait for every ack, stop it; returns how many it sent."""
     await producer.start()
     try:
         deliveries = [
-            await producer.send(topic, orjson.dumps(event), key=event["sku"].encode())
+            await producer.send(
+                topic if isinstance(topic, str) else topic(event),
+                orjson.dumps(event),
+                key=event["sku"].encode(),
+            )
             for event in events
         ]
         await producer.flush()
         await asyncio.gather(*deliveries)
+        return len(deliveries)
     finally:
         await producer.stop()
 
@@ -216,6 +224,16 @@ def read_counter(settings: Settings, name: bytes) -> int:
         return int(value) if value is not None else 0
     finally:
         client.close()
+
+
+def folded_count(client: redis.Redis, settings: Settings) -> int:
+    """The events the worker has handled: folded or sent to the dead-letter topic."""
+    counters: dict[bytes, bytes] = client.hgetall(f"{settings.redis_key_prefix}:counters")  # type: ignore[assignment]
+    return sum(
+        int(value)
+        for name, value in counters.items()
+        if name.startswith((b"folded:", b"dead_letters:"))
+    )
 
 
 def worker_statuses(settings: Settings) -> list[dict[str, Any]]:

@@ -43,7 +43,8 @@ from infra.config import Settings
 from infra.kafka import kafka_client_options
 from infra.topics import create_topics
 from loadtests.bench_cli import BenchError
-from loadtests.bench_stack import Stack, bench_settings, delete_keys
+from loadtests.bench_measure import rss_bytes
+from loadtests.bench_stack import Stack, bench_settings, delete_keys, folded_count
 
 log = logging.getLogger("bench")
 
@@ -109,15 +110,7 @@ def reservation_events(run_id: str, skus: int, rng: random.Random) -> Iterator[d
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise BenchError(f"no VmRSS for process {pid}")
-
-
-def handled(client: redis.Redis, settings: Settings) -> int:
-    counters: dict[bytes, bytes] = client.hgetall(f"{settings.redis_key_prefix}:counters")  # type: ignore[assignment]
-    return sum(int(v) for k, v in counters.items() if k.startswith((b"folded:", b"dead_letters:")))
+    return round(rss_bytes(pid) / 2**20, 1)
 
 
 async def publish_steadily(
@@ -195,7 +188,7 @@ def measure_run(
             {
                 "seconds": round(time.monotonic() - started),
                 "published": published,
-                "folded": handled(client, settings),
+                "folded": folded_count(client, settings),
                 "rss_mib": rss_mib(worker.proc.pid),
             }
         )
@@ -212,7 +205,7 @@ def measure_run(
         run_id = settings.topic_prefix.rstrip(".")
         published = asyncio.run(publish_steadily(settings, params, run_id, sample))
         deadline = time.monotonic() + 300
-        while handled(client, settings) < published:
+        while folded_count(client, settings) < published:
             stack.check_alive()
             if time.monotonic() > deadline:
                 raise BenchError("the worker did not fold the state run within 300 s")

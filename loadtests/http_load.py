@@ -295,6 +295,7 @@ class ProbeJob:
     poll_interval: float
     timeout: float
     seed: int
+    authorization: str  # the Authorization header of every request
 
 
 @dataclass
@@ -324,7 +325,8 @@ async def run_http_prober(job: ProbeJob, conn: Connection[Message, Message]) -> 
     slots = job.skus * job.locations
     counters = {"requests": 0, "errors": 0}
     connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    headers = {"Authorization": job.authorization}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def get(sku: str) -> bytes | None:
             counters["requests"] += 1
