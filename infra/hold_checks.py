@@ -49,7 +49,7 @@ local channel = ARGV[2]
     + """
 local served_version
 local served_d
-if expired > 0 then
+if lapsed then
 """
     + ANNOUNCE_LUA
     + """
@@ -58,6 +58,7 @@ else
   local cur = redis.call('HMGET', KEYS[1], 'v', 'd')
   served_version, served_d = cur[1], cur[2]
 end
+if lapsed and expired == 0 then expired = 1 end  -- gone with the holds key
 local answer = {served_version, served_d, held_json, expired}
 for rid, deadline in pairs(live) do
   answer[#answer + 1] = rid

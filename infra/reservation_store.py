@@ -82,7 +82,7 @@ if raw then
     end
   end
 end
-if not raw or (not placed and replaced == 0 and expired == 0) then
+if not raw or (not placed and replaced == 0 and not lapsed) then
   return {0, string.format('%d', best), expired, 0, '', ''}
 end
 """
@@ -107,7 +107,7 @@ local removed = redis.call('HDEL', KEYS[2], ARGV[1])
 """
     + LIVE_HOLDS_LUA
     + """
-if (removed == 0 and expired == 0) or not redis.call('HGET', KEYS[1], 'd') then
+if (removed == 0 and not lapsed) or not redis.call('HGET', KEYS[1], 'd') then
   return {removed, 0, '', ''}
 end
 """

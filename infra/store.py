@@ -51,7 +51,10 @@ HOLDS_FIELD = b"h"
 # KEYS[1]), with `now` (ms) set beforehand.
 # LIVE_HOLDS purges holds past their deadline and sets `held` (location -> units of
 # the live holds), `live` (reservation id -> deadline of each live hold), `expired`
-# (holds purged) and `latest` (their latest deadline, 0 when none).
+# (holds purged), `latest` (their latest deadline, 0 when none) and `lapsed`: whether
+# some hold stopped counting since the record's version was last bumped, purged here
+# or gone with the holds key itself, which expires at its latest deadline (the
+# record's 'h' then lies in the past).
 LIVE_HOLDS_LUA = """
 local held = {}
 local live = {}
@@ -70,6 +73,8 @@ for i = 1, #all_holds, 2 do
     if deadline > latest then latest = deadline end
   end
 end
+local noted_until = redis.call('HGET', KEYS[1], 'h')
+local lapsed = expired > 0 or (noted_until ~= false and tonumber(noted_until) <= now)
 """
 # HELD_JSON sets `held_json`: `held` as a JSON object, '' when there is no live hold,
 # and notes in the record's 'h' the latest deadline (absent when none), which tells
@@ -129,7 +134,7 @@ local cur = redis.call('HMGET', KEYS[1], 'd', 'v', 'f')
 local v = tonumber(cur[2] or '0')
 local f = tonumber(cur[3] or '0')
 local same = cur[1] == ARGV[1]
-if same and handed == 0 and expired == 0 then
+if same and handed == 0 and not lapsed then
   if f < v then return {v, handed, expired, held_json} end
   return {0, handed, expired, held_json}
 end

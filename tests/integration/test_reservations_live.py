@@ -6,11 +6,14 @@ once. Real processes throughout: the HTTP and gRPC APIs, the worker, the broker.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from availability.ats import SkuAvailability, build_availability
 from availability.events import Event, event_from_dict
@@ -37,6 +40,7 @@ from tests.integration.shopify_support import standin as standin
 from tests.integration.support import (
     auth_headers,
     consume_all,
+    free_port,
     produce,
     wait_http_ready,
     wait_until,
@@ -215,3 +219,71 @@ async def test_the_feed_and_the_push_show_a_hold_at_once_and_the_fold_counts_it_
         freed = latest(await feed_of(s, "LIVE-P"))
         assert store_figures(freed) == (0, 10)
         wait_for(lambda: shop_levels(standin)[("LIVE-P", "STORE-001")] == 10, timeout=10)
+
+
+async def test_a_hold_whose_event_never_reached_the_broker_is_freed_on_watch_and_feed(
+    apis: Apis, settings: Settings, start_service: StartService
+) -> None:
+    """kill -9 of an API process while its reservation's event is on its way to a
+    broker that never answers: Watch shows the hold at once, and once the publish
+    window has passed the worker (which never heard of the reservation) purges it,
+    so Watch and the change feed show the units free again."""
+    await produce(settings, settings.erp_topic, [erp_balance("LIVE-C", 4)])
+    start_service("streams", settings, name="worker")
+
+    async def stocked() -> bool:
+        return (await apis.http.get("/v1/availability/LIVE-C")).status_code == 200
+
+    await wait_until(stocked, timeout=90)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # a "broker" that takes connections and never answers
+
+    black_hole = await asyncio.start_server(silent, "127.0.0.1", 0)
+    window = 5.0
+    doomed = settings.model_copy(
+        update={
+            "broker": f"kafka://127.0.0.1:{black_hole.sockets[0].getsockname()[1]}",
+            "http_port": free_port(),
+            "reservation_publish_window": window,
+            "reservation_publish_timeout": window - 0.5,
+        }
+    )
+    process = start_service("services.http", doomed, name="doomed-api")
+    await wait_http_ready(doomed.http_port, path="/healthz", timeout=60, process=process)
+    async with (
+        watch(apis.stub, ["LIVE-C"], "online") as call,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{doomed.http_port}", timeout=30, headers=auth_headers()
+        ) as client,
+    ):
+        [initial] = (await call.read_initial(1)).values()
+        assert at_s1(initial) == (0, 4)
+        request = asyncio.create_task(
+            client.post(
+                "/v1/reservations", json=reserve_body("live-c1", {"sku": "LIVE-C", "quantity": 4})
+            )
+        )
+        held = await next_change(call, initial.version)
+        placed = time.monotonic()
+        assert at_s1(held) == (4, 0)
+        process.kill(signal.SIGKILL)
+        with pytest.raises(httpx.TransportError):
+            await request
+        freed = await next_change(call, held.version)
+        assert at_s1(freed) == (0, 4)
+        assert time.monotonic() - placed <= window + 1.5
+
+    async def fed() -> bool:
+        records = await feed_of(settings, "LIVE-C")
+        return latest(records)["version"] >= freed.version
+
+    await wait_until(fed, timeout=10)
+    assert store_figures(latest(await feed_of(settings, "LIVE-C"))) == (0, 4)
+    assert [
+        orjson.loads(r.value)
+        for r in await consume_all(settings, settings.reservations_topic, idle=0.3)
+    ] == []
+    [location] = (await reference(settings, "LIVE-C")).locations
+    assert (location.reserved, location.ats("online")) == (0, 4)
+    black_hole.close()
