@@ -3,7 +3,9 @@
 Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
 
 ``{prefix}:sku:{<sku>}``  hash, one per SKU
-    ``v``          version: +1 on every change of the record (see ``_WRITE_RECORD``)
+    ``v``          version: +1 on every change of what the record serves, its figures
+                   or the holds counted in them (see ``_WRITE_RECORD``)
+    ``h``          the latest deadline of the SKU's holds, while it has any
     ``f``          the latest version the durable change feed has acknowledged
     ``d``          canonical JSON of the SKU's availability (all channels)
     ``c:<channel>`` ready-to-send answer tail for a channel that rules give a buffer
@@ -16,6 +18,11 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``partitions`` how many partitions the SKUs are spread over
     ``p:<n>``      the epoch in which partition n's records were all written
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
+    of what the record serves, ``<version> <d> <held>`` while the SKU has live
+    reservation holds (``<held>``: units per location, JSON; ``decode_change``)
+``{prefix}:holds:{<sku>}``  hash: the SKU's reservation holds (``infra.reservation_store``)
+``{prefix}:hold-checks:{<partition>}``  sorted set: lines the worker looks at again
+    (``infra.hold_checks``)
 ``{prefix}:webhook:{<target>:<webhook id>}``  a Shopify webhook (``services.webhooks``):
     ``pending`` while one delivery of it is being processed (briefly), ``done`` once the
     broker acknowledged its events (until the dedupe TTL)

@@ -6,11 +6,14 @@ A reserve request runs, in order:
    window): a repeat of a finished request gets the first answer, another body under
    the id ``Conflict``, a request racing one still being placed ``InProgress``.
 2. **Hold** every line, one SKU after another, each with one atomic check-and-hold in
-   Redis (``infra.reservation_store``). When a line does not fit, the holds already
-   placed are taken back and the answer is ``InsufficientStock``: nothing held, and no
-   event published.
-3. **Publish** one ``reservation.created`` per line to ``orders.reservations`` and wait
-   for the broker's acknowledgement (bounded). If it does not come, the holds are
+   Redis (``infra.reservation_store``), which also bumps the SKU's record version and
+   announces the held figures on its channel (Watch). The lines are noted first for
+   the worker to look at again (``infra.hold_checks``), should this process die.
+   When a line does not fit, the holds already placed are taken back and the answer
+   is ``InsufficientStock``: nothing held, and no event published.
+3. **Publish** one ``reservation.created`` per line to ``orders.reservations``, and the
+   change feed's record of each SKU's held figures at the version its hold made,
+   and wait for the broker's acknowledgement (bounded). If it does not come, the holds are
    taken back and the answer is ``Unavailable``.
 4. **Confirm**: the holds now count until the worker folds their events (and hands
    them over) or the handover window passes; the record keeps the answer.
