@@ -13,6 +13,15 @@ published again. The feed is therefore at least once: a consumer applies a recor
 only when its version is greater than the last one it applied for that SKU, which
 also discards the rare stale duplicate that a rebalance can produce.
 
+The reservation API is the feed's second producer: a hold it places or removes bumps
+the same per-SKU version (``infra.reservation_store``) and it publishes the record
+of the held figures itself, before it answers. The figures a version stands for are
+what the record serves (the folded figures with the live holds counted as
+reserved), whoever publishes them; a record of the API's may reach the partition
+after a worker's of a higher version, which the version rule discards. The worker
+also republishes a SKU's current figures when it looks at a reservation line again
+(``streams.hold_sweep``), which repairs a record the API never got out.
+
 Record format (JSON; README "Change feed"):
 
     {"sku": "SKU-1", "version": 1795420800000002,
