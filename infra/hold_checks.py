@@ -124,6 +124,13 @@ class HoldChecks:
             pipe.zadd(self.key(self.partition_of(sku)), {f"{sku} {rid}": due})
         await pipe.execute()
 
+    async def forget(self, lines: Sequence[tuple[str, str]]) -> None:
+        """No need to look at these (sku, reservation id) lines again."""
+        pipe = self.store.client.pipeline(transaction=False)
+        for sku, rid in lines:
+            pipe.zrem(self.key(self.partition_of(sku)), f"{sku} {rid}")
+        await pipe.execute()
+
     async def due(self, partition: int, now: int, limit: int) -> list[Check]:
         """The checks of ``partition`` due by ``now``, earliest first, at most ``limit``."""
         raw = await self.store.client.zrangebyscore(

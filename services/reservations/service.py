@@ -222,6 +222,12 @@ class ReservationService:
             return answer, False
         except BaseException as exc:
             await self._undo(rid, placed, keep_claim=isinstance(exc, REDIS_ERRORS))
+            if isinstance(exc, InsufficientStock):
+                # Nothing of it reached the feed: no second look is needed. (A hold of
+                # it that another reservation's feed record counted is repaired by
+                # that reservation's own look.)
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.checks.forget([(line.sku, rid) for line in request.lines])
             if isinstance(exc, REDIS_ERRORS):
                 raise Unavailable("the serving store (Redis) cannot be reached") from None
             raise
