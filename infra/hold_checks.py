@@ -26,13 +26,8 @@ from typing import Any, cast
 
 from availability.ats import SkuAvailability
 from infra.kafka import partition_for
-from infra.store import (
-    ANNOUNCE_LUA,
-    HELD_JSON_LUA,
-    LIVE_HOLDS_LUA,
-    AvailabilityStore,
-    served_view,
-)
+from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
+from infra.store import AvailabilityStore, served_view
 
 # Purges the SKU's expired holds (announcing the change when there were any, as the
 # other scripts do) and returns what the record serves now: {version, d, holds per

@@ -29,13 +29,8 @@ import redis.asyncio as aioredis
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold
-from infra.store import (
-    ANNOUNCE_LUA,
-    HELD_JSON_LUA,
-    LIVE_HOLDS_LUA,
-    AvailabilityStore,
-    served_view,
-)
+from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
+from infra.store import AvailabilityStore, served_view
 
 # Purges expired holds, then places ARGV[1]'s hold at the first candidate location
 # (ARGV[7..]) where it fits: on_hand - reserved - held - safety_stock - buffer(channel)
@@ -43,7 +38,7 @@ from infra.store import (
 # A hold this reservation already has (a retry after a crash) is replaced, not added.
 # When the holds changed (placed, replaced or purged), the record's version is bumped
 # and the served view announced on the SKU's channel (ARGV[6]), as the worker's write
-# does (``infra.store``): Watch shows the hold at once.
+# does (``infra.serving_scripts``): Watch shows the hold at once.
 # KEYS: the SKU's record, its holds. ARGV: reservation id, channel, quantity, now ms,
 # deadline ms, the SKU's change channel, candidate locations...
 # Returns {1, location, expired, version, d, holds per location as JSON} when placed,
