@@ -84,7 +84,12 @@ def with_holds(availability: SkuAvailability, holds: Iterable[Hold], now: int) -
     A hold at a location the folded figures do not list (the location's record was
     pruned meanwhile) adds nothing: no hold can be placed where there is no stock.
     """
-    held = held_by_location(holds, now)
+    return with_held(availability, held_by_location(holds, now))
+
+
+def with_held(availability: SkuAvailability, held: Mapping[str, int]) -> SkuAvailability:
+    """The figures with ``held`` units per location counted as reserved (a location
+    the figures do not list adds nothing, as in ``with_holds``)."""
     if not held:
         return availability
     locations = tuple(

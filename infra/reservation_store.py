@@ -29,40 +29,36 @@ import redis.asyncio as aioredis
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold
-from infra.store import AvailabilityStore
+from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
+from infra.store import AvailabilityStore, served_view
 
 # Purges expired holds, then places ARGV[1]'s hold at the first candidate location
-# (ARGV[6..]) where it fits: on_hand - reserved - held - safety_stock - buffer(channel)
+# (ARGV[7..]) where it fits: on_hand - reserved - held - safety_stock - buffer(channel)
 # >= quantity, with the folded figures of the SKU's record (``d``) and its live holds.
 # A hold this reservation already has (a retry after a crash) is replaced, not added.
+# When the holds changed (placed, replaced or purged), the record's version is bumped
+# and the served view announced on the SKU's channel (ARGV[6]), as the worker's write
+# does (``infra.serving_scripts``): Watch shows the hold at once.
 # KEYS: the SKU's record, its holds. ARGV: reservation id, channel, quantity, now ms,
-# deadline ms, candidate locations...
-# Returns {1, location, expired} when placed, else {0, best free units, expired}.
-_PLACE_HOLD = """
+# deadline ms, the SKU's change channel, candidate locations...
+# Returns {1, location, expired, version, d, holds per location as JSON} when placed,
+# else {0, best free units, expired, version (0: unchanged), d, holds}.
+_PLACE_HOLD = (
+    """
 local now = tonumber(ARGV[4])
-local held = {}
-local expired = 0
-local latest = tonumber(ARGV[5])
-redis.call('HDEL', KEYS[2], ARGV[1])
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  local loc, qty, deadline = string.match(all[i + 1], '^(%S+) (%d+) (%d+)$')
-  deadline = tonumber(deadline)
-  if deadline <= now then
-    redis.call('HDEL', KEYS[2], all[i])
-    expired = expired + 1
-  else
-    held[loc] = (held[loc] or 0) + tonumber(qty)
-    if deadline > latest then latest = deadline end
-  end
-end
+local channel = ARGV[6]
+local replaced = redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+    + LIVE_HOLDS_LUA
+    + """
 local best = 0
+local placed = false
 local raw = redis.call('HGET', KEYS[1], 'd')
 if raw then
   local figures = {}
   for _, l in ipairs(cjson.decode(raw)['locations']) do figures[l[1]] = l end
   local quantity = tonumber(ARGV[3])
-  for i = 6, #ARGV do
+  for i = 7, #ARGV do
     local l = figures[ARGV[i]]
     if l then
       local buffer = 0
@@ -70,16 +66,52 @@ if raw then
       local free = l[2] - l[3] - (held[ARGV[i]] or 0) - l[6] - buffer
       if free >= quantity then
         redis.call('HSET', KEYS[2], ARGV[1], ARGV[i] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
+        held[ARGV[i]] = (held[ARGV[i]] or 0) + quantity
+        placed = ARGV[i]
+        local deadline = tonumber(ARGV[5])
+        if deadline > latest then latest = deadline end
         redis.call('PEXPIREAT', KEYS[2], latest)
-        redis.call('HSET', KEYS[1], 'h', string.format('%d', latest))
-        return {1, ARGV[i], expired}
+        break
       end
       if free > best then best = free end
     end
   end
 end
-return {0, string.format('%d', best), expired}
+if not raw or (not placed and replaced == 0 and not lapsed) then
+  return {0, string.format('%d', best), expired, 0, '', ''}
+end
 """
+    + HELD_JSON_LUA
+    + ANNOUNCE_LUA
+    + """
+if placed then return {1, placed, expired, version, d, held_json} end
+return {0, string.format('%d', best), expired, version, d, held_json}
+"""
+)
+
+# Removes a hold (a release, or a hold taken back); when the holds changed (removed,
+# or expired ones purged), bumps the record's version and announces the served view
+# on the SKU's channel, as placing does.
+# KEYS: the SKU's record, its holds. ARGV: reservation id, now ms, the change channel.
+# Returns {1 if the hold was there else 0, version (0: unchanged), d, holds as JSON}.
+_REMOVE_HOLD = (
+    """
+local now = tonumber(ARGV[2])
+local channel = ARGV[3]
+local removed = redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+    + LIVE_HOLDS_LUA
+    + """
+if (removed == 0 and not lapsed) or not redis.call('HGET', KEYS[1], 'd') then
+  return {removed, 0, '', ''}
+end
+"""
+    + HELD_JSON_LUA
+    + ANNOUNCE_LUA
+    + """
+return {removed, version, d, held_json}
+"""
+)
 
 # Moves a hold's deadline (ARGV[2]) if the hold is still there (not handed over,
 # not expired); 1 if it was. The record's 'h' (the latest deadline of the SKU's holds,
@@ -118,6 +150,17 @@ class Placement:
     location_id: str | None
     best_free: int
     expired: int  # expired holds purged on the way
+    change: ServedChange | None = None  # the record's new version, if the holds changed
+
+
+@dataclass(frozen=True, slots=True)
+class ServedChange:
+    """A change of what a SKU's record serves, made by placing or removing a hold: the
+    record's new version and the figures it serves at that version (holds counted)."""
+
+    sku: str
+    version: int
+    served: SkuAvailability
 
 
 class ReservationStore:
@@ -127,6 +170,7 @@ class ReservationStore:
         self.prefix = store.prefix
         self._place = self.client.register_script(_PLACE_HOLD)
         self._move = self.client.register_script(_MOVE_DEADLINE)
+        self._remove = self.client.register_script(_REMOVE_HOLD)
         self._claim = self.client.register_script(_CLAIM)
 
     def holds_key(self, sku: str) -> str:
@@ -149,13 +193,22 @@ class ReservationStore:
     ) -> Placement:
         """Hold ``quantity`` units at the first of ``candidates`` where they fit, in one
         atomic step with the check."""
-        placed, value, expired = await self._place(
+        placed, value, expired, version, data, held = await self._place(
             keys=[self.store.sku_key(sku), self.holds_key(sku)],
-            args=[reservation_id, channel, quantity, now, deadline, *candidates],
+            args=[
+                reservation_id,
+                channel,
+                quantity,
+                now,
+                deadline,
+                self.store.change_channel(sku),
+                *candidates,
+            ],
         )
+        change = _change(sku, version, data, held)
         if int(placed):
-            return Placement(_text(value), quantity, int(expired))
-        return Placement(None, int(value), int(expired))
+            return Placement(_text(value), quantity, int(expired), change)
+        return Placement(None, int(value), int(expired), change)
 
     async def move_deadline(self, sku: str, reservation_id: str, deadline: int) -> bool:
         """Give a hold a new deadline; False when the hold is gone (expired meanwhile)."""
@@ -165,8 +218,14 @@ class ReservationStore:
             )
         )
 
-    async def remove(self, sku: str, reservation_id: str) -> bool:
-        return bool(await self.client.hdel(self.holds_key(sku), reservation_id))
+    async def remove(self, sku: str, reservation_id: str, now: int) -> ServedChange | None:
+        """Remove a hold (``now`` in ms purges expired ones on the way); the change of
+        what the record serves, None when nothing changed."""
+        _, version, data, held = await self._remove(
+            keys=[self.store.sku_key(sku), self.holds_key(sku)],
+            args=[reservation_id, now, self.store.change_channel(sku)],
+        )
+        return _change(sku, version, data, held)
 
     async def figures(self, skus: Sequence[str]) -> list[tuple[SkuAvailability | None, list[Hold]]]:
         """Each SKU's folded figures (None: never seen) and its holds (expired ones
@@ -206,6 +265,12 @@ class ReservationStore:
 
     async def forget(self, reservation_id: str) -> None:
         await self.client.delete(self.reservation_key(reservation_id))
+
+
+def _change(sku: str, version: Any, data: Any, held: Any) -> ServedChange | None:
+    if not int(version):
+        return None
+    return ServedChange(sku, int(version), served_view(data, held))
 
 
 def _text(value: bytes | str) -> str:

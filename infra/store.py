@@ -3,7 +3,9 @@
 Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
 
 ``{prefix}:sku:{<sku>}``  hash, one per SKU
-    ``v``          version: +1 on every change of the record (see ``_WRITE_RECORD``)
+    ``v``          version: +1 on every change of what the record serves, its figures
+                   or the holds counted in them (see ``infra.serving_scripts.WRITE_RECORD``)
+    ``h``          the latest deadline of the SKU's holds, while it has any
     ``f``          the latest version the durable change feed has acknowledged
     ``d``          canonical JSON of the SKU's availability (all channels)
     ``c:<channel>`` ready-to-send answer tail for a channel that rules give a buffer
@@ -16,6 +18,11 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``partitions`` how many partitions the SKUs are spread over
     ``p:<n>``      the epoch in which partition n's records were all written
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
+    of what the record serves, ``<version> <d> <held>`` while the SKU has live
+    reservation holds (``<held>``: units per location, JSON; ``decode_change``)
+``{prefix}:holds:{<sku>}``  hash: the SKU's reservation holds (``infra.reservation_store``)
+``{prefix}:hold-checks:{<partition>}``  sorted set: lines the worker looks at again
+    (``infra.hold_checks``)
 ``{prefix}:webhook:{<target>:<webhook id>}``  a Shopify webhook (``services.webhooks``):
     ``pending`` while one delivery of it is being processed (briefly), ``done`` once the
     broker acknowledged its events (until the dedupe TTL)
@@ -41,66 +48,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.ats import SkuAvailability
-from availability.holds import Hold, with_holds
+from availability.holds import Hold, with_held, with_holds
+from infra.serving_scripts import READ_SERVED, WRITE_RECORD
 
 DEFAULT_FIELD = b"*"
 #: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
 HOLDS_FIELD = b"h"
-
-# Writes a record only when its canonical form changed, bumps its version and
-# announces the change on the SKU's sharded channel, all in one step, so a watcher
-# never sees a change that the record does not hold, nor the other way round.
-# A record's first version is the writer's clock in microseconds (ARGV[3]) rather
-# than 1: a record rebuilt after Redis lost its data then starts above every
-# version it had before, and consumers that skip versions they have seen lose
-# nothing. Versions are formatted with %d: Lua would print them as 1.79e+15.
-# In the same step it hands reservation holds over to the record: the holds of the
-# reservation ids ARGV[5..4+ARGV[4]] (lines whose events the written figures
-# include) are removed from the SKU's holds (KEYS[2]), so that a hold stops counting
-# exactly when the figures start to; 'h' is set to the latest deadline of the holds
-# left (absent when none), which tells reads whether to count holds at all.
-# Holds past their deadline (never handed over) are purged on the way.
-# Returns {the version the change feed still has to carry (a change now, or an
-# earlier one the feed never acknowledged) else 0, how many holds were handed over,
-# how many expired holds were purged}.
-_WRITE_RECORD = """
-local n = tonumber(ARGV[4])
-local handed = 0
-if n > 0 then handed = redis.call('HDEL', KEYS[2], unpack(ARGV, 5, 4 + n)) end
-local now = math.floor(tonumber(ARGV[3]) / 1000)
-local latest = 0
-local expired = 0
-local holds = redis.call('HGETALL', KEYS[2])
-for i = 1, #holds, 2 do
-  local deadline = tonumber(string.match(holds[i + 1], ' (%d+)$'))
-  if deadline <= now then
-    redis.call('HDEL', KEYS[2], holds[i])
-    expired = expired + 1
-  elseif deadline > latest then
-    latest = deadline
-  end
-end
-local cur = redis.call('HMGET', KEYS[1], 'd', 'v', 'f')
-local v = tonumber(cur[2] or '0')
-local f = tonumber(cur[3] or '0')
-if cur[1] == ARGV[1] then
-  if latest > 0 then
-    redis.call('HSET', KEYS[1], 'h', string.format('%d', latest))
-  else
-    redis.call('HDEL', KEYS[1], 'h')
-  end
-  if f < v then return {v, handed, expired} end
-  return {0, handed, expired}
-end
-if v == 0 then v = tonumber(ARGV[3]) else v = v + 1 end
-local version = string.format('%d', v)
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', version, 'f', string.format('%d', f), 'd', ARGV[1],
-           unpack(ARGV, 5 + n))
-if latest > 0 then redis.call('HSET', KEYS[1], 'h', string.format('%d', latest)) end
-redis.call('SPUBLISH', ARGV[2], version .. ' ' .. ARGV[1])
-return {v, handed, expired}
-"""
 
 # Marks partitions built, only if the epoch they were rebuilt in is still current:
 # should Redis lose its data during a rebuild, the rebuild is not counted.
@@ -232,7 +185,8 @@ class AvailabilityStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._write = client.register_script(_WRITE_RECORD)
+        self._write = client.register_script(WRITE_RECORD)
+        self._read_served = client.register_script(READ_SERVED)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
         self._mark_built = client.register_script(_MARK_BUILT)
         self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
@@ -292,7 +246,7 @@ class AvailabilityStore:
         ``handed_over``: per SKU the reservation ids whose lines the record includes
         (their holds are removed in the same step).
         """
-        versions, _ = await self.write_encoded(
+        versions, _, _ = await self.write_encoded(
             [(record.sku, encode_record(record)) for record in records],
             first_version,
             handed_over,
@@ -304,11 +258,13 @@ class AvailabilityStore:
         records: Sequence[tuple[str, Sequence[bytes]]],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], HoldCounts]:
+    ) -> tuple[list[int], HoldCounts, list[dict[str, int]]]:
         """``write_records`` of records already encoded (``(sku, encode_record(...))``);
-        also returns how many holds were handed over and how many expired ones purged."""
+        also returns how many holds were handed over and how many expired ones purged,
+        and per record the units its live holds keep per location (what the change
+        feed's record must count as reserved besides the folded figures)."""
         if not records:
-            return [], HoldCounts(0, 0)
+            return [], HoldCounts(0, 0), []
         if first_version is None:
             first_version = time.time_ns() // 1000
         seed = str(first_version).encode()
@@ -329,9 +285,13 @@ class AvailabilityStore:
                 )
             )
         replies = await self._run_script(self._write, calls, keys=2)
-        return [int(v) for v, _, _ in replies], HoldCounts(
-            sum(int(handed) for _, handed, _ in replies),
-            sum(int(expired) for _, _, expired in replies),
+        return (
+            [int(v) for v, _, _, _ in replies],
+            HoldCounts(
+                sum(int(handed) for _, handed, _, _ in replies),
+                sum(int(expired) for _, _, expired, _ in replies),
+            ),
+            [decode_held(held) for _, _, _, held in replies],
         )
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
@@ -456,16 +416,32 @@ class AvailabilityStore:
         return answers
 
     async def read_versions(self, skus: Sequence[str]) -> list[tuple[int, SkuAvailability | None]]:
-        """Each SKU's version and figures, in one round trip; (0, None) if never seen."""
+        """Each SKU's version and the figures it serves at that version (live holds
+        counted as reserved); (0, None) if never seen. One round trip, a second for
+        the SKUs that have holds (their version and holds read in one step)."""
         pipe = self.client.pipeline(transaction=False)
         for sku in skus:
-            pipe.hmget(self.sku_key(sku), [b"v", b"d"])
+            pipe.hmget(self.sku_key(sku), [b"v", b"d", HOLDS_FIELD])
         answers: list[tuple[int, SkuAvailability | None]] = []
-        for version, data in await pipe.execute():
+        held: list[int] = []
+        for index, (version, data, holds_until) in enumerate(await pipe.execute()):
             if data is None:
                 answers.append((0, None))
             else:
                 answers.append((int(version), SkuAvailability.from_data(orjson.loads(data))))
+                if _holds_live(holds_until):
+                    held.append(index)
+        if held:
+            now = b"%d" % (time.time_ns() // 1_000_000)
+            calls = [
+                (self.sku_key(skus[i]).encode(), self.holds_key(skus[i]).encode(), now)
+                for i in held
+            ]
+            replies = await self._run_script(self._read_served, calls, keys=2)
+            for index, reply in zip(held, replies, strict=True):
+                if len(reply) == 3:
+                    version, data, held_json = reply
+                    answers[index] = (int(version), served_view(data, held_json))
         return answers
 
     async def read_availability(self, sku: str) -> SkuAvailability | None:
@@ -593,6 +569,28 @@ class AvailabilityStore:
     async def release_webhook(self, target: str, webhook_id: str) -> None:
         """Processing failed: a retry of the webhook may claim it at once."""
         await self.client.delete(self.webhook_key(target, webhook_id))
+
+
+def decode_held(held_json: bytes | str) -> dict[str, int]:
+    """The live holds per location as the scripts give them ('' for none)."""
+    if not held_json:
+        return {}
+    return cast(dict[str, int], orjson.loads(held_json))
+
+
+def served_view(data: bytes | str, held_json: bytes | str = b"") -> SkuAvailability:
+    """What a record serves: its figures (``d``) with the live holds counted as reserved."""
+    return with_held(SkuAvailability.from_data(orjson.loads(data)), decode_held(held_json))
+
+
+def decode_change(message: bytes) -> tuple[int, SkuAvailability]:
+    """A change announced on a SKU's channel: ``<version> <d>`` or, while the SKU has
+    live holds, ``<version> <d> <holds per location>`` (identifiers and ``d`` hold no
+    spaces). Raises ValueError (or KeyError, TypeError, IndexError) when unreadable."""
+    parts = message.split(b" ")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{len(parts)} fields")
+    return int(parts[0]), served_view(parts[1], parts[2] if len(parts) == 3 else b"")
 
 
 def _holds_live(holds_until: bytes | str | None) -> bool:

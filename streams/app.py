@@ -48,6 +48,7 @@ from availability.rules import Rule
 from availability.state import SkuState
 from infra.config import Settings
 from infra.dead_letters import MAX_REASON_CHARS, dead_letter_record
+from infra.hold_checks import HoldChecks
 from infra.rules_log import RulesLog
 from infra.store import AvailabilityStore
 from infra.topics import durability_configs
@@ -57,6 +58,7 @@ from streams.faust_internals import (
     aiokafka_producer,
     mark_range_done,
 )
+from streams.hold_sweep import HoldSweep
 from streams.intake import Clock, Refusal, forwarded_value, read_event
 from streams.kafka import HomePartitions, OutgoingRecords
 from streams.metrics import WorkerMetrics
@@ -149,6 +151,12 @@ class Processor:
                 * 1_000_000
             ),
         )
+        self.hold_sweep = HoldSweep(
+            HoldChecks(self.store, settings.partitions),
+            self.feed,
+            owned=self._owned_partitions,
+            owns=self.owns,
+        )
         self.rebuild = ServingRebuild(
             self.store,
             self.writer,
@@ -204,6 +212,10 @@ class Processor:
             self.writer.mark_expired()
             if self.writer.pending:
                 await self.writer.flush()
+
+        @app.timer(interval=settings.expiry_tick)  # type: ignore[untyped-decorator]
+        async def check_reservation_holds() -> None:
+            await self.hold_sweep.sweep()
 
         @app.timer(interval=settings.heartbeat_interval)  # type: ignore[untyped-decorator]
         async def report_status() -> None:

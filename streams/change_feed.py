@@ -13,6 +13,15 @@ published again. The feed is therefore at least once: a consumer applies a recor
 only when its version is greater than the last one it applied for that SKU, which
 also discards the rare stale duplicate that a rebalance can produce.
 
+The reservation API is the feed's second producer: a hold it places or removes bumps
+the same per-SKU version (``infra.reservation_store``) and it publishes the record
+of the held figures itself, before it answers. The figures a version stands for are
+what the record serves (the folded figures with the live holds counted as
+reserved), whoever publishes them; a record of the API's may reach the partition
+after a worker's of a higher version, which the version rule discards. The worker
+also republishes a SKU's current figures when it looks at a reservation line again
+(``streams.hold_sweep``), which repairs a record the API never got out.
+
 Record format (JSON; README "Change feed"):
 
     {"sku": "SKU-1", "version": 1795420800000002,
@@ -31,13 +40,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from redis.exceptions import RedisError
 
 from availability.ats import SkuAvailability
+from infra.feed_record import change_record, format_computed_at
 from infra.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
@@ -49,49 +57,10 @@ RETRY_DELAY = 1.0
 
 # Sends (sku, value) records, keyed and partitioned by the SKU, in order; returns the
 # broker's acks.
+__all__ = ["ChangeFeed", "change_record", "format_computed_at"]
+
 SendAll = Callable[[Sequence[tuple[str, bytes]]], Awaitable[Sequence[Awaitable[Any]]]]
 Change = tuple[str, int, bytes]  # sku, version, the record's JSON
-
-
-def format_computed_at(computed_at: int) -> str:
-    """``computed_at`` (µs since the epoch) as RFC 3339 UTC with microseconds."""
-    stamp = datetime.fromtimestamp(computed_at / 1_000_000, UTC)
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def change_record(availability: SkuAvailability, version: int, computed_at: int | str) -> bytes:
-    """The feed's JSON value for a record at ``version`` (``computed_at`` in µs, or
-    already formatted by ``format_computed_at``)."""
-    locations = []
-    total = 0
-    for loc in availability.locations:
-        ats = loc.on_hand - loc.reserved - loc.safety_stock  # with buffer 0
-        if ats < 0:
-            ats = 0
-        total += ats
-        locations.append(
-            {
-                "location_id": loc.location_id,
-                "on_hand": loc.on_hand,
-                "reserved": loc.reserved,
-                "in_transit": loc.in_transit,
-                "damaged": loc.damaged,
-                "safety_stock": loc.safety_stock,
-                "buffers": dict(sorted(loc.channel_buffers.items())) if loc.channel_buffers else {},
-                "ats": ats,
-            }
-        )
-    if not isinstance(computed_at, str):
-        computed_at = format_computed_at(computed_at)
-    return orjson.dumps(
-        {
-            "sku": availability.sku,
-            "version": version,
-            "computed_at": computed_at,
-            "ats": total,
-            "locations": locations,
-        }
-    )
 
 
 class ChangeFeed:

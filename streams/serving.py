@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from redis.exceptions import RedisError
 
 from availability.ats import SkuAvailability, build_availability
+from availability.holds import with_held
 from availability.rules import RuleBook
 from availability.state import SkuState
 from infra.store import AvailabilityStore, encode_record
@@ -124,7 +125,7 @@ class ServingWriter:
                     if self.feed is not None:
                         await self.feed.wait_room()
                     handing = {r.sku: lines[r.sku] for r, _ in chunk if r.sku in lines}
-                    versions, holds = await self.store.write_encoded(
+                    versions, holds, held = await self.store.write_encoded(
                         [(record.sku, encoded) for record, encoded in chunk],
                         self._clock(),
                         handing,
@@ -134,8 +135,14 @@ class ServingWriter:
                     self.handed_over += holds.handed_over
                     self.holds_expired += holds.expired
                     if self.feed is not None:
+                        # The feed carries what the record serves at that version:
+                        # the figures with the holds still live counted as reserved.
                         self.feed.add(
-                            [(r, v) for (r, _), v in zip(chunk, versions, strict=True) if v]
+                            [
+                                (with_held(r, h), v)
+                                for (r, _), v, h in zip(chunk, versions, held, strict=True)
+                                if v
+                            ]
                         )
             except (RedisError, OSError) as exc:
                 self.errors += 1

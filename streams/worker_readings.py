@@ -40,9 +40,9 @@ def register_worker_readings(processor: Processor) -> None:
     add(
         "availability_worker_reservation_holds_expired",
         "Reservation holds that reached their deadline without being handed over,"
-        " found (and purged) by this worker's record writes",
+        " found (and purged) by this worker's record writes and hold checks",
         "counter",
-        lambda: processor.writer.holds_expired,
+        lambda: processor.writer.holds_expired + processor.hold_sweep.expired,
     )
     add(
         "availability_worker_serving_record_errors",

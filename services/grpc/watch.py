@@ -2,7 +2,11 @@
 
 The stream processor's write script announces every change of a serving record on
 the SKU's sharded pub/sub channel (``AvailabilityStore.change_channel``) as
-``<version> <record>``. A ``WatchHub`` holds one pub/sub connection for the whole
+``<version> <record>`` (followed by the SKU's live reservation holds per location
+while it has any: the reservation API announces a hold it places or removes on the
+same channel, with the next version, so a watch shows a reservation the moment it is
+answered 201, before the worker has folded it; README "Reservations"). A
+``WatchHub`` holds one pub/sub connection for the whole
 process and subscribes to a SKU's channel while at least one watch wants it, so N
 watches of one SKU cost one subscription, and a change is decoded once however
 many watches show it.
@@ -37,13 +41,12 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import redis.exceptions
 from redis.asyncio.client import PubSub
 
 from availability.ats import SkuAvailability, watched_view
 from availability.watch_thresholds import NO_THRESHOLDS, Thresholds, figures_of, worth_sending
-from infra.store import AvailabilityStore
+from infra.store import AvailabilityStore, decode_change
 from services.auth.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -381,10 +384,8 @@ class WatchHub:
         watchers = self._watches.get(channel)
         if not watchers:
             return
-        version, _, record = data.partition(b" ")
         try:
-            availability = SkuAvailability.from_data(orjson.loads(record))
-            number = int(version)
+            number, availability = decode_change(data)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             log.error("watch hub: unreadable change on %r: %r", channel, exc)
             return

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from infra.audit import AuditLog
 from infra.audit_relay import AuditRelay
 from infra.config import Settings, get_settings
+from infra.hold_checks import HoldChecks
 from infra.push_policy_log import PushPolicyLog
 from infra.reservation_store import ReservationStore
 from infra.rules_log import RulesLog
@@ -84,7 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks = WebhookReceiver(cfg, webhook_shops, store, Publisher(cfg), webhook_metrics)
         reservation_publisher = Publisher(cfg, "reservations")
         reservations = ReservationService(
-            cfg, ReservationStore(store), reservation_publisher, reservation_metrics
+            cfg,
+            ReservationStore(store),
+            reservation_publisher,
+            reservation_metrics,
+            HoldChecks(store, cfg.partitions),
         )
         try:
             await authenticator.start()

@@ -6,11 +6,14 @@ A reserve request runs, in order:
    window): a repeat of a finished request gets the first answer, another body under
    the id ``Conflict``, a request racing one still being placed ``InProgress``.
 2. **Hold** every line, one SKU after another, each with one atomic check-and-hold in
-   Redis (``infra.reservation_store``). When a line does not fit, the holds already
-   placed are taken back and the answer is ``InsufficientStock``: nothing held, and no
-   event published.
-3. **Publish** one ``reservation.created`` per line to ``orders.reservations`` and wait
-   for the broker's acknowledgement (bounded). If it does not come, the holds are
+   Redis (``infra.reservation_store``), which also bumps the SKU's record version and
+   announces the held figures on its channel (Watch). The lines are noted first for
+   the worker to look at again (``infra.hold_checks``), should this process die.
+   When a line does not fit, the holds already placed are taken back and the answer
+   is ``InsufficientStock``: nothing held, and no event published.
+3. **Publish** one ``reservation.created`` per line to ``orders.reservations``, and the
+   change feed's record of each SKU's held figures at the version its hold made,
+   and wait for the broker's acknowledgement (bounded). If it does not come, the holds are
    taken back and the answer is ``Unavailable``.
 4. **Confirm**: the holds now count until the worker folds their events (and hands
    them over) or the handover window passes; the record keeps the answer.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +53,9 @@ from availability.holds import (
 )
 from availability.identifiers import format_timestamp
 from infra.config import Settings
-from infra.reservation_store import ReservationStore
+from infra.feed_record import change_record
+from infra.hold_checks import HoldChecks
+from infra.reservation_store import ReservationStore, ServedChange
 from services.reservations.metrics import ReservationMetrics
 from services.webhooks.publisher import Publisher, PublishFailed, Record
 
@@ -114,10 +119,12 @@ class ReservationService:
         redis: ReservationStore,
         publisher: Publisher,
         metrics: ReservationMetrics,
+        checks: HoldChecks,
         clock: Callable[[], int] = _now_us,
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.checks = checks
         self.publisher = publisher
         self.metrics = metrics
         self.clock = clock
@@ -161,10 +168,17 @@ class ReservationService:
                 raise InProgress(f"reservation {rid!r} is being placed by another request; retry")
             return existing["answer"], True
         placed: list[Placed] = []
+        changes: dict[str, ServedChange] = {}
         try:
             now_us = self.clock()
             expires_us = now_us + request.expires_in_s * 1_000_000
-            placed = await self._hold_all(request, now_us // 1000, expires_us // 1000)
+            # Noted before any hold is placed: should this process die with a hold
+            # placed, the worker still looks at the line when its pending deadline ends.
+            await self.checks.note(
+                [(line.sku, rid) for line in request.lines],
+                pending_deadline(now_us // 1000, expires_us // 1000, self._publish_window_ms),
+            )
+            placed = await self._hold_all(request, now_us // 1000, expires_us // 1000, changes)
             await self._publish(
                 [
                     ReservationCreated(
@@ -178,7 +192,8 @@ class ReservationService:
                         request.channel,
                     )
                     for line in placed
-                ]
+                ],
+                changes.values(),
             )
             confirmed_ms = self.clock() // 1000
             deadline = published_deadline(
@@ -207,13 +222,25 @@ class ReservationService:
             return answer, False
         except BaseException as exc:
             await self._undo(rid, placed, keep_claim=isinstance(exc, REDIS_ERRORS))
+            if isinstance(exc, InsufficientStock):
+                # Nothing of it reached the feed: no second look is needed. (A hold of
+                # it that another reservation's feed record counted is repaired by
+                # that reservation's own look.)
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.checks.forget([(line.sku, rid) for line in request.lines])
             if isinstance(exc, REDIS_ERRORS):
                 raise Unavailable("the serving store (Redis) cannot be reached") from None
             raise
 
     async def _hold_all(
-        self, request: ReservationRequest, now_ms: int, expires_ms: int
+        self,
+        request: ReservationRequest,
+        now_ms: int,
+        expires_ms: int,
+        changes: dict[str, ServedChange],
     ) -> list[Placed]:
+        """Hold every line; ``changes`` gets, per SKU, the change of what its record
+        serves (the version and figures the change feed is to carry)."""
         rid, channel = request.reservation_id, request.channel
         deadline = pending_deadline(now_ms, expires_ms, self._publish_window_ms)
         unplaced = [line.sku for line in request.lines if line.location_id is None]
@@ -232,6 +259,8 @@ class ReservationService:
                 )
                 if placement.expired:
                     self.metrics.holds_expired.inc(placement.expired)
+                if placement.change is not None:
+                    changes[line.sku] = placement.change
                 if placement.location_id is None:
                     raise InsufficientStock([])
                 placed.append(Placed(line.sku, line.quantity, placement.location_id))
@@ -259,21 +288,37 @@ class ReservationService:
             lines.append(entry)
         return lines
 
-    async def _publish(self, events: Sequence[Event]) -> None:
+    async def _publish(self, events: Sequence[Event], changes: Iterable[ServedChange] = ()) -> None:
+        """Publish the events and, in the same batch, the change feed's records of what
+        the holds changed (README "Change feed"), then note that the feed has them."""
         topic = self.settings.reservations_topic
         records = [
             Record(topic, event.sku.encode(), orjson.dumps(event_to_dict(event)))
             for event in events
         ]
+        changes = list(changes)
+        computed_at = self.clock()
+        records += [
+            Record(
+                self.settings.changes_topic,
+                change.sku.encode(),
+                change_record(change.served, change.version, computed_at),
+            )
+            for change in changes
+        ]
         try:
             await self.publisher.publish(records, self.settings.reservation_publish_timeout)
         except PublishFailed as exc:
             raise Unavailable(f"the broker did not take the reservation: {exc}") from None
+        if changes:
+            # A mark that fails is harmless: the version goes on the feed once more.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.redis.store.mark_published((c.sku, c.version) for c in changes)
 
     async def _take_back(self, rid: str, placed: Sequence[Placed]) -> None:
         for line in placed:
             try:
-                await self.redis.remove(line.sku, rid)
+                await self.redis.remove(line.sku, rid, self.clock() // 1000)
             except REDIS_ERRORS:
                 # Redis is away: the hold stops counting at its (pending) deadline.
                 log.warning("reservation %s: hold of %s left to expire", rid, line.sku)
@@ -295,9 +340,18 @@ class ReservationService:
             return False
         answer = record["answer"]
         now_us = self.clock()
+        changes: list[ServedChange] = []
         try:
+            # Should the feed record below not make it, the worker puts the freed
+            # figures on the feed when the publish window has passed.
+            await self.checks.note(
+                [(line["sku"], rid) for line in answer["lines"]],
+                now_us // 1000 + self._publish_window_ms,
+            )
             for line in answer["lines"]:
-                await self.redis.remove(line["sku"], rid)
+                change = await self.redis.remove(line["sku"], rid, now_us // 1000)
+                if change is not None:
+                    changes.append(change)
         except REDIS_ERRORS:
             raise Unavailable("the serving store (Redis) cannot be reached") from None
         await self._publish(
@@ -310,7 +364,8 @@ class ReservationService:
                     now_us,
                 )
                 for line in answer["lines"]
-            ]
+            ],
+            changes,
         )
         record["state"] = RELEASED
         answer["status"] = RELEASED

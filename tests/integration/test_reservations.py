@@ -30,6 +30,7 @@ from availability.rules import RuleBook
 from availability.state import fold_all
 from dev.broker import DevBroker
 from infra.config import Settings
+from infra.hold_checks import HoldChecks
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
@@ -125,6 +126,11 @@ async def test_200_concurrent_reservations_of_5_units_exactly_5_succeed(api: Api
     assert {e["reservation_id"] for e in events} == winners
     assert all(e["type"] == "reservation.created" and e["channel"] == "online" for e in events)
     assert len(events) == 5
+    # The worker is to look again at the lines held (README "Live views"), not at the
+    # refused ones.
+    checks = HoldChecks(api.store, api.settings.partitions)
+    noted = await api.store.client.zrange(checks.key(checks.partition_of("FLASH")), 0, -1)
+    assert {member.decode() for member in noted} == {f"FLASH {rid}" for rid in winners}
 
 
 async def test_all_or_nothing_idempotency_release_and_extension(api: Api) -> None:

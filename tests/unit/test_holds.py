@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,8 +20,10 @@ from availability.holds import (
     pending_deadline,
     placement_order,
     published_deadline,
+    with_held,
     with_holds,
 )
+from infra.store import decode_change, decode_held, encode_record, served_view
 
 LOCATIONS = ["DC-1", "S-1", "S-2"]
 CHANNELS = ["online", "store"]
@@ -191,3 +195,28 @@ def test_line_event_ids_are_stable_and_short() -> None:
     assert len(first) <= 128
     assert first != line_event_id(long_id, long_sku, "created", 6)
     assert first != line_event_id(long_id, long_sku, "released", 5)
+
+
+@given(skus(), holds_lists)
+def test_a_change_announced_with_its_holds_reads_back_as_the_served_figures(
+    availability: SkuAvailability, holds: list[Hold]
+) -> None:
+    """``<version> <d>[ <held>]`` on a SKU's channel (infra.store.decode_change) gives
+    what reads show: the folded figures with the live holds counted as reserved; the
+    same JSON of held units the change feed's records are computed with."""
+    now = 1000
+    held = held_by_location(holds, now)
+    message = b"%d " % 42 + encode_record(availability)[0]
+    if held:
+        message += b" " + orjson.dumps(held)
+    version, shown = decode_change(message)
+    assert version == 42
+    assert shown == with_holds(availability, holds, now) == with_held(availability, held)
+    assert served_view(encode_record(availability)[0], orjson.dumps(held) if held else b"") == shown
+    assert decode_held(b"") == {}
+
+
+def test_an_unreadable_change_is_refused() -> None:
+    for message in (b"7", b'7 {"sku":"A","locations":[]} {} extra', b'x {"sku":"A"}'):
+        with pytest.raises((ValueError, KeyError)):
+            decode_change(message)

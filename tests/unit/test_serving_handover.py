@@ -31,12 +31,13 @@ class RecordingStore:
         records: Sequence[tuple[str, Sequence[bytes]]],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], HoldCounts]:
+    ) -> tuple[list[int], HoldCounts, list[dict[str, int]]]:
         if self.fail_next:
             self.fail_next -= 1
             raise RedisConnectionError("Redis is away")
         self.handed.append({sku: set(ids) for sku, ids in (handed_over or {}).items()})
-        return [0] * len(records), HoldCounts(sum(map(len, (handed_over or {}).values())), 0)
+        handed = HoldCounts(sum(map(len, (handed_over or {}).values())), 0)
+        return [0] * len(records), handed, [{} for _ in records]
 
 
 def created(reservation_id: str, sku: str, at: int) -> ReservationCreated:

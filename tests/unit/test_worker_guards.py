@@ -89,9 +89,9 @@ class FakeStore:
         records: Sequence[tuple[str, Sequence[bytes]]],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], HoldCounts]:
+    ) -> tuple[list[int], HoldCounts, list[dict[str, int]]]:
         self.written.extend(sku for sku, _ in records)
-        return [1] * len(records), HoldCounts(0, 0)
+        return [1] * len(records), HoldCounts(0, 0), [{} for _ in records]
 
 
 async def test_a_record_that_cannot_be_computed_holds_up_no_other(

@@ -1,0 +1,81 @@
+"""Looks again at the reservation lines the API noted (``infra.hold_checks``).
+
+For each check that is due on a partition this worker owns: the SKU's holds past
+their deadline are purged (the record's version bumped and the change announced,
+so Watch shows the units free again), what the record serves at its current
+version goes on the change feed (whether or not the API's own feed record made it:
+a duplicate is discarded by the consumers' version rule, and the record the feed
+ends a SKU's changes with is then one at its latest version), and the check moves
+to the deadline of the line's hold while the hold lives, or is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from infra.hold_checks import HoldChecks
+from streams.change_feed import ChangeFeed
+
+log = logging.getLogger(__name__)
+
+#: Checks taken per partition and round.
+SWEEP_BATCH = 500
+
+
+def now_millis() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class HoldSweep:
+    def __init__(
+        self,
+        checks: HoldChecks,
+        feed: ChangeFeed | None,
+        owned: Callable[[], frozenset[int]],
+        owns: Callable[[str], bool],
+        clock: Callable[[], int] = now_millis,
+    ) -> None:
+        self.checks = checks
+        self.feed = feed
+        self._owned = owned
+        self._owns = owns
+        self._clock = clock
+        self.checked = 0  # checks done
+        self.expired = 0  # holds found past their deadline (never handed over)
+        self.errors = 0
+
+    async def sweep(self) -> int:
+        """One round over the owned partitions; how many checks were done."""
+        done = 0
+        try:
+            for partition in sorted(self._owned()):
+                done += await self._sweep_partition(partition)
+        except (RedisError, OSError) as exc:
+            self.errors += 1
+            log.warning("reservation holds: checking failed (retried): %s", exc)
+        self.checked += done
+        return done
+
+    async def _sweep_partition(self, partition: int) -> int:
+        now = self._clock()
+        due = await self.checks.due(partition, now, SWEEP_BATCH)
+        by_sku: dict[str, list[int]] = {}
+        for index, check in enumerate(due):
+            by_sku.setdefault(check.sku, []).append(index)
+        for sku, indexes in by_sku.items():
+            if not self._owns(sku):
+                continue  # a rebalance under way: the new owner looks at it
+            refreshed = await self.checks.refresh(sku, now)
+            if refreshed is not None:
+                self.expired += refreshed.expired
+                if self.feed is not None:
+                    self.feed.add([(refreshed.served, refreshed.version)])
+            for index in indexes:
+                check = due[index]
+                deadline = None if refreshed is None else refreshed.live.get(check.reservation_id)
+                await self.checks.reschedule(check, deadline)
+        return len(due)
