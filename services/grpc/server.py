@@ -45,6 +45,7 @@ from grpc_reflection.v1alpha import reflection
 
 from availability.ats import unknown_sku_view, view
 from infra.config import Settings, get_settings
+from infra.hold_checks import HoldChecks
 from infra.logs import configure_logging
 from infra.probes import OK, LoopHeartbeat
 from infra.reservation_store import ReservationStore
@@ -336,6 +337,7 @@ async def serve(settings: Settings) -> None:
         ReservationStore(store),
         publisher,
         ReservationMetrics(metrics.registry, api="grpc"),
+        HoldChecks(store, settings.partitions),
     )
     heartbeat = LoopHeartbeat()
     status_seen = ServingStatus()

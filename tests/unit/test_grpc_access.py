@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infra.config import ApiKeySpec, Settings
+from infra.hold_checks import HoldChecks
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.auth.api_keys import hash_api_key, new_api_key
@@ -130,6 +131,7 @@ async def serve(keys: Keys) -> AsyncIterator[Callable[..., Any]]:
             ReservationStore(store),
             publisher,
             ReservationMetrics(metrics.registry, api="grpc"),
+            HoldChecks(store, settings.partitions),
         )
         server, _, port = create_server(
             store,
