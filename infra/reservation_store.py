@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold
+from infra.redis_client import RedisClient
 from infra.store import AvailabilityStore
 
 # Purges expired holds, then places ARGV[1]'s hold at the first candidate location
@@ -123,7 +123,7 @@ class Placement:
 class ReservationStore:
     def __init__(self, store: AvailabilityStore) -> None:
         self.store = store
-        self.client: aioredis.Redis = store.client
+        self.client: RedisClient = store.client
         self.prefix = store.prefix
         self._place = self.client.register_script(_PLACE_HOLD)
         self._move = self.client.register_script(_MOVE_DEADLINE)

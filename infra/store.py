@@ -37,11 +37,14 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold, with_holds
+from infra.config import Settings
+from infra.redis_client import RedisClient, connect
 
 DEFAULT_FIELD = b"*"
 #: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
@@ -229,7 +232,7 @@ class ServingLayer:
 
 
 class AvailabilityStore:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._write = client.register_script(_WRITE_RECORD)
@@ -243,20 +246,29 @@ class AvailabilityStore:
         self._complete_until = 0.0
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, max_connections: int = 200) -> AvailabilityStore:
-        # Timeouts so that an unreachable Redis fails a call instead of hanging it;
-        # the URL's own socket_timeout=... parameters take precedence. A burst of
-        # calls beyond max_connections waits for a free connection (up to 5 s)
-        # instead of failing at once, as redis-py's default pool would.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            decode_responses=False,
-            socket_timeout=5.0,
-            socket_connect_timeout=2.0,
-            max_connections=max_connections,
-            timeout=5.0,
+    def from_url(
+        cls, url: str, prefix: str, max_connections: int = 200, *, cluster: bool = False
+    ) -> AvailabilityStore:
+        """A store over a client of ``infra.redis_client.connect`` (``cluster``: a
+        Redis Cluster that ``url`` names one node of)."""
+        return cls(connect(url, cluster=cluster, max_connections=max_connections), prefix)
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, max_connections: int | None = None
+    ) -> AvailabilityStore:
+        """The store every process uses: ``Settings.redis_url``, ``redis_cluster``,
+        ``redis_key_prefix`` and (unless given) ``redis_max_connections``."""
+        return cls.from_url(
+            settings.redis_url,
+            settings.redis_key_prefix,
+            max_connections or settings.redis_max_connections,
+            cluster=settings.redis_cluster,
         )
-        return cls(aioredis.Redis.from_pool(pool), prefix)
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -352,6 +364,8 @@ class AvailabilityStore:
         scripts may run twice without harm (a rewrite of the same record only
         reports its pending version again; a mark never moves backwards).
         """
+        if isinstance(self.client, RedisCluster):
+            return await self._run_script_cluster(script, calls, keys)
         sha = script.sha.encode()
         numkeys = b"%d" % keys
         payload = b"".join([_pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
@@ -366,6 +380,28 @@ class AvailabilityStore:
             raise errors[0]
         raise AssertionError("unreachable")
 
+    async def _run_script_cluster(
+        self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
+    ) -> list[Any]:
+        """``_run_script`` on a Redis Cluster: redis-py's cluster pipeline sends each
+        node its calls (grouped by the node that owns their slot, one round trip per
+        node, concurrently) and follows MOVED/ASK redirections."""
+        cluster = cast(RedisCluster, self.client)
+        for attempt in (1, 2):
+            pipe = cluster.pipeline(transaction=False)
+            for call in calls:
+                pipe.execute_command("EVALSHA", script.sha, keys, *call)
+            replies = await pipe.execute(raise_on_error=False)
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
+                # SCRIPT LOAD goes to every master: one restarted empty, or a new one.
+                await cluster.script_load(script.script)
+                continue
+            raise errors[0]
+        raise AssertionError("unreachable")
+
     async def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
         """Send commands packed in RESP and read their ``replies`` (an error reply is
         returned, not raised).
@@ -375,7 +411,7 @@ class AvailabilityStore:
         rest of the write, so they are packed here and read under one timeout (the
         connection's socket timeout).
         """
-        pool = self.client.connection_pool
+        pool = cast(aioredis.Redis, self.client).connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         timeout: float | None = connection.socket_timeout  # the URL's, else from_url's
         try:

@@ -286,9 +286,7 @@ def transport_name(settings: Settings) -> str:
 
 async def serve(settings: Settings) -> None:
     authenticator = Authenticator.from_settings(settings)
-    store = AvailabilityStore.from_url(
-        settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
-    )
+    store = AvailabilityStore.for_settings(settings)
     hub = WatchHub(
         store,
         settings.grpc_max_watches,

@@ -35,11 +35,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.exceptions
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import PubSub, Redis
 
 from availability.ats import SkuAvailability, watched_view
 from availability.watch_thresholds import NO_THRESHOLDS, Thresholds, figures_of, worth_sending
@@ -347,7 +347,7 @@ class WatchHub:
     def _new_pubsub(self) -> ChangeSubscription:
         self._sent.clear()
         self._confirmed.clear()
-        return ChangeSubscription(self.store.client.connection_pool)
+        return ChangeSubscription(cast(Redis, self.store.client).connection_pool)
 
     async def _read(self, pubsub: ChangeSubscription) -> None:
         try:

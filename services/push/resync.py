@@ -60,7 +60,7 @@ async def resync(
     dry_run: bool = False,
 ) -> ResyncReport:
     redis = aioredis.Redis.from_url(settings.redis_url)
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)
     target = PushTarget(config, settings, redis, PushPolicyBook, PushMetrics())
     report = ResyncReport()
     await target.client.start()

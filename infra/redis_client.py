@@ -1,0 +1,49 @@
+"""The one place Redis clients are made: a single Redis, or a Redis Cluster.
+
+Every process (the stream processor, both APIs, the CLI) builds its clients here,
+from ``Settings.redis_url`` and ``Settings.redis_cluster`` (README "Redis Cluster"):
+
+- a single Redis: ``redis.asyncio.Redis`` over a blocking pool (a burst beyond
+  ``max_connections`` waits up to 5 s for a free connection instead of failing);
+- a cluster: ``redis.asyncio.cluster.RedisCluster``; the URL names one node (any),
+  the others and the slot map are discovered from it, and ``MOVED``/``ASK``
+  redirections and failed-over masters are followed by redis-py.
+
+Both get timeouts, so an unreachable Redis fails a call instead of hanging it; the
+URL's own ``socket_timeout=...`` parameters take precedence.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+#: A client of either kind; ``AvailabilityStore`` and its users accept both.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+
+
+def connect(url: str, *, cluster: bool = False, max_connections: int = 200) -> RedisClient:
+    """A client of the Redis (``cluster``: of the Redis Cluster) at ``url``; bytes replies."""
+    if cluster:
+        return RedisCluster.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            # Per node; calls beyond fail (MaxConnectionsError) rather than wait.
+            max_connections=max_connections,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        max_connections=max_connections,
+        timeout=5.0,
+    )
+    return aioredis.Redis.from_pool(pool)

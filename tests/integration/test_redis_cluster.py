@@ -1,0 +1,121 @@
+"""Redis Cluster mode (``Settings.redis_cluster``, README "Redis Cluster") against a
+real local cluster of 3 masters (the session's ``redis_cluster``): the serving writes
+and the change feed's marks, single and batch reads, and the reservation scripts, with
+keys spread over every node and no cross-slot command."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from availability.ats import LocationAvailability, SkuAvailability
+from dev.redis_cluster import DevRedisCluster
+from infra.config import Settings
+from infra.reservation_store import ReservationStore
+from infra.store import AvailabilityStore
+from tests.integration.conftest import make_settings
+
+SKUS = [f"SKU-{n:03d}" for n in range(60)]
+
+
+def record(sku: str, on_hand: int) -> SkuAvailability:
+    return SkuAvailability(sku, (LocationAvailability("S1", on_hand, 0, 0, 0, 0, {}),), None)
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: DevRedisCluster, settings: Settings) -> Settings:
+    return make_settings(
+        settings.broker,
+        redis_cluster.url,
+        settings.data_dir,
+        topic_prefix=settings.topic_prefix,
+        redis_cluster=True,
+    )
+
+
+@pytest.fixture
+async def store(cluster_settings: Settings) -> AsyncIterator[AvailabilityStore]:
+    store = AvailabilityStore.for_settings(cluster_settings)
+    assert store.cluster
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def keys_per_node(cluster: DevRedisCluster, pattern: str) -> dict[int, int]:
+    counts = {}
+    for port in cluster.ports:
+        client = aioredis.Redis(host="127.0.0.1", port=port)
+        try:
+            counts[port] = len([k async for k in client.scan_iter(match=pattern, count=1000)])
+        finally:
+            await client.aclose()
+    return counts
+
+
+async def test_writes_marks_and_reads_spread_over_every_node(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    versions = await store.write_records([record(sku, n) for n, sku in enumerate(SKUS)], 100)
+    assert versions == [100] * len(SKUS)
+    counts = await keys_per_node(redis_cluster, f"{store.prefix}:sku:*")
+    assert sum(counts.values()) == len(SKUS)
+    assert all(count > 0 for count in counts.values()), counts
+
+    await store.mark_published((sku, 100) for sku in SKUS)
+    # Unchanged and marked: nothing for the feed to carry.
+    assert await store.write_records([record(sku, n) for n, sku in enumerate(SKUS)]) == [0] * 60
+    # A change bumps the version of that record only.
+    changed = await store.write_records([record(SKUS[0], 99), record(SKUS[1], 1)])
+    assert changed == [101, 0]
+
+    tail = await store.read_tail(SKUS[0], "online")
+    assert tail is not None and b'"ats":99' in tail
+    tails = await store.read_tails([*SKUS[:30], "NEVER-SEEN"], "online")
+    assert tails[-1] is None
+    assert [
+        t is not None and b'"ats":%d' % (99 if i == 0 else i) in t for i, t in enumerate(tails[:30])
+    ] == [True] * 30
+    versions_read = await store.read_versions(SKUS[:3])
+    assert versions_read[0] == (101, record(SKUS[0], 99))
+    assert versions_read[2] == (100, record(SKUS[2], 2))
+
+
+async def test_scripts_reload_on_every_master_after_a_flush(store: AvailabilityStore) -> None:
+    assert await store.write_records([record(sku, 5) for sku in SKUS[:20]], 100) == [100] * 20
+    await store.client.script_flush()  # every master forgets them
+    assert await store.write_records([record(sku, 6) for sku in SKUS[:20]], 200) == [101] * 20
+    await store.client.script_flush()
+    await store.mark_published((sku, 101) for sku in SKUS[:20])
+    assert await store.write_records([record(sku, 6) for sku in SKUS[:20]]) == [0] * 20
+
+
+async def test_holds_are_placed_counted_and_handed_over_per_slot(store: AvailabilityStore) -> None:
+    holds = ReservationStore(store)
+    skus = SKUS[:12]
+    await store.write_records([record(sku, 3) for sku in skus], 100)
+    now = 1_000
+    far = 2**42
+    for sku in skus:
+        placed = await holds.place(sku, f"r-{sku}", "online", 2, ["S1"], now, far)
+        assert placed.location_id == "S1"
+        refused = await holds.place(sku, f"q-{sku}", "online", 2, ["S1"], now, far)
+        assert refused.location_id is None and refused.best_free == 1
+    # Reads count the live holds as reserved (read your writes).
+    tails = await store.read_tails(skus, "online")
+    assert all(t is not None and b'"ats":1' in t for t in tails), tails
+    figures = await holds.figures(skus)
+    assert all(len(h) == 1 for _, h in figures)
+    # The worker's write hands the holds over in the same step.
+    handed = {sku: [f"r-{sku}"] for sku in skus}
+    folded = [
+        SkuAvailability(s, (LocationAvailability("S1", 3, 2, 0, 0, 0, {}),), None) for s in skus
+    ]
+    await store.write_records(folded, 200, handed_over=handed)
+    assert all(not h for _, h in await holds.figures(skus))
+    assert all(t is not None and b'"ats":1' in t for t in await store.read_tails(skus, "online"))
+    assert await holds.claim("res-1", {"state": "placing"}, 60_000) is None
+    assert await holds.claim("res-1", {"state": "placing"}, 60_000) == {"state": "placing"}
