@@ -1,10 +1,11 @@
 """Redis Cluster mode (``Settings.redis_cluster``, README "Redis Cluster") against a
 real local cluster of 3 masters (the session's ``redis_cluster``): the serving writes
 and the change feed's marks, single and batch reads, and the reservation scripts, with
-keys spread over every node and no cross-slot command."""
+keys spread over every node and no cross-slot command; a watch of SKUs on every node."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +16,7 @@ from dev.redis_cluster import DevRedisCluster
 from infra.config import Settings
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
+from services.grpc.watch import Update, WatchHub
 from tests.integration.conftest import make_settings
 
 SKUS = [f"SKU-{n:03d}" for n in range(60)]
@@ -119,3 +121,38 @@ async def test_holds_are_placed_counted_and_handed_over_per_slot(store: Availabi
     assert all(t is not None and b'"ats":1' in t for t in await store.read_tails(skus, "online"))
     assert await holds.claim("res-1", {"state": "placing"}, 60_000) is None
     assert await holds.claim("res-1", {"state": "placing"}, 60_000) == {"state": "placing"}
+
+
+async def test_a_watch_follows_skus_on_every_node(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    skus = SKUS[:12]
+    hub = WatchHub(store, max_watches=10, subscribe_timeout=5.0)
+    try:
+        watch = await hub.open(skus, "online", None)  # the store's first call
+        owners = {store.client.get_node_from_key(store.sku_key(sku)).name for sku in skus}
+        assert len(owners) == 3, owners
+        assert len(hub._pubsubs) == 3  # one subscription connection per master
+        updates = watch.updates()
+        initial = [await anext(updates) for _ in skus]
+        assert {(u.sku, u.version, u.initial) for u in initial} == {(s, 0, True) for s in skus}
+        for first, figure in ((100, 1), (None, 7)):
+            await store.write_records([record(sku, figure) for sku in skus], first)
+            changed = {}
+            async with asyncio.timeout(10):
+                while len(changed) < len(skus):
+                    update = await anext(updates)
+                    changed[update.sku] = (update.version, update.answer["ats"], update.initial)
+            version = 100 if first else 101
+            assert changed == {sku: (version, figure, False) for sku in skus}
+        # Unwatching unsubscribes on each owner; a second watch subscribes again.
+        await hub.release(watch)
+        again = await hub.open(skus[:2], "online", None)
+        assert [u.version async for u in _take(again.updates(), 2)] == [101, 101]
+    finally:
+        await hub.close("test over")
+
+
+async def _take(updates: AsyncIterator[Update], count: int) -> AsyncIterator[Update]:
+    for _ in range(count):
+        yield await anext(updates)
