@@ -19,9 +19,26 @@ from typing import TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: A client of either kind; ``AvailabilityStore`` and its users accept both.
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+#: The store cannot be reached (an API answers "unavailable"): a single Redis's
+#: connection errors and timeouts; in a cluster also a cluster that is down (a master
+#: away, CLUSTERDOWN) or whose slots are not all covered (``RedisClusterException``
+#: is no ``RedisError``).
+STORE_DOWN: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    RedisClusterException,
+)
+
+#: Any failure of a Redis call, for loops that retry whatever went wrong.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0

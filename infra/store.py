@@ -15,6 +15,9 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``epoch``      token of the rebuild under way or done since Redis last lost its data
     ``partitions`` how many partitions the SKUs are spread over
     ``p:<n>``      the epoch in which partition n's records were all written
+``{prefix}:serving:{m<n>}``  Redis Cluster only: the epoch again, once per master (the
+    smallest n whose slot that master owns), so that a master that lost its data (its
+    share of the records) voids the epoch like a single Redis losing everything
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
 ``{prefix}:webhook:{<target>:<webhook id>}``  a Shopify webhook (``services.webhooks``):
     ``pending`` while one delivery of it is being processed (briefly), ``done`` once the
@@ -111,6 +114,13 @@ _MARK_BUILT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
 return 1
+"""
+
+# Drops the serving marks if their epoch is still ARGV[1] (a cluster master lost its
+# data): the next begin_rebuild starts a new epoch.
+_VOID_EPOCH = """
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # Claims a Shopify webhook for processing: nil when this caller got it (marked pending
@@ -239,6 +249,7 @@ class AvailabilityStore:
         self._mark_published = client.register_script(_MARK_PUBLISHED)
         self._mark_built = client.register_script(_MARK_BUILT)
         self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
+        self._void_epoch = client.register_script(_VOID_EPOCH)
         self._workers_key = f"{prefix}:workers"
         self._counters_key = f"{prefix}:counters"
         self._serving_key = f"{prefix}:serving"
@@ -516,12 +527,52 @@ class AvailabilityStore:
     # --- completeness of the serving layer (streams.rebuild) ---
 
     async def begin_rebuild(self, partitions: int) -> bytes:
-        """The current rebuild epoch, starting one if Redis has none."""
+        """The current rebuild epoch, starting one if Redis has none (in a cluster, also
+        if a master lost its marker of the epoch: it lost its records too)."""
+        for _ in range(3):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hsetnx(self._serving_key, "epoch", uuid.uuid4().hex)
+            pipe.hset(self._serving_key, "partitions", partitions)
+            pipe.hget(self._serving_key, "epoch")
+            created, _, epoch = await pipe.execute()
+            if not isinstance(self.client, RedisCluster):
+                return cast(bytes, epoch)
+            markers = await self._master_markers()
+            if created:
+                await self._set_markers(markers, epoch)
+                return cast(bytes, epoch)
+            if all(value == epoch for value in (await self._read_markers(markers)).values()):
+                return cast(bytes, epoch)
+            # A master lost its data: void the epoch (unless another worker did already).
+            await self._void_epoch(keys=[self._serving_key], args=[epoch])
+        raise RuntimeError("the serving epoch keeps changing; try again")
+
+    async def _master_markers(self) -> list[bytes]:
+        """One marker key per master of the cluster (in a slot that master owns)."""
+        cluster = cast(RedisCluster, self.client)
+        await cluster.initialize()
+        owners = {node.name for node in cluster.get_primaries()}
+        keys: dict[str, bytes] = {}
+        n = 0
+        while len(keys) < len(owners) and n < 100_000:
+            key = f"{self.prefix}:serving:{{m{n}}}".encode()
+            owner = cluster.get_node_from_key(key.decode())
+            if owner is not None and owner.name not in keys:
+                keys[owner.name] = key
+            n += 1
+        return list(keys.values())
+
+    async def _read_markers(self, keys: Sequence[bytes]) -> dict[bytes, bytes | None]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hsetnx(self._serving_key, "epoch", uuid.uuid4().hex)
-        pipe.hset(self._serving_key, "partitions", partitions)
-        pipe.hget(self._serving_key, "epoch")
-        return cast(bytes, (await pipe.execute())[2])
+        for key in keys:
+            pipe.get(key)
+        return dict(zip(keys, await pipe.execute(), strict=True))
+
+    async def _set_markers(self, keys: Sequence[bytes], epoch: bytes) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, epoch)
+        await pipe.execute()
 
     async def mark_built(self, epoch: bytes, partitions: Iterable[int]) -> bool:
         """Note that every record of ``partitions`` is written; False (nothing noted) if
@@ -534,6 +585,12 @@ class AvailabilityStore:
         raw = cast(dict[bytes, bytes], await self.client.hgetall(self._serving_key))
         epoch = raw.get(b"epoch")
         total = raw.get(b"partitions")
+        if epoch is not None and isinstance(self.client, RedisCluster):
+            markers = await self._read_markers(await self._master_markers())
+            if any(value != epoch for value in markers.values()):
+                # A master lost its share of the records: nothing counts as built
+                # until a worker starts a new epoch (``begin_rebuild``).
+                return ServingLayer(int(total) if total is not None else None, frozenset())
         built = frozenset(
             int(name[2:])
             for name, value in raw.items()

@@ -35,9 +35,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from availability.ats import SkuAvailability
+from infra.redis_client import REDIS_FAILURES
 from infra.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,6 @@ class ChangeFeed:
             return
         try:
             await self.store.mark_published((sku, version) for sku, version, _ in sent)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             # Harmless: an unmarked version is published once more after a restart.
             log.warning("change feed: marking %d versions failed: %s", len(sent), exc)

@@ -25,11 +25,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from redis.exceptions import RedisError
-
 from availability.ats import SkuAvailability, build_availability
 from availability.rules import RuleBook
 from availability.state import SkuState
+from infra.redis_client import REDIS_FAILURES
 from infra.store import AvailabilityStore, encode_record
 from streams.change_feed import ChangeFeed
 
@@ -137,7 +136,7 @@ class ServingWriter:
                         self.feed.add(
                             [(r, v) for (r, _), v in zip(chunk, versions, strict=True) if v]
                         )
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 self.errors += 1
                 self._dirty |= skus
                 for sku, ids in lines.items():

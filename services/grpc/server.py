@@ -37,7 +37,6 @@ from typing import Any
 
 import grpc
 import orjson
-import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -45,6 +44,7 @@ from availability.ats import unknown_sku_view, view
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
 from infra.probes import OK, LoopHeartbeat
+from infra.redis_client import REDIS_FAILURES, STORE_DOWN
 from infra.store import AvailabilityStore, render_answer
 from services.auth.authenticator import AuthConfigError, Authenticator
 from services.grpc.access import AccessControl, MethodAccess, caller
@@ -75,7 +75,7 @@ SHUTDOWN_GRACE = 5.0
 #: Seconds between the Redis pings behind the health status.
 HEALTH_INTERVAL = 1.0
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_DOWN = STORE_DOWN
 UNAVAILABLE_MESSAGE = "the serving store (Redis) cannot be reached"
 
 GetContext = grpc.aio.ServicerContext[pb.GetAvailabilityRequest, pb.Availability]
@@ -196,7 +196,7 @@ async def watch_redis(
     while True:
         try:
             up = await asyncio.wait_for(store.ping(), HEALTH_INTERVAL * 2)
-        except (redis.exceptions.RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:  # TimeoutError is an OSError
             up = False
         if up != serving:
             serving = up

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.events import (
     Event,
@@ -50,13 +48,14 @@ from availability.holds import (
 )
 from availability.identifiers import format_timestamp
 from infra.config import Settings
+from infra.redis_client import STORE_DOWN
 from infra.reservation_store import ReservationStore
 from services.reservations.metrics import ReservationMetrics
 from services.webhooks.publisher import Publisher, PublishFailed, Record
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+REDIS_ERRORS = STORE_DOWN
 
 PLACING = "placing"
 HELD = "held"

@@ -17,7 +17,19 @@ from infra.config import Settings
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.grpc.watch import Update, WatchHub
-from tests.integration.conftest import make_settings
+from tests.integration.conftest import StartService, make_settings
+from tests.integration.grpc_support import watch
+from tests.integration.scenario import mixed_stream
+from tests.integration.support import produce
+from tests.integration.test_operations import drop_serving_keys, reads_until_rebuilt, run_cli
+from tests.integration.test_stream_processor import (
+    grpc_api,
+    now_micros,
+    publish,
+    start_stack,
+    until_equal,
+)
+from tests.reference import recompute
 
 SKUS = [f"SKU-{n:03d}" for n in range(60)]
 
@@ -156,3 +168,89 @@ async def test_a_watch_follows_skus_on_every_node(
 async def _take(updates: AsyncIterator[Update], count: int) -> AsyncIterator[Update]:
     for _ in range(count):
         yield await anext(updates)
+
+
+async def test_the_stack_on_a_cluster_serves_watches_rebuilds_and_survives_a_master_restart(
+    cluster_settings: Settings, start_service: StartService, redis_cluster: DevRedisCluster
+) -> None:
+    settings = cluster_settings
+    distinct, deliveries = mixed_stream(seed=43, skus=60, events_per_sku=8)
+    watched = [f"W-{n}" for n in range(12)]
+    client = await start_stack(start_service, settings)
+    async with client, grpc_api(start_service, settings) as stub:
+        await publish(settings, deliveries)
+        expected = recompute(distinct, now_micros())
+        await until_equal(client, expected, timeout=60)
+        counts = await keys_per_node(redis_cluster, f"{settings.redis_key_prefix}:sku:*")
+        assert sum(counts.values()) == len(expected)
+        assert all(count > 0 for count in counts.values()), counts
+        first = sorted(expected)[0]
+        assert (await client.get(f"/v1/availability/{first}")).json() == expected[first]
+
+        # A watch of SKUs whose records live on all three masters.
+        store = AvailabilityStore.for_settings(settings)
+        try:
+            await store.ping()
+            owners = {store.client.get_node_from_key(store.sku_key(s)).name for s in watched}
+        finally:
+            await store.close()
+        assert len(owners) == 3, owners
+        stream = watch(stub, watched)
+        await stream.read_initial(len(watched))
+        balances = [
+            {
+                "event_id": f"w{n}",
+                "type": "erp.balance",
+                "sku": sku,
+                "location_id": "S1",
+                "on_hand": 10 + n,
+                "as_of": "2026-11-22T09:00:00Z",
+            }
+            for n, sku in enumerate(watched)
+        ]
+        await produce(settings, settings.erp_topic, balances)
+        seen: dict[str, int] = {}
+        async with asyncio.timeout(30):
+            while len(seen) < len(watched):
+                message = await stream.read(timeout=30)
+                seen[message.availability.sku] = message.availability.ats
+        assert seen == {sku: 10 + n for n, sku in enumerate(watched)}
+        await stream.close()
+        expected.update(recompute(balances, now_micros()))
+        await until_equal(client, expected, timeout=10)
+
+        # The serving keys lost (every master flushed of this deployment's keys).
+        assert await drop_serving_keys(settings) > len(expected)
+        await reads_until_rebuilt(client, expected, timeout=60)
+        done = run_cli(settings, "rebuild", "--timeout", "60")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.rstrip().endswith("serving layer complete")
+
+        # A master restarted empty (no persistence) while serving: its share of the
+        # records is gone, the others' are not; the epoch is voided and rebuilt.
+        serving_owner = await owner_port(settings, f"{settings.redis_key_prefix}:serving")
+        port = next(p for p in redis_cluster.ports if p != serving_owner)
+        redis_cluster.stop_node(port)
+        try:
+            await asyncio.sleep(0.5)
+        finally:
+            redis_cluster.start_node(port)
+        redis_cluster.wait_ok()
+        statuses = await reads_until_rebuilt(client, expected, timeout=90)
+        assert 200 in statuses
+        assert (await keys_per_node(redis_cluster, f"{settings.redis_key_prefix}:sku:*"))[port] > 0
+        for handle in start_service.handles:
+            assert handle.running, handle.tail()
+    # Built at start, after the keys were lost, on the CLI's request, after the restart.
+    worker_log = start_service.handles[0].log_text()
+    assert worker_log.count("serving layer: partitions") >= 4, worker_log[-3000:]
+
+
+async def owner_port(settings: Settings, key: str) -> int:
+    store = AvailabilityStore.for_settings(settings)
+    try:
+        await store.ping()
+        node = store.client.get_node_from_key(key)
+        return int(node.port)
+    finally:
+        await store.close()
