@@ -30,8 +30,6 @@ read parses nothing.
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -39,15 +37,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold, with_holds
 from infra.config import Settings
-from infra.redis_client import RedisClient, connect
+from infra.redis_client import REDIS_FAILURES, RedisClient, connect
+from infra.redis_raw import TOPOLOGY_REPLIES, calls_per_master, pack_command, round_trip
 
 DEFAULT_FIELD = b"*"
 #: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
@@ -141,11 +138,6 @@ local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if f < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'f', ARGV[1]) end
 return 0
 """
-
-
-def _pack_command(args: Sequence[bytes]) -> bytes:
-    """A command in RESP, as Redis reads it."""
-    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
 
 
 def _answer_tail(availability: SkuAvailability, channel: str) -> bytes:
@@ -379,9 +371,9 @@ class AvailabilityStore:
             return await self._run_script_cluster(script, calls, keys)
         sha = script.sha.encode()
         numkeys = b"%d" % keys
-        payload = b"".join([_pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
+        payload = b"".join([pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
         for attempt in (1, 2):
-            replies = await self._round_trip(payload, len(calls))
+            replies = await round_trip(self.client, payload, len(calls))
             errors = [reply for reply in replies if isinstance(reply, ResponseError)]
             if not errors:
                 return replies
@@ -394,15 +386,20 @@ class AvailabilityStore:
     async def _run_script_cluster(
         self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
     ) -> list[Any]:
-        """``_run_script`` on a Redis Cluster: redis-py's cluster pipeline sends each
-        node its calls (grouped by the node that owns their slot, one round trip per
-        node, concurrently) and follows MOVED/ASK redirections."""
+        """``_run_script`` on a Redis Cluster: each call packed and sent to the master
+        of its slot, one round trip per master, concurrently (``infra.redis_raw``).
+        Should the slot map be stale (a redirection, a master away), the batch runs
+        again through redis-py's cluster pipeline, which follows redirections and
+        refreshes the map."""
         cluster = cast(RedisCluster, self.client)
+        prefix = (b"EVALSHA", script.sha.encode(), b"%d" % keys)
         for attempt in (1, 2):
-            pipe = cluster.pipeline(transaction=False)
-            for call in calls:
-                pipe.execute_command("EVALSHA", script.sha, keys, *call)
-            replies = await pipe.execute(raise_on_error=False)
+            try:
+                replies = await calls_per_master(cluster, prefix, calls)
+            except REDIS_FAILURES:
+                return await self._run_script_pipeline(script, calls, keys)
+            if any(isinstance(reply, TOPOLOGY_REPLIES) for reply in replies):
+                return await self._run_script_pipeline(script, calls, keys)
             errors = [reply for reply in replies if isinstance(reply, ResponseError)]
             if not errors:
                 return replies
@@ -413,37 +410,25 @@ class AvailabilityStore:
             raise errors[0]
         raise AssertionError("unreachable")
 
-    async def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
-        """Send commands packed in RESP and read their ``replies`` (an error reply is
-        returned, not raised).
-
-        The serving writes are the stream processor's hottest Redis calls: redis-py's
-        pipeline spent more CPU per command (packing, a timeout per reply) than the
-        rest of the write, so they are packed here and read under one timeout (the
-        connection's socket timeout).
-        """
-        pool = cast(aioredis.Redis, self.client).connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        timeout: float | None = connection.socket_timeout  # the URL's, else from_url's
-        try:
-            await connection.send_packed_command(payload)
-            answers: list[Any] = []
-            try:
-                async with asyncio.timeout(timeout):
-                    for _ in range(replies):
-                        try:
-                            answers.append(await connection.read_response(timeout=math.inf))
-                        except ResponseError as exc:
-                            answers.append(exc)
-            except TimeoutError as exc:
-                raise RedisTimeoutError(f"no reply from Redis within {timeout} s") from exc
-            return answers
-        except BaseException:
-            # A reply may still be on its way: the connection cannot be reused.
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+    async def _run_script_pipeline(
+        self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
+    ) -> list[Any]:
+        """``_run_script`` through redis-py's cluster pipeline (per node, following
+        MOVED/ASK, refreshing the slot map)."""
+        cluster = cast(RedisCluster, self.client)
+        for attempt in (1, 2):
+            pipe = cluster.pipeline(transaction=False)
+            for call in calls:
+                pipe.execute_command("EVALSHA", script.sha, keys, *call)
+            replies = await pipe.execute(raise_on_error=False)
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
+                await cluster.script_load(script.script)
+                continue
+            raise errors[0]
+        raise AssertionError("unreachable")
 
     # --- reads (the APIs) ---
 
