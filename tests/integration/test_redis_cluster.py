@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from availability.ats import LocationAvailability, SkuAvailability
 from dev.redis_cluster import DevRedisCluster
@@ -254,3 +255,46 @@ async def owner_port(settings: Settings, key: str) -> int:
         return int(node.port)
     finally:
         await store.close()
+
+
+async def move_slot(cluster: DevRedisCluster, slot: int, target_port: int) -> None:
+    """Migrate ``slot`` (and its keys) to the master on ``target_port``, as
+    ``redis-cli --cluster reshard`` does: IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE."""
+    clients = {port: aioredis.Redis(host="127.0.0.1", port=port) for port in cluster.ports}
+    try:
+        ids = {}
+        for port, client in clients.items():
+            ids[port] = (await client.execute_command("CLUSTER", "MYID")).decode()
+        ranges = await clients[target_port].execute_command("CLUSTER", "SLOTS")
+        source_port = next(
+            int(master[1]) for first, last, master, *_ in ranges if first <= slot <= last
+        )
+        assert source_port != target_port
+        source, target = clients[source_port], clients[target_port]
+        await target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source_port])
+        await source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target_port])
+        while keys := await source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            await source.execute_command(
+                "MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys
+            )
+        for c in clients.values():
+            await c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target_port])
+    finally:
+        for c in clients.values():
+            await c.aclose()
+
+
+async def test_writes_follow_a_slot_moved_under_them(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    sku = "MOVING-1"
+    assert await store.write_records([record(sku, 1), record("STAYS", 1)], 100) == [100, 100]
+    owner = store.client.get_node_from_key(store.sku_key(sku))
+    target = next(p for p in redis_cluster.ports if p != int(owner.port))
+    await move_slot(redis_cluster, key_slot(store.sku_key(sku).encode()), target)
+    # The store's slot map is stale now: MOVED, then the batch runs again and lands.
+    assert await store.write_records([record(sku, 2), record("STAYS", 2)]) == [101, 101]
+    assert int(store.client.get_node_from_key(store.sku_key(sku)).port) == target
+    await store.mark_published([(sku, 101), ("STAYS", 101)])
+    assert await store.write_records([record(sku, 2), record("STAYS", 2)]) == [0, 0]
+    assert await store.read_availability(sku) == record(sku, 2)
