@@ -443,12 +443,11 @@ class AvailabilityStore:
 
     async def read_tails(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
         fields = [b"c:" + channel.encode(), DEFAULT_FIELD, HOLDS_FIELD]
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hmget(self.sku_key(sku), fields)
         tails: list[bytes | None] = []
         held: list[int] = []
-        for index, (channel_tail, default_tail, holds_until) in enumerate(await pipe.execute()):
+        for index, (channel_tail, default_tail, holds_until) in enumerate(
+            await self._hmget_many([self.sku_key(sku).encode() for sku in skus], fields)
+        ):
             tails.append(channel_tail or default_tail)
             if tails[-1] is not None and _holds_live(holds_until):
                 held.append(index)
@@ -458,6 +457,29 @@ class AvailabilityStore:
                 if tail is not None:
                     tails[index] = tail
         return tails
+
+    async def _hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[Any]:
+        """HMGET of each key in one round trip (a cluster: one per master, concurrently;
+        packed as the writes are, ``infra.redis_raw``, with redis-py's pipeline when
+        the slot map is stale)."""
+        if isinstance(self.client, RedisCluster):
+            try:
+                replies = await calls_per_master(
+                    self.client, (b"HMGET",), [(key, *fields) for key in keys]
+                )
+            except REDIS_FAILURES:
+                replies = None
+            if replies is not None and not any(
+                isinstance(reply, TOPOLOGY_REPLIES) for reply in replies
+            ):
+                for reply in replies:
+                    if isinstance(reply, ResponseError):
+                        raise reply
+                return replies
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, fields)
+        return await pipe.execute()
 
     async def _tails_with_holds(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
         """Answer tails that count the SKUs' live reservation holds as reserved: read
