@@ -459,9 +459,11 @@ class AvailabilityStore:
         return tails
 
     async def _hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[Any]:
-        """HMGET of each key in one round trip (a cluster: one per master, concurrently;
-        packed as the writes are, ``infra.redis_raw``, with redis-py's pipeline when
-        the slot map is stale)."""
+        """HMGET of each key in one round trip (a cluster: one per master, concurrently),
+        packed as the writes are (``infra.redis_raw``); in a cluster whose slot map is
+        stale, through redis-py's cluster pipeline."""
+        if not keys:
+            return []
         if isinstance(self.client, RedisCluster):
             try:
                 replies = await calls_per_master(
@@ -476,10 +478,18 @@ class AvailabilityStore:
                     if isinstance(reply, ResponseError):
                         raise reply
                 return replies
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, fields)
-        return await pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, fields)
+            return await pipe.execute()
+        # A single Redis: packed the same way (redis-py's pipeline cost more than twice
+        # the CPU per batch: BENCHMARKS.md "Redis Cluster").
+        payload = b"".join([pack_command((b"HMGET", key, *fields)) for key in keys])
+        replies = await round_trip(self.client, payload, len(keys))
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def _tails_with_holds(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
         """Answer tails that count the SKUs' live reservation holds as reserved: read
