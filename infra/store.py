@@ -31,7 +31,6 @@ read parses nothing.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,10 +42,11 @@ from redis.exceptions import NoScriptError, ResponseError
 from availability.ats import SkuAvailability
 from availability.holds import Hold, with_holds
 from infra.config import Settings
+from infra.records import DEFAULT_FIELD, answer_tail, encode_record
 from infra.redis_client import REDIS_FAILURES, RedisClient, connect
 from infra.redis_raw import TOPOLOGY_REPLIES, calls_per_master, pack_command, round_trip
+from infra.serving_marks import ServingMarks
 
-DEFAULT_FIELD = b"*"
 #: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
 HOLDS_FIELD = b"h"
 
@@ -105,21 +105,6 @@ redis.call('SPUBLISH', ARGV[2], version .. ' ' .. ARGV[1])
 return {v, handed, expired}
 """
 
-# Marks partitions built, only if the epoch they were rebuilt in is still current:
-# should Redis lose its data during a rebuild, the rebuild is not counted.
-_MARK_BUILT = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
-return 1
-"""
-
-# Drops the serving marks if their epoch is still ARGV[1] (a cluster master lost its
-# data): the next begin_rebuild starts a new epoch.
-_VOID_EPOCH = """
-if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 # Claims a Shopify webhook for processing: nil when this caller got it (marked pending
 # for ARGV[1] seconds), else what it is marked (pending: in progress elsewhere; done).
 _CLAIM_WEBHOOK = """
@@ -129,79 +114,12 @@ redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
 return false
 """
 
-#: How long a read that found the serving layer complete trusts that.
-COMPLETE_CACHE_SECONDS = 1.0
-
 # Records that the change feed holds ``version`` (never moving backwards).
 _MARK_PUBLISHED = """
 local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if f < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'f', ARGV[1]) end
 return 0
 """
-
-
-def _answer_tail(availability: SkuAvailability, channel: str) -> bytes:
-    # view() spelled out: this runs for every changed SKU, channel and location.
-    locations = []
-    total = 0
-    for loc in availability.locations:
-        buffer = loc.channel_buffers.get(channel, 0) if loc.channel_buffers else 0
-        ats = loc.on_hand - loc.reserved - loc.safety_stock - buffer
-        if ats < 0:
-            ats = 0
-        total += ats
-        locations.append(
-            {
-                "location_id": loc.location_id,
-                "on_hand": loc.on_hand,
-                "reserved": loc.reserved,
-                "in_transit": loc.in_transit,
-                "damaged": loc.damaged,
-                "safety_stock": loc.safety_stock,
-                "buffer": buffer,
-                "ats": ats,
-            }
-        )
-    return orjson.dumps({"ats": total, "locations": locations})[1:]
-
-
-def _canonical(availability: SkuAvailability) -> bytes:
-    """``d``: ``SkuAvailability.to_data`` as JSON, keys sorted (equal figures, equal bytes)."""
-    return orjson.dumps(
-        {
-            "sku": availability.sku,
-            "locations": [
-                [
-                    loc.location_id,
-                    loc.on_hand,
-                    loc.reserved,
-                    loc.in_transit,
-                    loc.damaged,
-                    loc.safety_stock,
-                    dict(loc.channel_buffers) if loc.channel_buffers else {},
-                ]
-                for loc in availability.locations
-            ],
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def encode_record(availability: SkuAvailability) -> list[bytes]:
-    """``[d, field, tail, field, tail, ...]``: the arguments of the write script."""
-    args = [_canonical(availability)]
-    for channel in availability.channels():
-        args.append(b"c:" + channel.encode())
-        args.append(_answer_tail(availability, channel))
-    # The tail for unnamed channels is the same for all of them: buffer 0.
-    args.append(DEFAULT_FIELD)
-    args.append(_answer_tail(availability, ""))  # "" is no valid channel: buffer 0
-    return args
-
-
-def render_answer(sku: str, channel: str, tail: bytes) -> bytes:
-    # sku and channel are validated identifiers: no character needs JSON escaping.
-    return b'{"sku":"' + sku.encode() + b'","channel":"' + channel.encode() + b'",' + tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,41 +130,17 @@ class HoldCounts:
     expired: int
 
 
-@dataclass(frozen=True)
-class ServingLayer:
-    """How complete the serving records are: which partitions have all been written
-    since Redis last lost its data (``total`` is None before any worker said)."""
-
-    total: int | None
-    built: frozenset[int]
-
-    @property
-    def complete(self) -> bool:
-        return self.total is not None and self.built >= frozenset(range(self.total))
-
-    def describe(self) -> str:
-        if self.complete:
-            return "complete"
-        if self.total is None:
-            return "not rebuilt yet (Redis lost its data, or no worker has run)"
-        done = len(self.built & frozenset(range(self.total)))
-        return f"being rebuilt: {done} of {self.total} partitions written"
-
-
-class AvailabilityStore:
+class AvailabilityStore(ServingMarks):
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._write = client.register_script(_WRITE_RECORD)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
-        self._mark_built = client.register_script(_MARK_BUILT)
         self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
-        self._void_epoch = client.register_script(_VOID_EPOCH)
         self._workers_key = f"{prefix}:workers"
         self._counters_key = f"{prefix}:counters"
-        self._serving_key = f"{prefix}:serving"
         self._drift_key = f"{prefix}:drift"
-        self._complete_until = 0.0
+        self._init_serving_marks(client, prefix)
 
     @classmethod
     def from_url(
@@ -496,7 +390,7 @@ class AvailabilityStore:
         your writes, before the worker has folded the reservations (README
         "Reservations"). Only SKUs with holds take this path."""
         return [
-            None if availability is None else _answer_tail(availability, channel)
+            None if availability is None else answer_tail(availability, channel)
             for availability in await self._read_with_holds(skus)
         ]
 
@@ -540,96 +434,6 @@ class AvailabilityStore:
         if _holds_live(holds_until):
             return (await self._read_with_holds([sku]))[0]
         return SkuAvailability.from_data(orjson.loads(raw))
-
-    # --- completeness of the serving layer (streams.rebuild) ---
-
-    async def begin_rebuild(self, partitions: int) -> bytes:
-        """The current rebuild epoch, starting one if Redis has none (in a cluster, also
-        if a master lost its marker of the epoch: it lost its records too)."""
-        for _ in range(3):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hsetnx(self._serving_key, "epoch", uuid.uuid4().hex)
-            pipe.hset(self._serving_key, "partitions", partitions)
-            pipe.hget(self._serving_key, "epoch")
-            created, _, epoch = await pipe.execute()
-            if not isinstance(self.client, RedisCluster):
-                return cast(bytes, epoch)
-            markers = await self._master_markers()
-            if created:
-                await self._set_markers(markers, epoch)
-                return cast(bytes, epoch)
-            if all(value == epoch for value in (await self._read_markers(markers)).values()):
-                return cast(bytes, epoch)
-            # A master lost its data: void the epoch (unless another worker did already).
-            await self._void_epoch(keys=[self._serving_key], args=[epoch])
-        raise RuntimeError("the serving epoch keeps changing; try again")
-
-    async def _master_markers(self) -> list[bytes]:
-        """One marker key per master of the cluster (in a slot that master owns)."""
-        cluster = cast(RedisCluster, self.client)
-        await cluster.initialize()
-        owners = {node.name for node in cluster.get_primaries()}
-        keys: dict[str, bytes] = {}
-        n = 0
-        while len(keys) < len(owners) and n < 100_000:
-            key = f"{self.prefix}:serving:{{m{n}}}".encode()
-            owner = cluster.get_node_from_key(key.decode())
-            if owner is not None and owner.name not in keys:
-                keys[owner.name] = key
-            n += 1
-        return list(keys.values())
-
-    async def _read_markers(self, keys: Sequence[bytes]) -> dict[bytes, bytes | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        return dict(zip(keys, await pipe.execute(), strict=True))
-
-    async def _set_markers(self, keys: Sequence[bytes], epoch: bytes) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.set(key, epoch)
-        await pipe.execute()
-
-    async def mark_built(self, epoch: bytes, partitions: Iterable[int]) -> bool:
-        """Note that every record of ``partitions`` is written; False (nothing noted) if
-        the epoch is no longer current: Redis lost its data meanwhile."""
-        fields = [b"p:%d" % partition for partition in partitions]
-        done = await self._mark_built(keys=[self._serving_key], args=[epoch, *fields])
-        return bool(done)
-
-    async def serving_layer(self) -> ServingLayer:
-        raw = cast(dict[bytes, bytes], await self.client.hgetall(self._serving_key))
-        epoch = raw.get(b"epoch")
-        total = raw.get(b"partitions")
-        if epoch is not None and isinstance(self.client, RedisCluster):
-            markers = await self._read_markers(await self._master_markers())
-            if any(value != epoch for value in markers.values()):
-                # A master lost its share of the records: nothing counts as built
-                # until a worker starts a new epoch (``begin_rebuild``).
-                return ServingLayer(int(total) if total is not None else None, frozenset())
-        built = frozenset(
-            int(name[2:])
-            for name, value in raw.items()
-            if name.startswith(b"p:") and value == epoch and name[2:].isdigit()
-        )
-        return ServingLayer(int(total) if total is not None else None, built)
-
-    async def incomplete_serving_layer(self) -> str | None:
-        """None if the serving layer is complete, else what it lacks. A read that
-        finds no record asks this (so that a SKU not yet rebuilt is not answered as
-        unknown); a complete answer is trusted for ``COMPLETE_CACHE_SECONDS``."""
-        if time.monotonic() < self._complete_until:
-            return None
-        layer = await self.serving_layer()
-        if layer.complete:
-            self._complete_until = time.monotonic() + COMPLETE_CACHE_SECONDS
-            return None
-        return f"the serving layer is {layer.describe()}; retry shortly"
-
-    async def forget_built(self) -> None:
-        """Have every worker rewrite its serving records (as if Redis had lost them)."""
-        await self.client.delete(self._serving_key)
 
     # --- worker status and counters ---
 
@@ -712,14 +516,3 @@ def _holds_live(holds_until: bytes | str | None) -> bool:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def batch_items(skus: Iterable[str], channel: str, tails: Iterable[bytes | None]) -> bytes:
-    """The body of a batch answer, in request order."""
-    parts = []
-    for sku, tail in zip(skus, tails, strict=True):
-        if tail is None:
-            parts.append(b'{"sku":"' + sku.encode() + b'","ats":0,"locations":[]}')
-        else:
-            parts.append(render_answer(sku, channel, tail))
-    return b'{"channel":"' + channel.encode() + b'","items":[' + b",".join(parts) + b"]}"

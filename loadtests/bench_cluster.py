@@ -35,7 +35,8 @@ from dev.processes import stop_process
 from dev.redis_cluster import DevRedisCluster, cluster_ports
 from dev.redis_server import ensure_redis
 from infra.config import Settings
-from infra.store import AvailabilityStore, encode_record
+from infra.records import encode_record
+from infra.store import AvailabilityStore
 from infra.topics import create_topics
 from loadtests.bench import seed_serving, wait_http
 from loadtests.bench_grpc import Service, Stack, bench_settings, free_port

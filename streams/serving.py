@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable
 from availability.ats import SkuAvailability, build_availability
 from availability.rules import RuleBook
 from availability.state import SkuState
+from infra.records import encode_record
 from infra.redis_client import REDIS_FAILURES
-from infra.store import AvailabilityStore, encode_record
+from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 
 log = logging.getLogger(__name__)

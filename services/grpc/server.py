@@ -44,8 +44,9 @@ from availability.ats import unknown_sku_view, view
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
 from infra.probes import OK, LoopHeartbeat
+from infra.records import render_answer
 from infra.redis_client import REDIS_FAILURES, STORE_DOWN
-from infra.store import AvailabilityStore, render_answer
+from infra.store import AvailabilityStore
 from services.auth.authenticator import AuthConfigError, Authenticator
 from services.grpc.access import AccessControl, MethodAccess, caller
 from services.grpc.connections import ServerLimitsError, maximum_concurrent_rpcs, server_options

@@ -21,8 +21,8 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_sku
+from infra.records import render_answer
 from infra.redis_client import REDIS_FAILURES
-from infra.store import render_answer
 from services.http.metrics import Metrics
 
 PATH_PREFIX = "/v1/availability/"
