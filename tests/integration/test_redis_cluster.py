@@ -18,6 +18,7 @@ from infra.config import Settings
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.grpc.watch import Update, WatchHub
+from tests.integration import test_faults
 from tests.integration.conftest import StartService, make_settings
 from tests.integration.grpc_support import watch
 from tests.integration.scenario import mixed_stream
@@ -298,3 +299,13 @@ async def test_writes_follow_a_slot_moved_under_them(
     await store.mark_published([(sku, 101), ("STAYS", 101)])
     assert await store.write_records([record(sku, 2), record("STAYS", 2)]) == [0, 0]
     assert await store.read_availability(sku) == record(sku, 2)
+
+
+async def test_workers_killed_at_random_moments_on_a_cluster(
+    cluster_settings: Settings, start_service: StartService
+) -> None:
+    """The fault test of ``test_faults`` (two workers, three SIGKILLs while events
+    arrive, ending in the state of an uninterrupted run) with its Redis a cluster."""
+    await test_faults.test_workers_killed_at_random_moments_end_as_an_uninterrupted_run(
+        cluster_settings, start_service
+    )
