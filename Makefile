@@ -42,7 +42,7 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
-	bench-reserve \
+	bench-reserve bench-cluster \
 	alerts-check chart-check image-check constraints shopify-schema shopify-standin
 
 help: ## show this help
@@ -91,6 +91,9 @@ load: $(STAMP) ## headless flash-sale load test with Locust, Shopify channel inc
 
 bench-grpc: $(STAMP) ## benchmark the gRPC API (watch delivery, Get latency); BENCH_ARGS=--quick
 	$(VPY) -m loadtests.bench_grpc $(BENCH_ARGS)
+
+bench-cluster: $(STAMP) ## reads and fold writes: a 3-master Redis Cluster beside a single Redis; BENCH_ARGS=--quick
+	$(VPY) -m loadtests.bench_cluster $(BENCH_ARGS)
 
 alerts-check: ## check the Prometheus alert rules and run their unit tests (promtool)
 	@command -v promtool >/dev/null || { \

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     # Redis connections per process; calls beyond wait up to 5 s for a free one.
     redis_max_connections: int = Field(default=200, ge=1)
+    # Redis Cluster mode (README "Redis Cluster"): redis_url names one node of the
+    # cluster, the others are discovered; every key carries its SKU as hash tag.
+    redis_cluster: bool = False
     # Open WatchAvailability streams one gRPC server holds; more get RESOURCE_EXHAUSTED.
     grpc_max_watches: int = Field(default=10_000, ge=1)
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold
+from infra.redis_client import RedisClient
 from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
 
@@ -166,7 +166,7 @@ class ServedChange:
 class ReservationStore:
     def __init__(self, store: AvailabilityStore) -> None:
         self.store = store
-        self.client: aioredis.Redis = store.client
+        self.client: RedisClient = store.client
         self.prefix = store.prefix
         self._place = self.client.register_script(_PLACE_HOLD)
         self._move = self.client.register_script(_MOVE_DEADLINE)

@@ -17,6 +17,9 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``epoch``      token of the rebuild under way or done since Redis last lost its data
     ``partitions`` how many partitions the SKUs are spread over
     ``p:<n>``      the epoch in which partition n's records were all written
+``{prefix}:serving:{m<n>}``  Redis Cluster only: the epoch again, once per master (the
+    smallest n whose slot that master owns), so that a master that lost its data (its
+    share of the records) voids the epoch like a single Redis losing everything
 ``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
     of what the record serves, ``<version> <d> <held>`` while the SKU has live
     reservation holds (``<held>``: units per location, JSON; ``decode_change``)
@@ -34,34 +37,26 @@ read parses nothing.
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
-import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold, with_held, with_holds
+from infra.config import Settings
+from infra.records import DEFAULT_FIELD, answer_tail, encode_record
+from infra.redis_client import REDIS_FAILURES, RedisClient, connect
+from infra.redis_raw import TOPOLOGY_REPLIES, calls_per_master, pack_command, round_trip
+from infra.serving_marks import ServingMarks
 from infra.serving_scripts import READ_SERVED, WRITE_RECORD
 
-DEFAULT_FIELD = b"*"
 #: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
 HOLDS_FIELD = b"h"
-
-# Marks partitions built, only if the epoch they were rebuilt in is still current:
-# should Redis lose its data during a rebuild, the rebuild is not counted.
-_MARK_BUILT = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
-return 1
-"""
 
 # Claims a Shopify webhook for processing: nil when this caller got it (marked pending
 # for ARGV[1] seconds), else what it is marked (pending: in progress elsewhere; done).
@@ -72,84 +67,12 @@ redis.call('SET', KEYS[1], 'pending', 'EX', ARGV[1])
 return false
 """
 
-#: How long a read that found the serving layer complete trusts that.
-COMPLETE_CACHE_SECONDS = 1.0
-
 # Records that the change feed holds ``version`` (never moving backwards).
 _MARK_PUBLISHED = """
 local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
 if f < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'f', ARGV[1]) end
 return 0
 """
-
-
-def _pack_command(args: Sequence[bytes]) -> bytes:
-    """A command in RESP, as Redis reads it."""
-    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
-
-
-def _answer_tail(availability: SkuAvailability, channel: str) -> bytes:
-    # view() spelled out: this runs for every changed SKU, channel and location.
-    locations = []
-    total = 0
-    for loc in availability.locations:
-        buffer = loc.channel_buffers.get(channel, 0) if loc.channel_buffers else 0
-        ats = loc.on_hand - loc.reserved - loc.safety_stock - buffer
-        if ats < 0:
-            ats = 0
-        total += ats
-        locations.append(
-            {
-                "location_id": loc.location_id,
-                "on_hand": loc.on_hand,
-                "reserved": loc.reserved,
-                "in_transit": loc.in_transit,
-                "damaged": loc.damaged,
-                "safety_stock": loc.safety_stock,
-                "buffer": buffer,
-                "ats": ats,
-            }
-        )
-    return orjson.dumps({"ats": total, "locations": locations})[1:]
-
-
-def _canonical(availability: SkuAvailability) -> bytes:
-    """``d``: ``SkuAvailability.to_data`` as JSON, keys sorted (equal figures, equal bytes)."""
-    return orjson.dumps(
-        {
-            "sku": availability.sku,
-            "locations": [
-                [
-                    loc.location_id,
-                    loc.on_hand,
-                    loc.reserved,
-                    loc.in_transit,
-                    loc.damaged,
-                    loc.safety_stock,
-                    dict(loc.channel_buffers) if loc.channel_buffers else {},
-                ]
-                for loc in availability.locations
-            ],
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def encode_record(availability: SkuAvailability) -> list[bytes]:
-    """``[d, field, tail, field, tail, ...]``: the arguments of the write script."""
-    args = [_canonical(availability)]
-    for channel in availability.channels():
-        args.append(b"c:" + channel.encode())
-        args.append(_answer_tail(availability, channel))
-    # The tail for unnamed channels is the same for all of them: buffer 0.
-    args.append(DEFAULT_FIELD)
-    args.append(_answer_tail(availability, ""))  # "" is no valid channel: buffer 0
-    return args
-
-
-def render_answer(sku: str, channel: str, tail: bytes) -> bytes:
-    # sku and channel are validated identifiers: no character needs JSON escaping.
-    return b'{"sku":"' + sku.encode() + b'","channel":"' + channel.encode() + b'",' + tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,57 +83,43 @@ class HoldCounts:
     expired: int
 
 
-@dataclass(frozen=True)
-class ServingLayer:
-    """How complete the serving records are: which partitions have all been written
-    since Redis last lost its data (``total`` is None before any worker said)."""
-
-    total: int | None
-    built: frozenset[int]
-
-    @property
-    def complete(self) -> bool:
-        return self.total is not None and self.built >= frozenset(range(self.total))
-
-    def describe(self) -> str:
-        if self.complete:
-            return "complete"
-        if self.total is None:
-            return "not rebuilt yet (Redis lost its data, or no worker has run)"
-        done = len(self.built & frozenset(range(self.total)))
-        return f"being rebuilt: {done} of {self.total} partitions written"
-
-
-class AvailabilityStore:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+class AvailabilityStore(ServingMarks):
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._write = client.register_script(WRITE_RECORD)
         self._read_served = client.register_script(READ_SERVED)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
-        self._mark_built = client.register_script(_MARK_BUILT)
         self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
         self._workers_key = f"{prefix}:workers"
         self._counters_key = f"{prefix}:counters"
-        self._serving_key = f"{prefix}:serving"
         self._drift_key = f"{prefix}:drift"
-        self._complete_until = 0.0
+        self._init_serving_marks(client, prefix)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, max_connections: int = 200) -> AvailabilityStore:
-        # Timeouts so that an unreachable Redis fails a call instead of hanging it;
-        # the URL's own socket_timeout=... parameters take precedence. A burst of
-        # calls beyond max_connections waits for a free connection (up to 5 s)
-        # instead of failing at once, as redis-py's default pool would.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            decode_responses=False,
-            socket_timeout=5.0,
-            socket_connect_timeout=2.0,
-            max_connections=max_connections,
-            timeout=5.0,
+    def from_url(
+        cls, url: str, prefix: str, max_connections: int = 200, *, cluster: bool = False
+    ) -> AvailabilityStore:
+        """A store over a client of ``infra.redis_client.connect`` (``cluster``: a
+        Redis Cluster that ``url`` names one node of)."""
+        return cls(connect(url, cluster=cluster, max_connections=max_connections), prefix)
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, max_connections: int | None = None
+    ) -> AvailabilityStore:
+        """The store every process uses: ``Settings.redis_url``, ``redis_cluster``,
+        ``redis_key_prefix`` and (unless given) ``redis_max_connections``."""
+        return cls.from_url(
+            settings.redis_url,
+            settings.redis_key_prefix,
+            max_connections or settings.redis_max_connections,
+            cluster=settings.redis_cluster,
         )
-        return cls(aioredis.Redis.from_pool(pool), prefix)
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -312,11 +221,13 @@ class AvailabilityStore:
         scripts may run twice without harm (a rewrite of the same record only
         reports its pending version again; a mark never moves backwards).
         """
+        if isinstance(self.client, RedisCluster):
+            return await self._run_script_cluster(script, calls, keys)
         sha = script.sha.encode()
         numkeys = b"%d" % keys
-        payload = b"".join([_pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
+        payload = b"".join([pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
         for attempt in (1, 2):
-            replies = await self._round_trip(payload, len(calls))
+            replies = await round_trip(self.client, payload, len(calls))
             errors = [reply for reply in replies if isinstance(reply, ResponseError)]
             if not errors:
                 return replies
@@ -326,37 +237,52 @@ class AvailabilityStore:
             raise errors[0]
         raise AssertionError("unreachable")
 
-    async def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
-        """Send commands packed in RESP and read their ``replies`` (an error reply is
-        returned, not raised).
-
-        The serving writes are the stream processor's hottest Redis calls: redis-py's
-        pipeline spent more CPU per command (packing, a timeout per reply) than the
-        rest of the write, so they are packed here and read under one timeout (the
-        connection's socket timeout).
-        """
-        pool = self.client.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        timeout: float | None = connection.socket_timeout  # the URL's, else from_url's
-        try:
-            await connection.send_packed_command(payload)
-            answers: list[Any] = []
+    async def _run_script_cluster(
+        self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
+    ) -> list[Any]:
+        """``_run_script`` on a Redis Cluster: each call packed and sent to the master
+        of its slot, one round trip per master, concurrently (``infra.redis_raw``).
+        Should the slot map be stale (a redirection, a master away), the batch runs
+        again through redis-py's cluster pipeline, which follows redirections and
+        refreshes the map."""
+        cluster = cast(RedisCluster, self.client)
+        prefix = (b"EVALSHA", script.sha.encode(), b"%d" % keys)
+        for attempt in (1, 2):
             try:
-                async with asyncio.timeout(timeout):
-                    for _ in range(replies):
-                        try:
-                            answers.append(await connection.read_response(timeout=math.inf))
-                        except ResponseError as exc:
-                            answers.append(exc)
-            except TimeoutError as exc:
-                raise RedisTimeoutError(f"no reply from Redis within {timeout} s") from exc
-            return answers
-        except BaseException:
-            # A reply may still be on its way: the connection cannot be reused.
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+                replies = await calls_per_master(cluster, prefix, calls)
+            except REDIS_FAILURES:
+                return await self._run_script_pipeline(script, calls, keys)
+            if any(isinstance(reply, TOPOLOGY_REPLIES) for reply in replies):
+                return await self._run_script_pipeline(script, calls, keys)
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
+                # SCRIPT LOAD goes to every master: one restarted empty, or a new one.
+                await cluster.script_load(script.script)
+                continue
+            raise errors[0]
+        raise AssertionError("unreachable")
+
+    async def _run_script_pipeline(
+        self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
+    ) -> list[Any]:
+        """``_run_script`` through redis-py's cluster pipeline (per node, following
+        MOVED/ASK, refreshing the slot map)."""
+        cluster = cast(RedisCluster, self.client)
+        for attempt in (1, 2):
+            pipe = cluster.pipeline(transaction=False)
+            for call in calls:
+                pipe.execute_command("EVALSHA", script.sha, keys, *call)
+            replies = await pipe.execute(raise_on_error=False)
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if not errors:
+                return replies
+            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
+                await cluster.script_load(script.script)
+                continue
+            raise errors[0]
+        raise AssertionError("unreachable")
 
     # --- reads (the APIs) ---
 
@@ -371,12 +297,11 @@ class AvailabilityStore:
 
     async def read_tails(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
         fields = [b"c:" + channel.encode(), DEFAULT_FIELD, HOLDS_FIELD]
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hmget(self.sku_key(sku), fields)
         tails: list[bytes | None] = []
         held: list[int] = []
-        for index, (channel_tail, default_tail, holds_until) in enumerate(await pipe.execute()):
+        for index, (channel_tail, default_tail, holds_until) in enumerate(
+            await self._hmget_many([self.sku_key(sku).encode() for sku in skus], fields)
+        ):
             tails.append(channel_tail or default_tail)
             if tails[-1] is not None and _holds_live(holds_until):
                 held.append(index)
@@ -387,12 +312,45 @@ class AvailabilityStore:
                     tails[index] = tail
         return tails
 
+    async def _hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[Any]:
+        """HMGET of each key in one round trip (a cluster: one per master, concurrently),
+        packed as the writes are (``infra.redis_raw``); in a cluster whose slot map is
+        stale, through redis-py's cluster pipeline."""
+        if not keys:
+            return []
+        if isinstance(self.client, RedisCluster):
+            try:
+                replies = await calls_per_master(
+                    self.client, (b"HMGET",), [(key, *fields) for key in keys]
+                )
+            except REDIS_FAILURES:
+                replies = None
+            if replies is not None and not any(
+                isinstance(reply, TOPOLOGY_REPLIES) for reply in replies
+            ):
+                for reply in replies:
+                    if isinstance(reply, ResponseError):
+                        raise reply
+                return replies
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, fields)
+            return await pipe.execute()
+        # A single Redis: packed the same way (redis-py's pipeline cost more than twice
+        # the CPU per batch: BENCHMARKS.md "Redis Cluster").
+        payload = b"".join([pack_command((b"HMGET", key, *fields)) for key in keys])
+        replies = await round_trip(self.client, payload, len(keys))
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
     async def _tails_with_holds(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
         """Answer tails that count the SKUs' live reservation holds as reserved: read
         your writes, before the worker has folded the reservations (README
         "Reservations"). Only SKUs with holds take this path."""
         return [
-            None if availability is None else _answer_tail(availability, channel)
+            None if availability is None else answer_tail(availability, channel)
             for availability in await self._read_with_holds(skus)
         ]
 
@@ -452,50 +410,6 @@ class AvailabilityStore:
         if _holds_live(holds_until):
             return (await self._read_with_holds([sku]))[0]
         return SkuAvailability.from_data(orjson.loads(raw))
-
-    # --- completeness of the serving layer (streams.rebuild) ---
-
-    async def begin_rebuild(self, partitions: int) -> bytes:
-        """The current rebuild epoch, starting one if Redis has none."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hsetnx(self._serving_key, "epoch", uuid.uuid4().hex)
-        pipe.hset(self._serving_key, "partitions", partitions)
-        pipe.hget(self._serving_key, "epoch")
-        return cast(bytes, (await pipe.execute())[2])
-
-    async def mark_built(self, epoch: bytes, partitions: Iterable[int]) -> bool:
-        """Note that every record of ``partitions`` is written; False (nothing noted) if
-        the epoch is no longer current: Redis lost its data meanwhile."""
-        fields = [b"p:%d" % partition for partition in partitions]
-        done = await self._mark_built(keys=[self._serving_key], args=[epoch, *fields])
-        return bool(done)
-
-    async def serving_layer(self) -> ServingLayer:
-        raw = cast(dict[bytes, bytes], await self.client.hgetall(self._serving_key))
-        epoch = raw.get(b"epoch")
-        total = raw.get(b"partitions")
-        built = frozenset(
-            int(name[2:])
-            for name, value in raw.items()
-            if name.startswith(b"p:") and value == epoch and name[2:].isdigit()
-        )
-        return ServingLayer(int(total) if total is not None else None, built)
-
-    async def incomplete_serving_layer(self) -> str | None:
-        """None if the serving layer is complete, else what it lacks. A read that
-        finds no record asks this (so that a SKU not yet rebuilt is not answered as
-        unknown); a complete answer is trusted for ``COMPLETE_CACHE_SECONDS``."""
-        if time.monotonic() < self._complete_until:
-            return None
-        layer = await self.serving_layer()
-        if layer.complete:
-            self._complete_until = time.monotonic() + COMPLETE_CACHE_SECONDS
-            return None
-        return f"the serving layer is {layer.describe()}; retry shortly"
-
-    async def forget_built(self) -> None:
-        """Have every worker rewrite its serving records (as if Redis had lost them)."""
-        await self.client.delete(self._serving_key)
 
     # --- worker status and counters ---
 
@@ -600,14 +514,3 @@ def _holds_live(holds_until: bytes | str | None) -> bool:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def batch_items(skus: Iterable[str], channel: str, tails: Iterable[bytes | None]) -> bytes:
-    """The body of a batch answer, in request order."""
-    parts = []
-    for sku, tail in zip(skus, tails, strict=True):
-        if tail is None:
-            parts.append(b'{"sku":"' + sku.encode() + b'","ats":0,"locations":[]}')
-        else:
-            parts.append(render_answer(sku, channel, tail))
-    return b'{"channel":"' + channel.encode() + b'","items":[' + b",".join(parts) + b"]}"

@@ -17,7 +17,8 @@ import orjson
 
 from availability.identifiers import DEFAULT_CHANNEL
 from infra.config import get_settings
-from infra.store import AvailabilityStore, batch_items, render_answer
+from infra.records import batch_items, render_answer
+from infra.store import AvailabilityStore
 from services.http.__main__ import serve
 
 PATH_PREFIX = "/v1/availability/"

@@ -18,7 +18,8 @@ import orjson
 
 from availability.identifiers import DEFAULT_CHANNEL
 from infra.config import get_settings
-from infra.store import AvailabilityStore, render_answer
+from infra.records import render_answer
+from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.messages import availability_message
 from services.grpc.server import SERVICE_NAME

@@ -23,7 +23,7 @@ log = logging.getLogger("bench")
 
 async def seed_serving(settings: Settings, skus: int, locations: int) -> None:
     """Serving records as the worker writes them for the catalogue (no worker needed)."""
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)
     try:
         names = [location_name(j) for j in range(locations)]
         records = [

@@ -131,9 +131,7 @@ class Processor:
         self.dlq_topic = app.topic(
             settings.dlq_topic, key_serializer="raw", value_serializer="raw", internal=False
         )
-        self.store = AvailabilityStore.from_url(
-            settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
-        )
+        self.store = AvailabilityStore.for_settings(settings)
         self.rules = RulesLog(settings, on_change=self._on_rule_change)
         self.feed = ChangeFeed(self.store, self._send_changes, owns=self.owns, clock=now_micros)
         self.writer = ServingWriter(

@@ -42,10 +42,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from availability.ats import SkuAvailability
 from infra.feed_record import change_record, format_computed_at
+from infra.redis_client import REDIS_FAILURES
 from infra.store import AvailabilityStore
 
 log = logging.getLogger(__name__)
@@ -171,6 +170,6 @@ class ChangeFeed:
             return
         try:
             await self.store.mark_published((sku, version) for sku, version, _ in sent)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             # Harmless: an unmarked version is published once more after a restart.
             log.warning("change feed: marking %d versions failed: %s", len(sent), exc)

@@ -15,9 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from infra.hold_checks import HoldChecks
+from infra.redis_client import REDIS_FAILURES
 from streams.change_feed import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class HoldSweep:
         try:
             for partition in sorted(self._owned()):
                 done += await self._sweep_partition(partition)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self.errors += 1
             log.warning("reservation holds: checking failed (retried): %s", exc)
         self.checked += done

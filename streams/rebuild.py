@@ -22,8 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from redis.exceptions import RedisError
-
+from infra.redis_client import REDIS_FAILURES
 from infra.store import AvailabilityStore
 from streams.serving import ServingWriter
 
@@ -74,7 +73,7 @@ class ServingRebuild:
             try:
                 if when():
                     await self.check()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.warning("serving layer check failed (%s); retrying", exc)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -25,13 +25,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from redis.exceptions import RedisError
-
 from availability.ats import SkuAvailability, build_availability
 from availability.holds import with_held
 from availability.rules import RuleBook
 from availability.state import SkuState
-from infra.store import AvailabilityStore, encode_record
+from infra.records import encode_record
+from infra.redis_client import REDIS_FAILURES
+from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class ServingWriter:
                                 if v
                             ]
                         )
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 self.errors += 1
                 self._dirty |= skus
                 for sku, ids in lines.items():

@@ -139,7 +139,7 @@ async def drift(
         for line in report_lines(report):
             say(line)
     if publish:
-        store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+        store = AvailabilityStore.for_settings(settings)
         try:
             await store.save_drift(report.by_cause(), rows=report.rows, bad_lines=len(errors))
         finally:

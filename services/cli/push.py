@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from infra.audit import audit_record, new_audit_id, record_actions
 from infra.config import Settings
+from infra.redis_client import connect
 from services.cli.operator import operator_actor
 from services.push.resync import resync
 from services.push.shopify import TargetRefused
@@ -59,7 +59,7 @@ def _when(epoch: float | None) -> str:
 
 
 async def status(settings: Settings, as_json: bool, say: Say) -> int:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         reports = await read_statuses(client, settings.redis_key_prefix)
         problems = 0

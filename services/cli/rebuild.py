@@ -15,7 +15,7 @@ async def rebuild(
 ) -> int:
     """Drop the serving layer's built marks; the workers notice within a heartbeat and
     rewrite their partitions (``streams.rebuild``). Returns the exit code."""
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)
     try:
         workers = await store.workers(max_age=settings.worker_status_max_age)
         await store.forget_built()

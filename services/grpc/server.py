@@ -39,7 +39,6 @@ from typing import Any
 
 import grpc
 import orjson
-import redis.exceptions
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -48,8 +47,10 @@ from infra.config import Settings, get_settings
 from infra.hold_checks import HoldChecks
 from infra.logs import configure_logging
 from infra.probes import OK, LoopHeartbeat
+from infra.records import render_answer
+from infra.redis_client import REDIS_FAILURES, STORE_DOWN
 from infra.reservation_store import ReservationStore
-from infra.store import AvailabilityStore, render_answer
+from infra.store import AvailabilityStore
 from services.auth.authenticator import AuthConfigError, Authenticator
 from services.grpc.access import AccessControl, MethodAccess, caller
 from services.grpc.connections import ServerLimitsError, maximum_concurrent_rpcs, server_options
@@ -83,7 +84,7 @@ SHUTDOWN_GRACE = 5.0
 #: Seconds between the Redis pings behind the health status.
 HEALTH_INTERVAL = 1.0
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+REDIS_DOWN = STORE_DOWN
 UNAVAILABLE_MESSAGE = "the serving store (Redis) cannot be reached"
 
 GetContext = grpc.aio.ServicerContext[pb.GetAvailabilityRequest, pb.Availability]
@@ -209,7 +210,7 @@ async def watch_redis(
     while True:
         try:
             up = await asyncio.wait_for(store.ping(), HEALTH_INTERVAL * 2)
-        except (redis.exceptions.RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:  # TimeoutError is an OSError
             up = False
         if up != serving:
             serving = up
@@ -321,9 +322,7 @@ def transport_name(settings: Settings) -> str:
 
 async def serve(settings: Settings) -> None:
     authenticator = Authenticator.from_settings(settings)
-    store = AvailabilityStore.from_url(
-        settings.redis_url, settings.redis_key_prefix, settings.redis_max_connections
-    )
+    store = AvailabilityStore.for_settings(settings)
     hub = WatchHub(
         store,
         settings.grpc_max_watches,

@@ -1,4 +1,5 @@
-"""Live availability for ``WatchAvailability``: one Redis subscription per process.
+"""Live availability for ``WatchAvailability``: one Redis subscription per process
+(in Redis Cluster mode, one per master that owns a watched SKU's slot).
 
 The stream processor's write script announces every change of a serving record on
 the SKU's sharded pub/sub channel (``AvailabilityStore.change_channel``) as
@@ -9,7 +10,9 @@ answered 201, before the worker has folded it; README "Reservations"). A
 ``WatchHub`` holds one pub/sub connection for the whole
 process and subscribes to a SKU's channel while at least one watch wants it, so N
 watches of one SKU cost one subscription, and a change is decoded once however
-many watches show it.
+many watches show it. In Redis Cluster mode a sharded channel lives on the master
+that owns its slot (the SKU's hash tag), so the hub holds one pub/sub connection per
+such master, each read by its own task, and subscribes each channel on its owner.
 
 A ``Watch`` keeps, per SKU, only the latest figures not yet sent: a client that
 reads slowly gets the newest figures when it reads again (with a version gap),
@@ -43,6 +46,9 @@ from typing import Any
 
 import redis.exceptions
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import ConnectionPool
+from redis.crc import key_slot
 
 from availability.ats import SkuAvailability, watched_view
 from availability.watch_thresholds import NO_THRESHOLDS, Thresholds, figures_of, worth_sending
@@ -203,8 +209,9 @@ class WatchHub:
         self.max_per_identity = max_per_identity or max_watches
         self.subscribe_timeout = subscribe_timeout
         self._per_owner: dict[tuple[str, str], int] = {}  # (kind, subject) -> open watches
-        self._pubsub: ChangeSubscription | None = None
-        self._reader: asyncio.Task[None] | None = None
+        # Per Redis node ("" for a single Redis; a master's host:port in a cluster).
+        self._pubsubs: dict[str, ChangeSubscription] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
         self._watches: dict[bytes, set[Watch]] = {}  # channel -> watches of it
         self._sku_of: dict[bytes, str] = {}
         # Per channel: subscribe commands sent, and confirmations received. Replies
@@ -288,9 +295,13 @@ class WatchHub:
                     # would answer a future subscription too early).
                     self._confirmed.pop(name, None)
                     self._sent.pop(name, None)
-        if unused and self._pubsub is not None:
-            with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                await self._pubsub.sunsubscribe(*unused)
+        for node, names in self._by_node(unused).items():
+            pubsub = self._pubsubs.get(node)
+            if pubsub is not None:
+                # A failed connection is the reader's to report; a closed one fails too.
+                with contextlib.suppress(Exception):
+                    for group in self._by_slot(names):
+                        await pubsub.sunsubscribe(*group)
 
     async def close(self, reason: str) -> None:
         """End every watch with ``reason`` and refuse new ones (server shutdown)."""
@@ -299,9 +310,8 @@ class WatchHub:
         await self._stop_reader()
 
     async def _subscribe(self, watch: Watch) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
-            pubsub = self._pubsub = self._new_pubsub()
+        if isinstance(self.store.client, RedisCluster):
+            await self.store.client.initialize()  # the slot map, once (no-op after)
         new: list[bytes] = []
         targets: dict[bytes, int] = {}
         for sku in watch.skus:
@@ -316,14 +326,21 @@ class WatchHub:
             # A channel another watch subscribed to may not be confirmed yet: wait for
             # its confirmation too, or a change could predate the initial read.
             targets[name] = self._sent[name]
-        if new:
+        for node, names in self._by_node(new).items():
+            pubsub = self._pubsubs.get(node)
+            if pubsub is None:
+                pubsub = self._pubsubs[node] = self._new_pubsub(node)
             try:
-                await pubsub.ssubscribe(*new)  # its replies are the reader task's to read
+                # One command per slot: a cluster refuses channels of several slots
+                # in one SSUBSCRIBE. Its replies are the reader task's to read.
+                for group in self._by_slot(names):
+                    await pubsub.ssubscribe(*group)
             except (redis.exceptions.RedisError, OSError, ConnectionLost) as exc:
                 await self._drop(pubsub, exc)
                 raise WatchClosed(LOST_MESSAGE) from exc
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read(pubsub))
+            reader = self._readers.get(node)
+            if reader is None or reader.done():
+                self._readers[node] = asyncio.create_task(self._read(pubsub))
         try:
             async with asyncio.timeout(self.subscribe_timeout), self._confirmation:
                 await self._confirmation.wait_for(
@@ -347,10 +364,38 @@ class WatchHub:
         if watch.closed is not None:
             raise WatchClosed(watch.closed)
 
-    def _new_pubsub(self) -> ChangeSubscription:
-        self._sent.clear()
-        self._confirmed.clear()
-        return ChangeSubscription(self.store.client.connection_pool)
+    def _by_node(self, names: Sequence[bytes]) -> dict[str, list[bytes]]:
+        """Channels grouped by the Redis node that serves them."""
+        client = self.store.client
+        if not isinstance(client, RedisCluster):
+            return {"": list(names)} if names else {}
+        groups: dict[str, list[bytes]] = {}
+        for name in names:
+            node = client.get_node_from_key(name.decode())
+            if node is None:
+                raise WatchClosed(LOST_MESSAGE)
+            groups.setdefault(node.name, []).append(name)
+        return groups
+
+    def _by_slot(self, names: Sequence[bytes]) -> list[list[bytes]]:
+        if not isinstance(self.store.client, RedisCluster):
+            return [list(names)]
+        groups: dict[int, list[bytes]] = {}
+        for name in names:
+            groups.setdefault(key_slot(name), []).append(name)
+        return list(groups.values())
+
+    def _new_pubsub(self, node: str) -> ChangeSubscription:
+        """A subscription connection to ``node`` (see ``_by_node``)."""
+        client = self.store.client
+        if not isinstance(client, RedisCluster):
+            return ChangeSubscription(client.connection_pool)
+        owner = client.get_node(node_name=node)
+        if owner is None:
+            raise WatchClosed(LOST_MESSAGE)
+        # Its own connection pool: the subscription holds its connection for good.
+        pool = ConnectionPool(connection_class=owner.connection_class, **owner.connection_kwargs)
+        return ChangeSubscription(pool)
 
     async def _read(self, pubsub: ChangeSubscription) -> None:
         try:
@@ -372,13 +417,22 @@ class WatchHub:
             await self._drop(pubsub, exc)
 
     async def _drop(self, pubsub: ChangeSubscription, exc: BaseException) -> None:
-        """The subscription connection failed: end every watch, start afresh next time."""
+        """A subscription connection failed: end every watch, and start afresh next
+        time on every node (a watch may span several)."""
         log.warning("watch hub: subscription connection lost: %r", exc)
         self._fail_all(LOST_MESSAGE)
-        if self._pubsub is pubsub:
-            self._pubsub = None
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        pubsubs = list(self._pubsubs.values())
+        self._pubsubs.clear()
+        self._sent.clear()
+        self._confirmed.clear()
+        current = asyncio.current_task()
+        readers = [task for task in self._readers.values() if task is not current]
+        self._readers.clear()
+        for task in readers:
+            task.cancel()
+        for other in {id(p): p for p in [pubsub, *pubsubs]}.values():
+            with contextlib.suppress(Exception):
+                await other.aclose()  # type: ignore[no-untyped-call]
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         watchers = self._watches.get(channel)
@@ -406,13 +460,15 @@ class WatchHub:
             self._confirmation.notify_all()
 
     async def _stop_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
+        readers = list(self._readers.values())
+        self._readers.clear()
+        for reader in readers:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
+        pubsubs = list(self._pubsubs.values())
+        self._pubsubs.clear()
+        for pubsub in pubsubs:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -74,9 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = AvailabilityStore.from_url(
-            cfg.redis_url, cfg.redis_key_prefix, cfg.redis_max_connections
-        )
+        store = AvailabilityStore.for_settings(cfg)
         rules_log = RulesLog(cfg)
         push_policies = PushPolicyLog(cfg)
         audit = AuditLog(cfg, frozenset({"rule", PushPolicyLog.kind}))

@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import redis.exceptions
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infra.redis_client import STORE_DOWN
 from services.http.responses import error_response
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
-    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_unavailable)
-    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_unavailable)
+    for kind in STORE_DOWN:
+        app.add_exception_handler(kind, _redis_unavailable)
     # Exception (not a subclass) goes to the outermost middleware: a last resort.
     app.add_exception_handler(Exception, _internal_error)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from availability.identifiers import DEFAULT_CHANNEL, is_channel, is_sku
-from infra.store import render_answer
+from infra.records import render_answer
+from infra.redis_client import REDIS_FAILURES
 from services.http.metrics import Metrics
 
 PATH_PREFIX = "/v1/availability/"
@@ -54,7 +54,7 @@ class HotReads:
             return
         try:
             tail = await services.store.read_tail(sku, channel)
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             tail = None  # the route answers 503 (or the record, if Redis is back)
         if tail is None:
             await self.app(scope, receive, send)

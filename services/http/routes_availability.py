@@ -12,7 +12,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from availability.ats import view
 from availability.identifiers import DEFAULT_CHANNEL, SKU_PATTERN
-from infra.store import AvailabilityStore, batch_items, render_answer
+from infra.records import batch_items, render_answer
+from infra.store import AvailabilityStore
 from services.auth.scopes import AVAILABILITY_READ
 from services.http import schemas
 from services.http.access import requires

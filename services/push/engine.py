@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from redis.exceptions import RedisError
 
 from infra.config import Settings
 from infra.kafka import kafka_client_options
+from infra.redis_client import RedisClient
 from services.push.feed import FeedChange, parse_change
 from services.push.metrics import PushMetrics
 from services.push.state import report_status
@@ -53,7 +53,7 @@ class PushEngine:
         self,
         settings: Settings,
         targets: Sequence[PushTarget],
-        redis: aioredis.Redis,
+        redis: RedisClient,
         metrics: PushMetrics,
     ) -> None:
         self.settings = settings

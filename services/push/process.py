@@ -14,12 +14,11 @@ import logging
 import signal
 import sys
 
-import redis.asyncio as aioredis
-
 from infra.config import Settings, get_settings
 from infra.logs import configure_logging
 from infra.probes import LoopHeartbeat
 from infra.push_policy_log import PushPolicyLog
+from infra.redis_client import connect
 from services.push.engine import PushEngine
 from services.push.metrics import PushMetrics
 from services.push.target import PushTarget
@@ -38,7 +37,7 @@ async def serve(settings: Settings) -> None:
             log.warning(
                 "push: metrics port %d: %s; running without", settings.push_metrics_port, exc
             )
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
     targets: list[PushTarget] = []
 
     def policies_changed(before: object, after: object) -> None:

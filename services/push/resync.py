@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from availability.push_decision import capped
 from availability.push_policy import PushPolicyBook
 from infra import shopify_documents as docs
 from infra.config import Settings
+from infra.redis_client import connect
 from infra.shopify_config import ShopifyTarget
 from infra.store import AvailabilityStore
 from services.push.metrics import PushMetrics
@@ -59,8 +58,8 @@ async def resync(
     *,
     dry_run: bool = False,
 ) -> ResyncReport:
-    redis = aioredis.Redis.from_url(settings.redis_url)
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
+    store = AvailabilityStore.for_settings(settings)
     target = PushTarget(config, settings, redis, PushPolicyBook, PushMetrics())
     report = ResyncReport()
     await target.client.start()

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from availability.push_decision import Hold
+from infra.redis_client import RedisClient
 
 
 @dataclass(slots=True)
@@ -86,7 +86,7 @@ def _decode(raw: Mapping[bytes, bytes]) -> SkuState:
 
 
 class PushState:
-    def __init__(self, client: aioredis.Redis, prefix: str, target: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str, target: str) -> None:
         self.client = client
         self.base = f"{prefix}:push:{target}"
         self.unmapped_key = f"{self.base}:unmapped"
@@ -169,7 +169,7 @@ def status_key(prefix: str) -> str:
 
 
 async def report_status(
-    client: aioredis.Redis, prefix: str, replica: str, statuses: Mapping[str, Mapping[str, Any]]
+    client: RedisClient, prefix: str, replica: str, statuses: Mapping[str, Mapping[str, Any]]
 ) -> None:
     if statuses:
         await client.hset(
@@ -178,6 +178,6 @@ async def report_status(
         )
 
 
-async def read_statuses(client: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
+async def read_statuses(client: RedisClient, prefix: str) -> list[dict[str, Any]]:
     raw = await client.hgetall(status_key(prefix))
     return [orjson.loads(v) for _, v in sorted(raw.items())]

@@ -23,12 +23,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-import redis.asyncio as aioredis
-
 from availability.push_decision import Hold, capped, due_at
 from availability.push_policy import PushPolicyBook
 from infra import shopify_documents as docs
 from infra.config import Settings
+from infra.redis_client import RedisClient
 from infra.shopify_config import ShopifyTarget
 from services.push import shop_reads
 from services.push.levels import Key, Levels, Pending
@@ -57,7 +56,7 @@ class PushTarget:
         self,
         config: ShopifyTarget,
         settings: Settings,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         policies: Callable[[], PushPolicyBook],
         metrics: PushMetrics,
         clock: Callable[[], float] = time.time,

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from availability.events import (
     Event,
@@ -55,13 +53,14 @@ from availability.identifiers import format_timestamp
 from infra.config import Settings
 from infra.feed_record import change_record
 from infra.hold_checks import HoldChecks
+from infra.redis_client import STORE_DOWN
 from infra.reservation_store import ReservationStore, ServedChange
 from services.reservations.metrics import ReservationMetrics
 from services.webhooks.publisher import Publisher, PublishFailed, Record
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+REDIS_ERRORS = STORE_DOWN
 
 PLACING = "placing"
 HELD = "held"

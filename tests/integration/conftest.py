@@ -4,6 +4,9 @@ fresh topics per test, and service processes that are stopped after the test.
 - ``dev_broker`` (session): a :class:`dev.stack.DevBroker` on a free loopback port.
 - ``redis_url`` (session): ``AVAILABILITY_REDIS_URL`` or the default; started if nothing
   answers there, stopped at the end only if started here.
+- ``redis_cluster`` (session): a :class:`dev.redis_cluster.DevRedisCluster` of 3 masters
+  on free loopback ports (Debian's ``redis-server``, installed where allowed), started on
+  first use by the Redis Cluster tests only.
 - ``settings`` (function): a ``Settings`` with a unique ``topic_prefix``, the session's
   broker and Redis, the development overrides, 4 partitions, ``data_dir`` and free
   HTTP/gRPC ports; its topics are created.
@@ -25,6 +28,7 @@ import pytest
 
 from dev.broker import DevBroker
 from dev.processes import process_env, stop_process
+from dev.redis_cluster import DevRedisCluster, cluster_ports
 from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.topics import create_topics
@@ -83,6 +87,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         if proc is not None:
             stop_process(proc, 5.0)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevRedisCluster]:
+    with DevRedisCluster(cluster_ports(3), tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 def make_settings(broker: str, redis_url: str, data_dir: Path, **fields: Any) -> Settings:

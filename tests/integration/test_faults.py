@@ -44,7 +44,7 @@ async def test_workers_killed_at_random_moments_end_as_an_uninterrupted_run(
             extra_env={"AVAILABILITY_WORKER_METRICS_PORT": "0"},
         ),
     ]
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)  # a Redis Cluster too
     rnd = random.Random(5)
     try:
         await publish(settings, chunks[0])

@@ -53,7 +53,7 @@ def run_cli(
 
 async def drop_serving_keys(settings: Settings) -> int:
     """What FLUSHALL does to this deployment, without touching other tests' keys."""
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)  # a cluster's scan covers every master
     try:
         keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
         if keys:

@@ -129,7 +129,7 @@ async def until_feed_complete(
 ) -> dict[str, list[dict[str, Any]]]:
     """Wait until the change feed's latest record of every SKU is the serving record's
     version and figures; versions never go back (with ``strictly``: never repeat)."""
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -308,7 +308,7 @@ async def test_worker_killed_mid_stream_ends_in_the_same_state(
 ) -> None:
     distinct, deliveries = mixed_stream(seed=23, skus=120, events_per_sku=20)
     chunks = [deliveries[i : i + 200] for i in range(0, len(deliveries), 200)]
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)
     worker = start_service("streams", settings, name="worker")
     try:
         # Events keep arriving while the worker is killed and while it is down.
@@ -419,7 +419,7 @@ async def test_rules_and_state_survive_a_restart_of_every_process(
         await until_equal(client, recompute([balance], now_micros(), rules=[rule]), timeout=30)
     # Stop everything, empty the serving layer, start again.
     start_service.stop_all()
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    store = AvailabilityStore.for_settings(settings)
     await store.client.delete(store.sku_key("SKU-P"))
     await store.close()
     client = await start_stack(start_service, settings)

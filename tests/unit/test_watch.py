@@ -260,7 +260,10 @@ def test_parse_watch() -> None:
 
 
 class FakeStore:
-    """The two things a hub asks of the store while opening a watch."""
+    """What a hub asks of the store while opening a watch (a single Redis: ``client``
+    is no cluster client)."""
+
+    client = None
 
     def change_channel(self, sku: str) -> bytes:
         return f"changes:{{{sku}}}".encode()
@@ -299,7 +302,7 @@ class Hub(WatchHub):
         super().__init__(cast(AvailabilityStore, FakeStore()), **limits)
         self.subscription = FakeSubscription(stuck)
 
-    def _new_pubsub(self) -> ChangeSubscription:
+    def _new_pubsub(self, node: str) -> ChangeSubscription:
         return cast(ChangeSubscription, self.subscription)
 
 

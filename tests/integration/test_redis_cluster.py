@@ -1,0 +1,311 @@
+"""Redis Cluster mode (``Settings.redis_cluster``, README "Redis Cluster") against a
+real local cluster of 3 masters (the session's ``redis_cluster``): the serving writes
+and the change feed's marks, single and batch reads, and the reservation scripts, with
+keys spread over every node and no cross-slot command; a watch of SKUs on every node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from availability.ats import LocationAvailability, SkuAvailability
+from dev.redis_cluster import DevRedisCluster
+from infra.config import Settings
+from infra.reservation_store import ReservationStore
+from infra.store import AvailabilityStore
+from services.grpc.watch import Update, WatchHub
+from tests.integration import test_faults
+from tests.integration.conftest import StartService, make_settings
+from tests.integration.grpc_support import watch
+from tests.integration.scenario import mixed_stream
+from tests.integration.support import produce
+from tests.integration.test_operations import drop_serving_keys, reads_until_rebuilt, run_cli
+from tests.integration.test_stream_processor import (
+    grpc_api,
+    now_micros,
+    publish,
+    start_stack,
+    until_equal,
+)
+from tests.reference import recompute
+
+SKUS = [f"SKU-{n:03d}" for n in range(60)]
+
+
+def record(sku: str, on_hand: int) -> SkuAvailability:
+    return SkuAvailability(sku, (LocationAvailability("S1", on_hand, 0, 0, 0, 0, {}),), None)
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: DevRedisCluster, settings: Settings) -> Settings:
+    return make_settings(
+        settings.broker,
+        redis_cluster.url,
+        settings.data_dir,
+        topic_prefix=settings.topic_prefix,
+        redis_cluster=True,
+    )
+
+
+@pytest.fixture
+async def store(cluster_settings: Settings) -> AsyncIterator[AvailabilityStore]:
+    store = AvailabilityStore.for_settings(cluster_settings)
+    assert store.cluster
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def keys_per_node(cluster: DevRedisCluster, pattern: str) -> dict[int, int]:
+    counts = {}
+    for port in cluster.ports:
+        client = aioredis.Redis(host="127.0.0.1", port=port)
+        try:
+            counts[port] = len([k async for k in client.scan_iter(match=pattern, count=1000)])
+        finally:
+            await client.aclose()
+    return counts
+
+
+async def test_writes_marks_and_reads_spread_over_every_node(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    versions = await store.write_records([record(sku, n) for n, sku in enumerate(SKUS)], 100)
+    assert versions == [100] * len(SKUS)
+    counts = await keys_per_node(redis_cluster, f"{store.prefix}:sku:*")
+    assert sum(counts.values()) == len(SKUS)
+    assert all(count > 0 for count in counts.values()), counts
+
+    await store.mark_published((sku, 100) for sku in SKUS)
+    # Unchanged and marked: nothing for the feed to carry.
+    assert await store.write_records([record(sku, n) for n, sku in enumerate(SKUS)]) == [0] * 60
+    # A change bumps the version of that record only.
+    changed = await store.write_records([record(SKUS[0], 99), record(SKUS[1], 1)])
+    assert changed == [101, 0]
+
+    tail = await store.read_tail(SKUS[0], "online")
+    assert tail is not None and b'"ats":99' in tail
+    tails = await store.read_tails([*SKUS[:30], "NEVER-SEEN"], "online")
+    assert tails[-1] is None
+    assert [
+        t is not None and b'"ats":%d' % (99 if i == 0 else i) in t for i, t in enumerate(tails[:30])
+    ] == [True] * 30
+    versions_read = await store.read_versions(SKUS[:3])
+    assert versions_read[0] == (101, record(SKUS[0], 99))
+    assert versions_read[2] == (100, record(SKUS[2], 2))
+
+
+async def test_scripts_reload_on_every_master_after_a_flush(store: AvailabilityStore) -> None:
+    assert await store.write_records([record(sku, 5) for sku in SKUS[:20]], 100) == [100] * 20
+    await store.client.script_flush()  # every master forgets them
+    assert await store.write_records([record(sku, 6) for sku in SKUS[:20]], 200) == [101] * 20
+    await store.client.script_flush()
+    await store.mark_published((sku, 101) for sku in SKUS[:20])
+    assert await store.write_records([record(sku, 6) for sku in SKUS[:20]]) == [0] * 20
+
+
+async def test_holds_are_placed_counted_and_handed_over_per_slot(store: AvailabilityStore) -> None:
+    holds = ReservationStore(store)
+    skus = SKUS[:12]
+    await store.write_records([record(sku, 3) for sku in skus], 100)
+    now = 1_000
+    far = 2**42
+    for sku in skus:
+        placed = await holds.place(sku, f"r-{sku}", "online", 2, ["S1"], now, far)
+        assert placed.location_id == "S1"
+        refused = await holds.place(sku, f"q-{sku}", "online", 2, ["S1"], now, far)
+        assert refused.location_id is None and refused.best_free == 1
+    # Reads count the live holds as reserved (read your writes).
+    tails = await store.read_tails(skus, "online")
+    assert all(t is not None and b'"ats":1' in t for t in tails), tails
+    figures = await holds.figures(skus)
+    assert all(len(h) == 1 for _, h in figures)
+    # The worker's write hands the holds over in the same step.
+    handed = {sku: [f"r-{sku}"] for sku in skus}
+    folded = [
+        SkuAvailability(s, (LocationAvailability("S1", 3, 2, 0, 0, 0, {}),), None) for s in skus
+    ]
+    await store.write_records(folded, 200, handed_over=handed)
+    assert all(not h for _, h in await holds.figures(skus))
+    assert all(t is not None and b'"ats":1' in t for t in await store.read_tails(skus, "online"))
+    assert await holds.claim("res-1", {"state": "placing"}, 60_000) is None
+    assert await holds.claim("res-1", {"state": "placing"}, 60_000) == {"state": "placing"}
+
+
+async def test_a_watch_follows_skus_on_every_node(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    skus = SKUS[:12]
+    hub = WatchHub(store, max_watches=10, subscribe_timeout=5.0)
+    try:
+        watch = await hub.open(skus, "online", None)  # the store's first call
+        owners = {store.client.get_node_from_key(store.sku_key(sku)).name for sku in skus}
+        assert len(owners) == 3, owners
+        assert len(hub._pubsubs) == 3  # one subscription connection per master
+        updates = watch.updates()
+        initial = [await anext(updates) for _ in skus]
+        assert {(u.sku, u.version, u.initial) for u in initial} == {(s, 0, True) for s in skus}
+        for first, figure in ((100, 1), (None, 7)):
+            await store.write_records([record(sku, figure) for sku in skus], first)
+            changed = {}
+            async with asyncio.timeout(10):
+                while len(changed) < len(skus):
+                    update = await anext(updates)
+                    changed[update.sku] = (update.version, update.answer["ats"], update.initial)
+            version = 100 if first else 101
+            assert changed == {sku: (version, figure, False) for sku in skus}
+        # Unwatching unsubscribes on each owner; a second watch subscribes again.
+        await hub.release(watch)
+        again = await hub.open(skus[:2], "online", None)
+        assert [u.version async for u in _take(again.updates(), 2)] == [101, 101]
+    finally:
+        await hub.close("test over")
+
+
+async def _take(updates: AsyncIterator[Update], count: int) -> AsyncIterator[Update]:
+    for _ in range(count):
+        yield await anext(updates)
+
+
+async def test_the_stack_on_a_cluster_serves_watches_rebuilds_and_survives_a_master_restart(
+    cluster_settings: Settings, start_service: StartService, redis_cluster: DevRedisCluster
+) -> None:
+    settings = cluster_settings
+    distinct, deliveries = mixed_stream(seed=43, skus=60, events_per_sku=8)
+    watched = [f"W-{n}" for n in range(12)]
+    client = await start_stack(start_service, settings)
+    async with client, grpc_api(start_service, settings) as stub:
+        await publish(settings, deliveries)
+        expected = recompute(distinct, now_micros())
+        await until_equal(client, expected, timeout=60)
+        counts = await keys_per_node(redis_cluster, f"{settings.redis_key_prefix}:sku:*")
+        assert sum(counts.values()) == len(expected)
+        assert all(count > 0 for count in counts.values()), counts
+        first = sorted(expected)[0]
+        assert (await client.get(f"/v1/availability/{first}")).json() == expected[first]
+
+        # A watch of SKUs whose records live on all three masters.
+        store = AvailabilityStore.for_settings(settings)
+        try:
+            await store.ping()
+            owners = {store.client.get_node_from_key(store.sku_key(s)).name for s in watched}
+        finally:
+            await store.close()
+        assert len(owners) == 3, owners
+        stream = watch(stub, watched)
+        await stream.read_initial(len(watched))
+        balances = [
+            {
+                "event_id": f"w{n}",
+                "type": "erp.balance",
+                "sku": sku,
+                "location_id": "S1",
+                "on_hand": 10 + n,
+                "as_of": "2026-11-22T09:00:00Z",
+            }
+            for n, sku in enumerate(watched)
+        ]
+        await produce(settings, settings.erp_topic, balances)
+        seen: dict[str, int] = {}
+        async with asyncio.timeout(30):
+            while len(seen) < len(watched):
+                message = await stream.read(timeout=30)
+                seen[message.availability.sku] = message.availability.ats
+        assert seen == {sku: 10 + n for n, sku in enumerate(watched)}
+        await stream.close()
+        expected.update(recompute(balances, now_micros()))
+        await until_equal(client, expected, timeout=10)
+
+        # The serving keys lost (every master flushed of this deployment's keys).
+        assert await drop_serving_keys(settings) > len(expected)
+        await reads_until_rebuilt(client, expected, timeout=60)
+        done = run_cli(settings, "rebuild", "--timeout", "60")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.rstrip().endswith("serving layer complete")
+
+        # A master restarted empty (no persistence) while serving: its share of the
+        # records is gone, the others' are not; the epoch is voided and rebuilt.
+        serving_owner = await owner_port(settings, f"{settings.redis_key_prefix}:serving")
+        port = next(p for p in redis_cluster.ports if p != serving_owner)
+        redis_cluster.stop_node(port)
+        try:
+            await asyncio.sleep(0.5)
+        finally:
+            redis_cluster.start_node(port)
+        redis_cluster.wait_ok()
+        statuses = await reads_until_rebuilt(client, expected, timeout=90)
+        assert 200 in statuses
+        assert (await keys_per_node(redis_cluster, f"{settings.redis_key_prefix}:sku:*"))[port] > 0
+        for handle in start_service.handles:
+            assert handle.running, handle.tail()
+    # Built at start, after the keys were lost, on the CLI's request, after the restart.
+    worker_log = start_service.handles[0].log_text()
+    assert worker_log.count("serving layer: partitions") >= 4, worker_log[-3000:]
+
+
+async def owner_port(settings: Settings, key: str) -> int:
+    store = AvailabilityStore.for_settings(settings)
+    try:
+        await store.ping()
+        node = store.client.get_node_from_key(key)
+        return int(node.port)
+    finally:
+        await store.close()
+
+
+async def move_slot(cluster: DevRedisCluster, slot: int, target_port: int) -> None:
+    """Migrate ``slot`` (and its keys) to the master on ``target_port``, as
+    ``redis-cli --cluster reshard`` does: IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE."""
+    clients = {port: aioredis.Redis(host="127.0.0.1", port=port) for port in cluster.ports}
+    try:
+        ids = {}
+        for port, client in clients.items():
+            ids[port] = (await client.execute_command("CLUSTER", "MYID")).decode()
+        ranges = await clients[target_port].execute_command("CLUSTER", "SLOTS")
+        source_port = next(
+            int(master[1]) for first, last, master, *_ in ranges if first <= slot <= last
+        )
+        assert source_port != target_port
+        source, target = clients[source_port], clients[target_port]
+        await target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source_port])
+        await source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target_port])
+        while keys := await source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            await source.execute_command(
+                "MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys
+            )
+        for c in clients.values():
+            await c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target_port])
+    finally:
+        for c in clients.values():
+            await c.aclose()
+
+
+async def test_writes_follow_a_slot_moved_under_them(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    sku = "MOVING-1"
+    assert await store.write_records([record(sku, 1), record("STAYS", 1)], 100) == [100, 100]
+    owner = store.client.get_node_from_key(store.sku_key(sku))
+    target = next(p for p in redis_cluster.ports if p != int(owner.port))
+    await move_slot(redis_cluster, key_slot(store.sku_key(sku).encode()), target)
+    # The store's slot map is stale now: MOVED, then the batch runs again and lands.
+    assert await store.write_records([record(sku, 2), record("STAYS", 2)]) == [101, 101]
+    assert int(store.client.get_node_from_key(store.sku_key(sku)).port) == target
+    await store.mark_published([(sku, 101), ("STAYS", 101)])
+    assert await store.write_records([record(sku, 2), record("STAYS", 2)]) == [0, 0]
+    assert await store.read_availability(sku) == record(sku, 2)
+
+
+async def test_workers_killed_at_random_moments_on_a_cluster(
+    cluster_settings: Settings, start_service: StartService
+) -> None:
+    """The fault test of ``test_faults`` (two workers, three SIGKILLs while events
+    arrive, ending in the state of an uninterrupted run) with its Redis a cluster."""
+    await test_faults.test_workers_killed_at_random_moments_end_as_an_uninterrupted_run(
+        cluster_settings, start_service
+    )
