@@ -1,7 +1,8 @@
 """Redis Cluster mode (``Settings.redis_cluster``, README "Redis Cluster") against a
 real local cluster of 3 masters (the session's ``redis_cluster``): the serving writes
-and the change feed's marks, single and batch reads, and the reservation scripts, with
-keys spread over every node and no cross-slot command; a watch of SKUs on every node."""
+and the change feed's marks, single and batch reads, the reservation scripts and the
+worker's second look at reservation lines (read your writes), with keys spread over
+every node and no cross-slot command; a watch of SKUs on every node."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from redis.crc import key_slot
 from availability.ats import LocationAvailability, SkuAvailability
 from dev.redis_cluster import DevRedisCluster
 from infra.config import Settings
+from infra.hold_checks import HoldChecks
+from infra.records import encode_record
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.grpc.watch import Update, WatchHub
+from streams.hold_sweep import HoldSweep
 from tests.integration import test_faults
 from tests.integration.conftest import StartService, make_settings
 from tests.integration.grpc_support import watch
@@ -135,6 +139,76 @@ async def test_holds_are_placed_counted_and_handed_over_per_slot(store: Availabi
     assert all(t is not None and b'"ats":1' in t for t in await store.read_tails(skus, "online"))
     assert await holds.claim("res-1", {"state": "placing"}, 60_000) is None
     assert await holds.claim("res-1", {"state": "placing"}, 60_000) == {"state": "placing"}
+
+
+def reserved(figures: SkuAvailability | None) -> int:
+    assert figures is not None
+    [location] = figures.locations
+    return location.reserved
+
+
+async def test_holds_are_read_announced_and_looked_at_again_on_every_node(
+    store: AvailabilityStore, cluster_settings: Settings
+) -> None:
+    """Read your writes on a cluster: a hold placed bumps the version and is announced
+    on the SKU's shard (a watch sees it), batch reads and the packed writes report the
+    live holds per SKU, and the worker's checks (one key per partition) are noted,
+    taken, refreshed and rescheduled slot by slot."""
+    skus = SKUS[30:42]
+    holds = ReservationStore(store)
+    checks = HoldChecks(store, cluster_settings.partitions)
+    assert await store.write_records([record(sku, 5) for sku in skus], 100) == [100] * 12
+    owners = {store.client.get_node_from_key(store.sku_key(sku)).name for sku in skus}
+    assert len(owners) == 3, owners
+    hub = WatchHub(store, max_watches=10, subscribe_timeout=5.0)
+    try:
+        watch = await hub.open(skus, "online", None)
+        updates = watch.updates()
+        assert {(u.sku, u.version) for u in [await anext(updates) for _ in skus]} == {
+            (sku, 100) for sku in skus
+        }
+        now = 1_000
+        far = 2**42
+        await checks.note([(sku, f"r-{sku}") for sku in skus], now)
+        for sku in skus:
+            placed = await holds.place(sku, f"r-{sku}", "online", 2, ["S1"], now, far)
+            assert placed.change is not None
+            assert (placed.change.version, reserved(placed.change.served)) == (101, 2)
+        announced = {}
+        async with asyncio.timeout(10):
+            while len(announced) < len(skus):
+                update = await anext(updates)
+                announced[update.sku] = (update.version, update.answer["ats"])
+        assert announced == {sku: (101, 3) for sku in skus}
+    finally:
+        await hub.close("test over")
+
+    # Batch reads of the served view (the read script packed per master).
+    assert [(v, reserved(f)) for v, f in await store.read_versions(skus)] == [(101, 2)] * 12
+    tails = await store.read_tails(skus, "online")
+    assert all(t is not None and b'"ats":3' in t for t in tails), tails
+    # The packed write script's four-part reply: unchanged records report their
+    # pending version and the live holds per location.
+    encoded = [(sku, encode_record(record(sku, 5))) for sku in skus]
+    versions, counts, held = await store.write_encoded(encoded, 200)
+    assert (versions, counts.handed_over, counts.expired) == ([101] * 12, 0, 0)
+    assert held == [{"S1": 2}] * 12
+    await store.mark_published((sku, 101) for sku in skus)
+
+    # The checks: one sorted set per partition, each on its own slot.
+    partitions = sorted({checks.partition_of(sku) for sku in skus})
+    due = [c for p in partitions for c in await checks.due(p, now, 100)]
+    assert sorted(c.sku for c in due) == skus
+    # Past every deadline the sweep purges each hold, announces it and drops the check.
+    sweep = HoldSweep(
+        checks, None, owned=lambda: frozenset(partitions), owns=lambda s: True, clock=lambda: far
+    )
+    assert await sweep.sweep() == 12
+    assert (sweep.expired, sweep.errors) == (12, 0)
+    assert [(v, reserved(f)) for v, f in await store.read_versions(skus)] == [(102, 0)] * 12
+    assert all([not await checks.due(p, far, 100) for p in partitions])
+    versions, counts, held = await store.write_encoded(encoded, 300)
+    assert (versions, held) == ([102] * 12, [{}] * 12)
 
 
 async def test_a_watch_follows_skus_on_every_node(
@@ -299,6 +373,32 @@ async def test_writes_follow_a_slot_moved_under_them(
     await store.mark_published([(sku, 101), ("STAYS", 101)])
     assert await store.write_records([record(sku, 2), record("STAYS", 2)]) == [0, 0]
     assert await store.read_availability(sku) == record(sku, 2)
+
+
+async def test_the_write_script_reply_is_the_same_through_the_fallback_pipeline(
+    store: AvailabilityStore, redis_cluster: DevRedisCluster
+) -> None:
+    """A stale slot map sends the batch through redis-py's cluster pipeline: its replies
+    of the write script (versions, holds handed over and purged, live holds) read the
+    same as the packed path's."""
+    sku, other = "MOVING-H", "STAYS-H"
+    assert await store.write_records([record(sku, 4), record(other, 4)], 100) == [100, 100]
+    holds = ReservationStore(store)
+    for name in (sku, other):
+        for rid in ("keep", "fold"):
+            assert (await holds.place(name, rid, "online", 1, ["S1"], 1_000, 2**42)).change
+    owner = store.client.get_node_from_key(store.sku_key(sku))
+    target = next(p for p in redis_cluster.ports if p != int(owner.port))
+    await move_slot(redis_cluster, key_slot(store.sku_key(sku).encode()), target)
+    folded = SkuAvailability(sku, (LocationAvailability("S1", 4, 1, 0, 0, 0, {}),), None)
+    versions, counts, held = await store.write_encoded(
+        [(sku, encode_record(folded)), (other, encode_record(record(other, 4)))],
+        200,
+        {sku: ["fold"]},
+    )
+    assert int(store.client.get_node_from_key(store.sku_key(sku)).port) == target
+    assert (versions, counts.handed_over, counts.expired) == ([103, 102], 1, 0)
+    assert held == [{"S1": 1}, {"S1": 2}]
 
 
 async def test_workers_killed_at_random_moments_on_a_cluster(
