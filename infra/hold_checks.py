@@ -20,7 +20,7 @@ the epoch).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -128,13 +128,24 @@ class HoldChecks:
 
     async def due(self, partition: int, now: int, limit: int) -> list[Check]:
         """The checks of ``partition`` due by ``now``, earliest first, at most ``limit``."""
-        raw = await self.store.client.zrangebyscore(
-            self.key(partition), "-inf", now, start=0, num=limit, withscores=True
-        )
+        return await self.due_in([partition], now, limit)
+
+    async def due_in(self, partitions: Iterable[int], now: int, limit: int) -> list[Check]:
+        """``due`` for every one of ``partitions``, in one round trip (per node of a
+        cluster): the worker asks for all the partitions it owns on every tick."""
+        ordered = sorted(partitions)
+        if not ordered:
+            return []
+        pipe = self.store.client.pipeline(transaction=False)
+        for partition in ordered:
+            pipe.zrangebyscore(
+                self.key(partition), "-inf", now, start=0, num=limit, withscores=True
+            )
         checks = []
-        for member, score in cast(list[tuple[bytes, float]], raw):
-            sku, _, rid = member.decode().partition(" ")
-            checks.append(Check(partition, sku, rid, int(score)))
+        for partition, raw in zip(ordered, await pipe.execute(), strict=True):
+            for member, score in cast(list[tuple[bytes, float]], raw):
+                sku, _, rid = member.decode().partition(" ")
+                checks.append(Check(partition, sku, rid, int(score)))
         return checks
 
     async def refresh(self, sku: str, now: int) -> Refreshed | None:

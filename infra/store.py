@@ -38,7 +38,7 @@ read parses nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -81,6 +81,28 @@ class HoldCounts:
 
     handed_over: int
     expired: int
+
+
+class _StaleSlotMap(Exception):
+    """A packed batch met a redirection or a master away: send it the slow way."""
+
+
+async def _loading_script(
+    load: Callable[[], Awaitable[Any]], send: Callable[[], Awaitable[list[Any]]]
+) -> list[Any]:
+    """``send()``'s replies; should the server not know the script (a restarted or
+    replaced Redis), ``load()`` it and send once more. A reply that is an error
+    raises it."""
+    for attempt in (1, 2):
+        replies = await send()
+        errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+        if not errors:
+            return replies
+        if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
+            await load()
+            continue
+        raise errors[0]
+    raise AssertionError("unreachable")
 
 
 class AvailabilityStore(ServingMarks):
@@ -223,19 +245,14 @@ class AvailabilityStore(ServingMarks):
         """
         if isinstance(self.client, RedisCluster):
             return await self._run_script_cluster(script, calls, keys)
-        sha = script.sha.encode()
-        numkeys = b"%d" % keys
-        payload = b"".join([pack_command((b"EVALSHA", sha, numkeys, *call)) for call in calls])
-        for attempt in (1, 2):
-            replies = await round_trip(self.client, payload, len(calls))
-            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
-            if not errors:
-                return replies
-            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
-                await self.client.script_load(script.script)
-                continue
-            raise errors[0]
-        raise AssertionError("unreachable")
+        client = self.client
+        payload = b"".join(
+            [pack_command((b"EVALSHA", script.sha.encode(), b"%d" % keys, *call)) for call in calls]
+        )
+        return await _loading_script(
+            lambda: client.script_load(script.script),
+            lambda: round_trip(client, payload, len(calls)),
+        )
 
     async def _run_script_cluster(
         self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
@@ -247,42 +264,32 @@ class AvailabilityStore(ServingMarks):
         refreshes the map."""
         cluster = cast(RedisCluster, self.client)
         prefix = (b"EVALSHA", script.sha.encode(), b"%d" % keys)
-        for attempt in (1, 2):
+
+        async def per_master() -> list[Any]:
             try:
                 replies = await calls_per_master(cluster, prefix, calls)
-            except REDIS_FAILURES:
-                return await self._run_script_pipeline(script, calls, keys)
+            except REDIS_FAILURES as exc:
+                raise _StaleSlotMap from exc
             if any(isinstance(reply, TOPOLOGY_REPLIES) for reply in replies):
-                return await self._run_script_pipeline(script, calls, keys)
-            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
-            if not errors:
-                return replies
-            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
-                # SCRIPT LOAD goes to every master: one restarted empty, or a new one.
-                await cluster.script_load(script.script)
-                continue
-            raise errors[0]
-        raise AssertionError("unreachable")
+                raise _StaleSlotMap
+            return replies
 
-    async def _run_script_pipeline(
-        self, script: Any, calls: Sequence[Sequence[bytes]], keys: int
-    ) -> list[Any]:
-        """``_run_script`` through redis-py's cluster pipeline (per node, following
-        MOVED/ASK, refreshing the slot map)."""
-        cluster = cast(RedisCluster, self.client)
-        for attempt in (1, 2):
+        async def through_pipeline() -> list[Any]:
+            # redis-py's cluster pipeline: per node, following MOVED/ASK, refreshing
+            # the slot map.
             pipe = cluster.pipeline(transaction=False)
             for call in calls:
                 pipe.execute_command("EVALSHA", script.sha, keys, *call)
-            replies = await pipe.execute(raise_on_error=False)
-            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
-            if not errors:
-                return replies
-            if attempt == 1 and all(isinstance(error, NoScriptError) for error in errors):
-                await cluster.script_load(script.script)
-                continue
-            raise errors[0]
-        raise AssertionError("unreachable")
+            return await pipe.execute(raise_on_error=False)
+
+        async def load() -> None:
+            # SCRIPT LOAD goes to every master: one restarted empty, or a new one.
+            await cluster.script_load(script.script)
+
+        try:
+            return await _loading_script(load, per_master)
+        except _StaleSlotMap:
+            return await _loading_script(load, through_pipeline)
 
     # --- reads (the APIs) ---
 

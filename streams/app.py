@@ -68,13 +68,12 @@ from streams.rebuild import ServingRebuild
 from streams.serving import ServingWriter, now_micros
 from streams.task_stacks import log_task_stacks
 from streams.worker_readings import register_worker_readings
+from streams.worker_status import WorkerStatus
 
 log = logging.getLogger(__name__)
 
 FEED_DRAIN_ON_STOP = 5.0  # seconds the change feed gets to publish what it holds
 OWNED_CACHE_SECONDS = 0.1  # how long the set of owned partitions is reused
-PROGRESS_LOG_INTERVAL = 10.0  # seconds between progress lines while busy
-IDLE_LOG_INTERVAL = 300.0  # ... and while idle
 #: A window that brings this many events or more means events arrive faster than
 #: single windows are folded (see Processor.fold_windows).
 BUSY_WINDOW = 32
@@ -163,11 +162,9 @@ class Processor:
             skus_in=self._skus_in,
         )
         self.metrics = WorkerMetrics()
-        self.reported_ready = False
+        self.status = WorkerStatus(self)
         register_worker_readings(self)
         self.counts: Counter[str] = Counter()
-        self._progress: Counter[str] = Counter()
-        self._progress_logged = time.monotonic()
         self.progress = PartitionProgress(settings, app, self.source.topics)
         self.pruner = Pruner(
             states=lambda: self.states.by_sku,
@@ -217,7 +214,7 @@ class Processor:
 
         @app.timer(interval=settings.heartbeat_interval)  # type: ignore[untyped-decorator]
         async def report_status() -> None:
-            await self.report_status()
+            await self.status.report()
 
         if settings.gc_freeze_interval > 0:
 
@@ -595,63 +592,3 @@ class Processor:
         else:
             states = self.states.by_sku
             self.writer.mark(sku for sku in skus if sku is not None and sku in states)
-
-    # --- status ---
-
-    def _log_progress(self, counts: Counter[str], lags: dict[str, int]) -> None:
-        self._progress.update(counts)
-        now = time.monotonic()
-        quiet = not self._progress and not self.writer.pending
-        interval = IDLE_LOG_INTERVAL if quiet else PROGRESS_LOG_INTERVAL
-        if now - self._progress_logged < interval:
-            return
-        folded = sum(n for name, n in self._progress.items() if name.startswith("folded:"))
-        dead = sum(n for name, n in self._progress.items() if name.startswith("dead_letters:"))
-        log.info(
-            "progress: %d events folded, %d dead letters, %d re-keyed in %.0f s; lag %d;"
-            " %d SKUs owned, %d serving writes pending, recovered=%s",
-            folded,
-            dead,
-            self._progress["rekeyed"],
-            now - self._progress_logged,
-            sum(lags.values()),
-            len(self.states.by_sku),
-            self.writer.pending,
-            self.recovered,
-        )
-        self._progress.clear()
-        self._progress_logged = now
-
-    async def report_status(self) -> None:
-        try:
-            self.progress.resume_stalled_partitions(self.recovered)
-            lags = await self.progress.lag_by_partition() if self.recovered else {}
-            behind = self.progress.unfolded_events() if self.recovered else 0
-            counts, self.counts = self.counts, Counter()
-            self._log_progress(counts, lags)
-            await self.store.add_counts(counts)
-            ready = self.reported_ready = self.ready
-            self.metrics.lag.update(lags, self.progress.committed_by_partition)
-            await self.store.report_worker(
-                self.worker_id,
-                {
-                    "worker_id": self.worker_id,
-                    "recovered": ready,
-                    # Readiness asks whether the worker has folded what is there
-                    # (README "HTTP API", /readyz); the lag per partition, like the
-                    # metrics and alerts, counts from the committed offsets.
-                    "lag": behind,
-                    "committed_lag": sum(lags.values()),
-                    "lag_by_partition": lags,
-                    "pending_writes": self.writer.pending,
-                    "serving_writes": self.writer.writes,
-                    "serving_errors": self.writer.errors,
-                    "feed_pending": self.feed.pending,
-                    "feed_published": self.feed.published,
-                    "feed_errors": self.feed.errors,
-                    "rebuilding": sorted(self.rebuild.rebuilding),
-                    "records_rebuilt": self.rebuild.records_rewritten,
-                },
-            )
-        except Exception as exc:  # status is best effort; the fold goes on
-            log.warning("status report failed: %s", exc)

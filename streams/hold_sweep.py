@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from infra.hold_checks import HoldChecks
+from infra.hold_checks import Check, HoldChecks
 from infra.redis_client import REDIS_FAILURES
 from streams.change_feed import ChangeFeed
 
@@ -51,21 +51,21 @@ class HoldSweep:
         """One round over the owned partitions; how many checks were done."""
         done = 0
         try:
-            for partition in sorted(self._owned()):
-                done += await self._sweep_partition(partition)
+            now = self._clock()
+            due = await self.checks.due_in(self._owned(), now, SWEEP_BATCH)
+            await self._look_at(due, now)
+            done = len(due)
         except REDIS_FAILURES as exc:
             self.errors += 1
             log.warning("reservation holds: checking failed (retried): %s", exc)
         self.checked += done
         return done
 
-    async def _sweep_partition(self, partition: int) -> int:
-        now = self._clock()
-        due = await self.checks.due(partition, now, SWEEP_BATCH)
-        by_sku: dict[str, list[int]] = {}
-        for index, check in enumerate(due):
-            by_sku.setdefault(check.sku, []).append(index)
-        for sku, indexes in by_sku.items():
+    async def _look_at(self, due: list[Check], now: int) -> None:
+        by_sku: dict[str, list[Check]] = {}
+        for check in due:
+            by_sku.setdefault(check.sku, []).append(check)
+        for sku, checks in by_sku.items():
             if not self._owns(sku):
                 continue  # a rebalance under way: the new owner looks at it
             refreshed = await self.checks.refresh(sku, now)
@@ -73,8 +73,6 @@ class HoldSweep:
                 self.expired += refreshed.expired
                 if self.feed is not None:
                     self.feed.add([(refreshed.served, refreshed.version)])
-            for index in indexes:
-                check = due[index]
+            for check in checks:
                 deadline = None if refreshed is None else refreshed.live.get(check.reservation_id)
                 await self.checks.reschedule(check, deadline)
-        return len(due)

@@ -113,5 +113,5 @@ def register_worker_readings(processor: Processor) -> None:
         "1 when the state is recovered, the rules loaded, and no rebalance or rebuild is under way",
         "gauge",
         # As of the last status report: read from the metrics server's thread.
-        lambda: 1.0 if processor.reported_ready else 0.0,
+        lambda: 1.0 if processor.status.reported_ready else 0.0,
     )

@@ -18,8 +18,8 @@ to status codes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -41,6 +41,8 @@ from services.reservations.service import (
     ReservationService,
     Unavailable,
 )
+
+Answer = TypeVar("Answer")
 
 #: The trailer of gRPC's rich error model: a serialized ``google.rpc.Status``.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -215,6 +217,19 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: ReservationErr
     raise exc
 
 
+async def answered(
+    context: grpc.aio.ServicerContext[Any, Any], handle: Callable[[], Awaitable[Answer]]
+) -> Answer:
+    """``handle()``'s answer; a request that does not parse ends the call with
+    INVALID_ARGUMENT (the checks' message), a refusal of the service with its status."""
+    try:
+        return await handle()
+    except InvalidArgument as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except ReservationError as exc:
+        await abort(context, exc)
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -228,54 +243,37 @@ class ReservationRpcs:
     async def Reserve(
         self, request: pb.ReserveRequest | Malformed, context: ReserveContext
     ) -> pb.ReserveResponse:
-        try:
-            parsed = parse_reserve(request)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            answer, repeated = await self.reservations.reserve(parsed)
-        except ReservationError as exc:
-            await abort(context, exc)
-        return pb.ReserveResponse(reservation=reservation_message(answer), replayed=repeated)
+        async def reserve() -> pb.ReserveResponse:
+            answer, repeated = await self.reservations.reserve(parse_reserve(request))
+            return pb.ReserveResponse(reservation=reservation_message(answer), replayed=repeated)
+
+        return await answered(context, reserve)
 
     @timed
     async def Release(
         self, request: pb.ReleaseRequest | Malformed, context: ReleaseContext
     ) -> pb.ReleaseResponse:
-        try:
-            rid = parse_reservation_id(request)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            released = await self.reservations.release(rid)
-        except ReservationError as exc:
-            await abort(context, exc)
-        return pb.ReleaseResponse(already_released=not released)
+        async def release() -> pb.ReleaseResponse:
+            released = await self.reservations.release(parse_reservation_id(request))
+            return pb.ReleaseResponse(already_released=not released)
+
+        return await answered(context, release)
 
     @timed
     async def GetReservation(
         self, request: pb.GetReservationRequest | Malformed, context: GetContext
     ) -> pb.Reservation:
-        try:
-            rid = parse_reservation_id(request)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            answer = await self.reservations.get(rid)
-        except ReservationError as exc:
-            await abort(context, exc)
-        return reservation_message(answer)
+        async def get() -> pb.Reservation:
+            return reservation_message(await self.reservations.get(parse_reservation_id(request)))
+
+        return await answered(context, get)
 
     @timed
     async def ExtendReservation(
         self, request: pb.ExtendReservationRequest | Malformed, context: ExtendContext
     ) -> pb.Reservation:
-        try:
+        async def extend() -> pb.Reservation:
             rid, expires_in_s = parse_extend(request)
-        except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            answer = await self.reservations.extend(rid, expires_in_s)
-        except ReservationError as exc:
-            await abort(context, exc)
-        return reservation_message(answer)
+            return reservation_message(await self.reservations.extend(rid, expires_in_s))
+
+        return await answered(context, extend)

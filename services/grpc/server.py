@@ -227,47 +227,35 @@ async def watch_redis(
         await asyncio.sleep(HEALTH_INTERVAL)
 
 
+#: The service's unary methods: name -> (request, response) message classes.
+UNARY_METHODS: dict[str, tuple[type[Any], type[Any]]] = {
+    "GetAvailability": (pb.GetAvailabilityRequest, pb.Availability),
+    "BatchGetAvailability": (pb.BatchGetAvailabilityRequest, pb.BatchGetAvailabilityResponse),
+    "Reserve": (pb.ReserveRequest, pb.ReserveResponse),
+    "Release": (pb.ReleaseRequest, pb.ReleaseResponse),
+    "GetReservation": (pb.GetReservationRequest, pb.Reservation),
+    "ExtendReservation": (pb.ExtendReservationRequest, pb.Reservation),
+}
+
+
 def service_handlers(service: AvailabilityService) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """What the generated ``add_AvailabilityServiceServicer_to_server`` registers, with
     request decoders that hand bytes that do not parse to the handler as ``Malformed``
     (INVALID_ARGUMENT) instead of failing the call with UNKNOWN."""
-    return {
-        "GetAvailability": grpc.unary_unary_rpc_method_handler(
-            service.GetAvailability,
-            request_deserializer=decoder(pb.GetAvailabilityRequest),
-            response_serializer=pb.Availability.SerializeToString,
-        ),
-        "BatchGetAvailability": grpc.unary_unary_rpc_method_handler(
-            service.BatchGetAvailability,
-            request_deserializer=decoder(pb.BatchGetAvailabilityRequest),
-            response_serializer=pb.BatchGetAvailabilityResponse.SerializeToString,
-        ),
-        "WatchAvailability": grpc.unary_stream_rpc_method_handler(
-            service.WatchAvailability,
-            request_deserializer=decoder(pb.WatchAvailabilityRequest),
-            response_serializer=pb.WatchAvailabilityResponse.SerializeToString,
-        ),
-        "Reserve": grpc.unary_unary_rpc_method_handler(
-            service.Reserve,
-            request_deserializer=decoder(pb.ReserveRequest),
-            response_serializer=pb.ReserveResponse.SerializeToString,
-        ),
-        "Release": grpc.unary_unary_rpc_method_handler(
-            service.Release,
-            request_deserializer=decoder(pb.ReleaseRequest),
-            response_serializer=pb.ReleaseResponse.SerializeToString,
-        ),
-        "GetReservation": grpc.unary_unary_rpc_method_handler(
-            service.GetReservation,
-            request_deserializer=decoder(pb.GetReservationRequest),
-            response_serializer=pb.Reservation.SerializeToString,
-        ),
-        "ExtendReservation": grpc.unary_unary_rpc_method_handler(
-            service.ExtendReservation,
-            request_deserializer=decoder(pb.ExtendReservationRequest),
-            response_serializer=pb.Reservation.SerializeToString,
-        ),
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(service, name),
+            request_deserializer=decoder(request),
+            response_serializer=response.SerializeToString,
+        )
+        for name, (request, response) in UNARY_METHODS.items()
     }
+    handlers["WatchAvailability"] = grpc.unary_stream_rpc_method_handler(
+        service.WatchAvailability,
+        request_deserializer=decoder(pb.WatchAvailabilityRequest),
+        response_serializer=pb.WatchAvailabilityResponse.SerializeToString,
+    )
+    return handlers
 
 
 def create_server(

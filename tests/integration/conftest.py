@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from dev.processes import process_env, stop_process
 from dev.redis_cluster import DevRedisCluster, cluster_ports
 from dev.redis_server import ensure_redis
 from infra.config import Settings
+from infra.store import AvailabilityStore
 from infra.topics import create_topics
 from tests.integration.grpc_support import apis as apis  # the fixture, for the gRPC tests
 from tests.integration.support import (
@@ -39,6 +40,7 @@ from tests.integration.support import (
     ProcessHandle,
     api_key_spec,
     dev_field_overrides,
+    drop_keys,
     free_port,
 )
 
@@ -185,3 +187,14 @@ def settings_factory(dev_broker: DevBroker, redis_url: str, tmp_path: Path) -> S
         )
 
     return factory
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[AvailabilityStore]:
+    """A store on the test's Redis prefix; its keys are dropped afterwards."""
+    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
+    try:
+        yield store
+    finally:
+        await drop_keys(store)
+        await store.close()

@@ -8,7 +8,6 @@ import time
 import uvicorn
 
 from infra.config import Settings
-from infra.store import AvailabilityStore
 from services.http import create_app
 
 
@@ -31,9 +30,3 @@ async def serve_app(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[No
         assert time.monotonic() < deadline, "the server did not start within 30 s"
         await asyncio.sleep(0.02)
     return server, task
-
-
-async def drop_keys(store: AvailabilityStore) -> None:
-    keys = [key async for key in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
-    if keys:
-        await store.client.delete(*keys)

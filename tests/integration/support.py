@@ -302,3 +302,9 @@ async def mark_serving_layer_complete(store: AvailabilityStore, partitions: int)
     for tests that write records themselves."""
     epoch = await store.begin_rebuild(partitions)
     assert await store.mark_built(epoch, range(partitions))
+
+
+async def drop_keys(store: AvailabilityStore) -> None:
+    keys = [key async for key in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
+    if keys:
+        await store.client.delete(*keys)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import pytest
 
 from availability.ats import LocationAvailability, SkuAvailability
-from infra.config import Settings
 from infra.hold_checks import HoldChecks
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore, decode_change, encode_record
@@ -29,18 +27,6 @@ def record(sku: str, on_hand: int, reserved: int = 0) -> SkuAvailability:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[AvailabilityStore]:
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
-    try:
-        yield store
-    finally:
-        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
-        if keys:
-            await store.client.delete(*keys)
-        await store.close()
 
 
 class Sent:

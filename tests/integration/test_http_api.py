@@ -26,10 +26,11 @@ from availability.state import fold_all
 from infra.config import Settings
 from infra.store import AvailabilityStore
 from tests.integration.conftest import StartService
-from tests.integration.http_support import drop_keys, serve_app
+from tests.integration.http_support import serve_app
 from tests.integration.scenario import seed_events
 from tests.integration.support import (
     auth_headers,
+    drop_keys,
     free_port,
     mark_serving_layer_complete,
     wait_until,

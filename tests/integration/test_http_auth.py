@@ -21,9 +21,9 @@ from infra.store import AvailabilityStore
 from services.auth.api_keys import new_api_key
 from services.auth.scopes import ALL_SCOPES, AVAILABILITY_READ, RULES_WRITE
 from tests.integration.conftest import SettingsFactory, StartService
-from tests.integration.http_support import drop_keys
 from tests.integration.support import (
     api_key_spec,
+    drop_keys,
     free_port,
     mark_serving_layer_complete,
     wait_http_ready,

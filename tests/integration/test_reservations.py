@@ -36,10 +36,11 @@ from infra.store import AvailabilityStore
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from tests.integration.conftest import StartService, make_settings
 from tests.integration.grpc_support import AUTH, Apis
-from tests.integration.http_support import drop_keys, serve_app
+from tests.integration.http_support import serve_app
 from tests.integration.support import (
     auth_headers,
     consume_all,
+    drop_keys,
     free_port,
     mark_serving_layer_complete,
     produce,

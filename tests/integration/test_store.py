@@ -3,30 +3,15 @@ has forgotten them (restarted, replaced or flushed)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from redis.exceptions import ResponseError
 
 from availability.ats import LocationAvailability, SkuAvailability
-from infra.config import Settings
 from infra.store import AvailabilityStore
 
 
 def record(sku: str, on_hand: int) -> SkuAvailability:
     return SkuAvailability(sku, (LocationAvailability("S1", on_hand, 0, 0, 0, 0, {}),), None)
-
-
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[AvailabilityStore]:
-    store = AvailabilityStore.from_url(settings.redis_url, settings.redis_key_prefix)
-    try:
-        yield store
-    finally:
-        keys = [k async for k in store.client.scan_iter(match=f"{store.prefix}:*", count=1000)]
-        if keys:
-            await store.client.delete(*keys)
-        await store.close()
 
 
 async def test_writes_and_marks_go_on_after_the_script_cache_is_flushed(
