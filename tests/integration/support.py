@@ -83,6 +83,18 @@ def _sku_of(event: Mapping[str, Any] | bytes) -> bytes | None:
     return sku.encode() if isinstance(sku, str) else None
 
 
+def new_producer(settings: Settings, max_batch_size: int = 1) -> AIOKafkaProducer:
+    """The tests' producer (acks=all; batches of one record unless ``max_batch_size``
+    says more bytes, so that end offsets are exact on the development broker)."""
+    return AIOKafkaProducer(
+        **kafka_client_options(settings),
+        acks="all",
+        max_batch_size=max_batch_size,
+        linger_ms=0 if max_batch_size == 1 else 5,
+        client_id="tests-produce",
+    )
+
+
 async def produce(
     settings: Settings,
     topic: str,
@@ -91,38 +103,36 @@ async def produce(
     *,
     partition: int | None = None,
     max_batch_size: int = 1,
+    producer: AIOKafkaProducer | None = None,
 ) -> list[RecordMetadata]:
     """Publish ``events`` (dicts are orjson-encoded, bytes sent as they are) in order and
     wait until each is acknowledged (acks=all).
 
     ``key``: default the event's ``sku`` (None when it has none or is not JSON);
     ``None`` for no key; a str/bytes for that key on every event. ``partition`` forces
-    a partition. Batches hold one record each (unless ``max_batch_size`` says more
-    bytes) so that end offsets are exact on the development broker.
+    a partition. ``producer``: a started ``new_producer`` to send with (many calls in
+    a row: starting one fetches the broker's metadata of every topic, slow once a
+    session has made hundreds); else one is started and stopped for this call.
     """
-    producer = AIOKafkaProducer(
-        **kafka_client_options(settings),
-        acks="all",
-        max_batch_size=max_batch_size,
-        linger_ms=0 if max_batch_size == 1 else 5,
-        client_id="tests-produce",
-    )
-    await producer.start()
-    try:
-        futures = []
-        for event in events:
-            value = event if isinstance(event, bytes) else orjson.dumps(event)
-            if isinstance(key, _SkuKey):
-                record_key = _sku_of(event)
-            elif isinstance(key, str):
-                record_key = key.encode()
-            else:
-                record_key = key
-            futures.append(await producer.send(topic, value, key=record_key, partition=partition))
-        await producer.flush()
-        return list(await asyncio.gather(*futures))
-    finally:
-        await producer.stop()
+    if producer is None:
+        own = new_producer(settings, max_batch_size)
+        await own.start()
+        try:
+            return await produce(settings, topic, events, key, partition=partition, producer=own)
+        finally:
+            await own.stop()
+    futures = []
+    for event in events:
+        value = event if isinstance(event, bytes) else orjson.dumps(event)
+        if isinstance(key, _SkuKey):
+            record_key = _sku_of(event)
+        elif isinstance(key, str):
+            record_key = key.encode()
+        else:
+            record_key = key
+        futures.append(await producer.send(topic, value, key=record_key, partition=partition))
+    await producer.flush()
+    return list(await asyncio.gather(*futures))
 
 
 async def consume_all(

@@ -34,6 +34,7 @@ from tests.integration.support import (
     SKU_KEY,
     auth_headers,
     consume_all,
+    new_producer,
     produce,
     wait_http_ready,
 )
@@ -54,8 +55,13 @@ async def publish(settings: Settings, deliveries: list[Delivery]) -> None:
             groups[-1][2].append(d.event)
         else:
             groups.append((topic, key, [d.event]))
-    for topic, key, events in groups:
-        await produce(settings, topic, events, key=key)
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        for topic, key, events in groups:
+            await produce(settings, topic, events, key=key, producer=producer)
+    finally:
+        await producer.stop()
 
 
 async def answers(
