@@ -10,7 +10,6 @@ the epoch as a single Redis losing everything does.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,9 +33,6 @@ _VOID_EPOCH = """
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-#: How long a read that found the serving layer complete trusts that.
-COMPLETE_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,6 @@ class ServingMarks:
         self._mark_built: Any = client.register_script(_MARK_BUILT)
         self._void_epoch: Any = client.register_script(_VOID_EPOCH)
         self._serving_key = f"{prefix}:serving"
-        self._complete_until = 0.0
 
     async def begin_rebuild(self, partitions: int) -> bytes:
         """The current rebuild epoch, starting one if Redis has none (in a cluster, also
@@ -147,12 +142,11 @@ class ServingMarks:
     async def incomplete_serving_layer(self) -> str | None:
         """None if the serving layer is complete, else what it lacks. A read that
         finds no record asks this (so that a SKU not yet rebuilt is not answered as
-        unknown); a complete answer is trusted for ``COMPLETE_CACHE_SECONDS``."""
-        if time.monotonic() < self._complete_until:
-            return None
+        unknown). Asked afresh every time: an answer remembered even for a second would
+        let the reads just after Redis lost its data call every SKU unknown, and an
+        unknown SKU is rare enough on a storefront that its second round trip is cheap."""
         layer = await self.serving_layer()
         if layer.complete:
-            self._complete_until = time.monotonic() + COMPLETE_CACHE_SECONDS
             return None
         return f"the serving layer is {layer.describe()}; retry shortly"
 
