@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from availability.ats import SkuAvailability
 from infra.kafka import partition_for
+from infra.redis_batch import Combined, Pending, RedisBatch
 from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
 
@@ -112,12 +113,21 @@ class HoldChecks:
     def partition_of(self, sku: str) -> int:
         return partition_for(sku.encode(), self.partitions)
 
-    async def note(self, lines: Sequence[tuple[str, str]], due: int) -> None:
+    def note_in(
+        self, batch: RedisBatch, lines: Sequence[tuple[str, str]], due: int
+    ) -> Combined[None]:
         """Look at these (sku, reservation id) lines again at ``due`` (ms)."""
-        pipe = self.store.client.pipeline(transaction=False)
-        for sku, rid in lines:
-            pipe.zadd(self.key(self.partition_of(sku)), {f"{sku} {rid}": due})
-        await pipe.execute()
+        parts: list[Pending[Any]] = [
+            batch.command("ZADD", self.key(self.partition_of(sku)), due, f"{sku} {rid}")
+            for sku, rid in lines
+        ]
+        return Combined(parts, lambda _: None)
+
+    async def note(self, lines: Sequence[tuple[str, str]], due: int) -> None:
+        batch = RedisBatch(self.store.client)
+        noted = self.note_in(batch, lines, due)
+        await batch.run()
+        noted.value()
 
     async def forget(self, lines: Sequence[tuple[str, str]]) -> None:
         """No need to look at these (sku, reservation id) lines again."""

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold
+from infra.redis_batch import Combined, Pending, RedisBatch, Reply
 from infra.redis_client import RedisClient
 from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
@@ -142,6 +143,10 @@ return false
 """
 
 
+#: A SKU's folded figures (None: never seen) and its holds.
+Figures = tuple[SkuAvailability | None, list[Hold]]
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """The outcome of one hold: placed at ``location_id``, or not (``best_free``: the
@@ -180,6 +185,44 @@ class ReservationStore:
         return f"{self.prefix}:reservation:{{{reservation_id}}}"
 
     # --- holds ---
+    # Each ``*_in`` method adds its command to a batch (``infra.redis_batch``), so
+    # that a request does what it has to at once; the plain methods run one alone.
+
+    def place_in(
+        self,
+        batch: RedisBatch,
+        sku: str,
+        reservation_id: str,
+        channel: str,
+        quantity: int,
+        candidates: Sequence[str],
+        now: int,
+        deadline: int,
+    ) -> Pending[Placement]:
+        """Hold ``quantity`` units at the first of ``candidates`` where they fit, in one
+        atomic step with the check."""
+
+        def decode(reply: Any) -> Placement:
+            placed, value, expired, version, data, held = reply
+            change = _change(sku, version, data, held)
+            if int(placed):
+                return Placement(_text(value), quantity, int(expired), change)
+            return Placement(None, int(value), int(expired), change)
+
+        return batch.script(
+            self._place,
+            [self.store.sku_key(sku), self.holds_key(sku)],
+            [
+                reservation_id,
+                channel,
+                quantity,
+                now,
+                deadline,
+                self.store.change_channel(sku),
+                *candidates,
+            ],
+            decode,
+        )
 
     async def place(
         self,
@@ -191,70 +234,99 @@ class ReservationStore:
         now: int,
         deadline: int,
     ) -> Placement:
-        """Hold ``quantity`` units at the first of ``candidates`` where they fit, in one
-        atomic step with the check."""
-        placed, value, expired, version, data, held = await self._place(
-            keys=[self.store.sku_key(sku), self.holds_key(sku)],
-            args=[
-                reservation_id,
-                channel,
-                quantity,
-                now,
-                deadline,
-                self.store.change_channel(sku),
-                *candidates,
-            ],
+        batch = RedisBatch(self.client)
+        placement = self.place_in(
+            batch, sku, reservation_id, channel, quantity, candidates, now, deadline
         )
-        change = _change(sku, version, data, held)
-        if int(placed):
-            return Placement(_text(value), quantity, int(expired), change)
-        return Placement(None, int(value), int(expired), change)
+        await batch.run()
+        return placement.value()
 
-    async def move_deadline(self, sku: str, reservation_id: str, deadline: int) -> bool:
+    def move_deadline_in(
+        self, batch: RedisBatch, sku: str, reservation_id: str, deadline: int
+    ) -> Pending[bool]:
         """Give a hold a new deadline; False when the hold is gone (expired meanwhile)."""
-        return bool(
-            await self._move(
-                keys=[self.store.sku_key(sku), self.holds_key(sku)], args=[reservation_id, deadline]
-            )
+        return batch.script(
+            self._move,
+            [self.store.sku_key(sku), self.holds_key(sku)],
+            [reservation_id, deadline],
+            bool,
+        )
+
+    def remove_in(
+        self, batch: RedisBatch, sku: str, reservation_id: str, now: int
+    ) -> Pending[ServedChange | None]:
+        """Remove a hold (``now`` in ms purges expired ones on the way); the change of
+        what the record serves, None when nothing changed."""
+
+        def decode(reply: Any) -> ServedChange | None:
+            _, version, data, held = reply
+            return _change(sku, version, data, held)
+
+        return batch.script(
+            self._remove,
+            [self.store.sku_key(sku), self.holds_key(sku)],
+            [reservation_id, now, self.store.change_channel(sku)],
+            decode,
         )
 
     async def remove(self, sku: str, reservation_id: str, now: int) -> ServedChange | None:
-        """Remove a hold (``now`` in ms purges expired ones on the way); the change of
-        what the record serves, None when nothing changed."""
-        _, version, data, held = await self._remove(
-            keys=[self.store.sku_key(sku), self.holds_key(sku)],
-            args=[reservation_id, now, self.store.change_channel(sku)],
-        )
-        return _change(sku, version, data, held)
+        batch = RedisBatch(self.client)
+        change = self.remove_in(batch, sku, reservation_id, now)
+        await batch.run()
+        return change.value()
 
-    async def figures(self, skus: Sequence[str]) -> list[tuple[SkuAvailability | None, list[Hold]]]:
+    def figures_in(self, batch: RedisBatch, skus: Sequence[str]) -> Reply[list[Figures]]:
         """Each SKU's folded figures (None: never seen) and its holds (expired ones
-        included: callers filter with their clock), in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        included: callers filter with their clock)."""
+        parts: list[Pending[Any]] = []
         for sku in skus:
-            pipe.hget(self.store.sku_key(sku), b"d")
-            pipe.hgetall(self.holds_key(sku))
-        replies = await pipe.execute()
-        answers: list[tuple[SkuAvailability | None, list[Hold]]] = []
-        for index in range(len(skus)):
-            raw = replies[2 * index]
-            figures = None if raw is None else SkuAvailability.from_data(orjson.loads(raw))
-            holds = [
-                Hold.decode(_text(field), value)
-                for field, value in cast(dict[bytes, bytes], replies[2 * index + 1]).items()
-            ]
-            answers.append((figures, holds))
-        return answers
+            parts.append(batch.command("HGET", self.store.sku_key(sku), b"d", read=True))
+            parts.append(batch.command("HGETALL", self.holds_key(sku), read=True))
+
+        def combine(replies: list[Any]) -> list[Figures]:
+            answers: list[Figures] = []
+            for raw, holds in zip(replies[::2], replies[1::2], strict=True):
+                figures = None if raw is None else SkuAvailability.from_data(orjson.loads(raw))
+                answers.append(
+                    (figures, [Hold.decode(_text(f), v) for f, v in _pairs(holds).items()])
+                )
+            return answers
+
+        return Combined(parts, combine)
+
+    async def figures(self, skus: Sequence[str]) -> list[Figures]:
+        """``figures_in`` in one round trip."""
+        batch = RedisBatch(self.client)
+        figures = self.figures_in(batch, skus)
+        await batch.run()
+        return figures.value()
 
     # --- reservation records ---
 
-    async def claim(self, reservation_id: str, record: dict[str, Any], ttl_ms: int) -> Any:
+    def claim_in(
+        self, batch: RedisBatch, reservation_id: str, record: dict[str, Any], ttl_ms: int
+    ) -> Pending[Any]:
         """Store ``record`` unless the reservation has one: None when stored, else the
         record it has."""
-        raw = await self._claim(
-            keys=[self.reservation_key(reservation_id)], args=[orjson.dumps(record), ttl_ms]
+        return batch.script(
+            self._claim,
+            [self.reservation_key(reservation_id)],
+            [orjson.dumps(record), ttl_ms],
+            lambda raw: None if raw is None else orjson.loads(raw),
         )
-        return None if raw is None else orjson.loads(raw)
+
+    async def claim(self, reservation_id: str, record: dict[str, Any], ttl_ms: int) -> Any:
+        batch = RedisBatch(self.client)
+        claimed = self.claim_in(batch, reservation_id, record, ttl_ms)
+        await batch.run()
+        return claimed.value()
+
+    def save_in(
+        self, batch: RedisBatch, reservation_id: str, record: dict[str, Any], ttl_ms: int
+    ) -> Pending[Any]:
+        return batch.command(
+            "SET", self.reservation_key(reservation_id), orjson.dumps(record), "PX", ttl_ms
+        )
 
     async def save(self, reservation_id: str, record: dict[str, Any], ttl_ms: int) -> None:
         await self.client.set(self.reservation_key(reservation_id), orjson.dumps(record), px=ttl_ms)
@@ -271,6 +343,13 @@ def _change(sku: str, version: Any, data: Any, held: Any) -> ServedChange | None
     if not int(version):
         return None
     return ServedChange(sku, int(version), served_view(data, held))
+
+
+def _pairs(reply: Any) -> dict[Any, Any]:
+    """HGETALL's reply as a dict (RESP2 gives a flat list through a bare command)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def _text(value: bytes | str) -> str:

@@ -50,6 +50,7 @@ from availability.ats import SkuAvailability
 from availability.holds import Hold, with_held, with_holds
 from infra.config import Settings
 from infra.records import DEFAULT_FIELD, answer_tail, encode_record
+from infra.redis_batch import Combined, Pending, RedisBatch
 from infra.redis_client import REDIS_FAILURES, RedisClient, connect
 from infra.redis_raw import TOPOLOGY_REPLIES, calls_per_master, pack_command, round_trip
 from infra.serving_marks import ServingMarks
@@ -224,6 +225,16 @@ class AvailabilityStore(ServingMarks):
             ),
             [decode_held(held) for _, _, _, held in replies],
         )
+
+    def mark_published_in(
+        self, batch: RedisBatch, versions: Iterable[tuple[str, int]]
+    ) -> Combined[None]:
+        """``mark_published`` in a batch of other commands."""
+        parts: list[Pending[Any]] = [
+            batch.script(self._mark_published, [self.sku_key(sku)], [version])
+            for sku, version in versions
+        ]
+        return Combined(parts, lambda _: None)
 
     async def mark_published(self, versions: Iterable[tuple[str, int]]) -> None:
         """Note that the change feed holds these (sku, version) pairs."""

@@ -1,22 +1,26 @@
 """Reserve, release, extend and read reservations (README "Reservations").
 
-A reserve request runs, in order:
+A reserve request runs, in order, in three Redis round trips and one to the broker
+(each a ``RedisBatch``: one round trip per master in a Redis Cluster):
 
 1. **Claim** the reservation id (its record, state ``placing``, kept for the publish
    window): a repeat of a finished request gets the first answer, another body under
-   the id ``Conflict``, a request racing one still being placed ``InProgress``.
-2. **Hold** every line, one SKU after another, each with one atomic check-and-hold in
-   Redis (``infra.reservation_store``), which also bumps the SKU's record version and
-   announces the held figures on its channel (Watch). The lines are noted first for
-   the worker to look at again (``infra.hold_checks``), should this process die.
-   When a line does not fit, the holds already placed are taken back and the answer
-   is ``InsufficientStock``: nothing held, and no event published.
+   the id ``Conflict``, a request racing one still being placed ``InProgress``. With
+   the claim, the lines are noted for the worker to look at again
+   (``infra.hold_checks``), should this process die, and the figures of the lines
+   without a location are read (placement orders their candidates by them).
+2. **Hold** every line, each with one atomic check-and-hold in Redis
+   (``infra.reservation_store``), which also bumps the SKU's record version and
+   announces the held figures on its channel (Watch). When a line does not fit, the
+   holds placed are taken back and the answer is ``InsufficientStock``: nothing
+   held, and no event published.
 3. **Publish** one ``reservation.created`` per line to ``orders.reservations``, and the
    change feed's record of each SKU's held figures at the version its hold made,
    and wait for the broker's acknowledgement (bounded). If it does not come, the holds are
    taken back and the answer is ``Unavailable``.
 4. **Confirm**: the holds now count until the worker folds their events (and hands
-   them over) or the handover window passes; the record keeps the answer.
+   them over) or the handover window passes; the feed's marks are set and the
+   record keeps the answer.
 
 Crash window: a hold counts for the publish window (30 s by default) until step 4
 gives it the longer deadline, so an API killed between steps 2 and 4 leaves holds that
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from availability.events import (
     Event,
@@ -53,8 +58,9 @@ from availability.identifiers import format_timestamp
 from infra.config import Settings
 from infra.feed_record import change_record
 from infra.hold_checks import HoldChecks
+from infra.redis_batch import RedisBatch
 from infra.redis_client import STORE_DOWN
-from infra.reservation_store import ReservationStore, ServedChange
+from infra.reservation_store import Figures, ReservationStore, ServedChange
 from services.reservations.metrics import ReservationMetrics
 from services.webhooks.publisher import Publisher, PublishFailed, Record
 
@@ -151,10 +157,27 @@ class ReservationService:
     async def _reserve(self, request: ReservationRequest) -> tuple[dict[str, Any], bool]:
         rid = request.reservation_id
         fingerprint = request.fingerprint()
+        now_us = self.clock()
+        now_ms, expires_us = now_us // 1000, now_us + request.expires_in_s * 1_000_000
+        expires_ms = expires_us // 1000
+        # One round trip: the claim; the lines noted for the worker to look at again
+        # (before any hold is placed: should this process die with a hold placed, the
+        # worker still looks at the line when its pending deadline ends); the figures
+        # that placement orders the candidate locations by.
+        batch = RedisBatch(self.redis.client)
+        claimed = self.redis.claim_in(
+            batch, rid, {"fp": fingerprint, "state": PLACING}, self._publish_window_ms
+        )
+        noted = self.checks.note_in(
+            batch,
+            [(line.sku, rid) for line in request.lines],
+            pending_deadline(now_ms, expires_ms, self._publish_window_ms),
+        )
+        unplaced = [line.sku for line in request.lines if line.location_id is None]
+        figures = self.redis.figures_in(batch, unplaced)
         try:
-            existing = await self.redis.claim(
-                rid, {"fp": fingerprint, "state": PLACING}, self._publish_window_ms
-            )
+            await batch.run()
+            existing = claimed.value()
         except REDIS_ERRORS:
             raise Unavailable("the serving store (Redis) cannot be reached") from None
         if existing is not None:
@@ -169,15 +192,9 @@ class ReservationService:
         placed: list[Placed] = []
         changes: dict[str, ServedChange] = {}
         try:
-            now_us = self.clock()
-            expires_us = now_us + request.expires_in_s * 1_000_000
-            # Noted before any hold is placed: should this process die with a hold
-            # placed, the worker still looks at the line when its pending deadline ends.
-            await self.checks.note(
-                [(line.sku, rid) for line in request.lines],
-                pending_deadline(now_us // 1000, expires_us // 1000, self._publish_window_ms),
-            )
-            placed = await self._hold_all(request, now_us // 1000, expires_us // 1000, changes)
+            noted.value()
+            order = dict(zip(unplaced, figures.value(), strict=True))
+            placed = await self._hold_all(request, now_ms, expires_ms, order, changes)
             await self._publish(
                 [
                     ReservationCreated(
@@ -194,12 +211,9 @@ class ReservationService:
                 ],
                 changes.values(),
             )
-            confirmed_ms = self.clock() // 1000
             deadline = published_deadline(
-                confirmed_ms, expires_us // 1000, self._handover_window_ms
+                self.clock() // 1000, expires_ms, self._handover_window_ms
             )
-            for line in placed:
-                await self.redis.move_deadline(line.sku, rid, deadline)
             answer = {
                 "reservation_id": rid,
                 "channel": request.channel,
@@ -217,7 +231,14 @@ class ReservationService:
                 "answer": answer,
                 "expires_at_us": expires_us,
             }
-            await self.redis.save(rid, record, self._record_ttl_ms(expires_us))
+            # One round trip: every hold's longer deadline, the feed's marks, the record.
+            batch = RedisBatch(self.redis.client)
+            moved = [self.redis.move_deadline_in(batch, x.sku, rid, deadline) for x in placed]
+            self._mark_published_in(batch, changes.values())
+            saved = self.redis.save_in(batch, rid, record, self._record_ttl_ms(expires_us))
+            await batch.run()
+            for pending in (*moved, saved):
+                pending.value()
             return answer, False
         except BaseException as exc:
             await self._undo(rid, placed, keep_claim=isinstance(exc, REDIS_ERRORS))
@@ -236,46 +257,64 @@ class ReservationService:
         request: ReservationRequest,
         now_ms: int,
         expires_ms: int,
+        figures: dict[str, Figures],
         changes: dict[str, ServedChange],
     ) -> list[Placed]:
-        """Hold every line; ``changes`` gets, per SKU, the change of what its record
-        serves (the version and figures the change feed is to carry)."""
+        """Hold every line, all in one round trip (each line's check and hold is one
+        atomic step; when one does not fit, those placed are taken back). ``figures``
+        has the figures and holds of the lines without a location, which order their
+        candidates; ``changes`` gets, per SKU, the change of what its record serves
+        (the version and figures the change feed is to carry)."""
         rid, channel = request.reservation_id, request.channel
         deadline = pending_deadline(now_ms, expires_ms, self._publish_window_ms)
-        unplaced = [line.sku for line in request.lines if line.location_id is None]
-        figures = dict(zip(unplaced, await self.redis.figures(unplaced), strict=True))
-        placed: list[Placed] = []
-        try:
-            for line in request.lines:
-                if line.location_id is not None:
-                    candidates = [line.location_id]
-                else:
-                    availability, holds = figures[line.sku]
-                    held = held_by_location(holds, now_ms)
-                    candidates = placement_order(availability, channel, held)
-                placement = await self.redis.place(
-                    line.sku, rid, channel, line.quantity, candidates, now_ms, deadline
+        batch = RedisBatch(self.redis.client)
+        placements = []
+        for line in request.lines:
+            if line.location_id is not None:
+                candidates = [line.location_id]
+            else:
+                availability, holds = figures[line.sku]
+                candidates = placement_order(availability, channel, held_by_location(holds, now_ms))
+            placements.append(
+                self.redis.place_in(
+                    batch, line.sku, rid, channel, line.quantity, candidates, now_ms, deadline
                 )
-                if placement.expired:
-                    self.metrics.holds_expired.inc(placement.expired)
-                if placement.change is not None:
-                    changes[line.sku] = placement.change
-                if placement.location_id is None:
-                    raise InsufficientStock([])
-                placed.append(Placed(line.sku, line.quantity, placement.location_id))
-        except InsufficientStock:
-            await self._take_back(rid, placed)
-            placed.clear()
-            raise InsufficientStock(await self._shortfall(request, now_ms)) from None
+            )
+        try:
+            await batch.run()
         except BaseException:
-            await self._take_back(rid, placed)
+            # Which scripts ran is unknown: take back every line (a line not placed
+            # has nothing to take back).
+            await self._take_back(rid, [Placed(x.sku, x.quantity, "") for x in request.lines])
             raise
+        placed: list[Placed] = []
+        short = False
+        failure: ResponseError | None = None
+        for line, pending in zip(request.lines, placements, strict=True):
+            if pending.error is not None:
+                failure = failure or pending.error
+                continue
+            placement = pending.value()
+            if placement.expired:
+                self.metrics.holds_expired.inc(placement.expired)
+            if placement.change is not None:
+                changes[line.sku] = placement.change
+            if placement.location_id is None:
+                short = True
+            else:
+                placed.append(Placed(line.sku, line.quantity, placement.location_id))
+        if failure is not None:
+            await self._take_back(rid, placed)
+            raise failure
+        if short:
+            shortfall = await self._take_back(rid, placed, shortfall_of=request)
+            raise InsufficientStock(shortfall)
         return placed
 
-    async def _shortfall(self, request: ReservationRequest, now_ms: int) -> list[dict[str, Any]]:
+    def _shortfall(
+        self, request: ReservationRequest, figures: list[Figures], now_ms: int
+    ) -> list[dict[str, Any]]:
         """Per line what was asked and what is available now (for the 409 body)."""
-        skus = [line.sku for line in request.lines]
-        figures = await self.redis.figures(skus)
         lines = []
         for line, (availability, holds) in zip(request.lines, figures, strict=True):
             held = held_by_location(holds, now_ms)
@@ -289,13 +328,13 @@ class ReservationService:
 
     async def _publish(self, events: Sequence[Event], changes: Iterable[ServedChange] = ()) -> None:
         """Publish the events and, in the same batch, the change feed's records of what
-        the holds changed (README "Change feed"), then note that the feed has them."""
+        the holds changed (README "Change feed"). The caller then notes that the feed
+        has them (``_mark_published_in``)."""
         topic = self.settings.reservations_topic
         records = [
             Record(topic, event.sku.encode(), orjson.dumps(event_to_dict(event)))
             for event in events
         ]
-        changes = list(changes)
         computed_at = self.clock()
         records += [
             Record(
@@ -309,18 +348,38 @@ class ReservationService:
             await self.publisher.publish(records, self.settings.reservation_publish_timeout)
         except PublishFailed as exc:
             raise Unavailable(f"the broker did not take the reservation: {exc}") from None
-        if changes:
-            # A mark that fails is harmless: the version goes on the feed once more.
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.redis.store.mark_published((c.sku, c.version) for c in changes)
 
-    async def _take_back(self, rid: str, placed: Sequence[Placed]) -> None:
+    def _mark_published_in(self, batch: RedisBatch, changes: Iterable[ServedChange]) -> None:
+        # A mark that fails is harmless (its reply is not looked at): the version goes
+        # on the feed once more.
+        self.redis.store.mark_published_in(batch, ((c.sku, c.version) for c in changes))
+
+    async def _take_back(
+        self,
+        rid: str,
+        placed: Sequence[Placed],
+        shortfall_of: ReservationRequest | None = None,
+    ) -> list[dict[str, Any]]:
+        """Remove the holds placed, in one round trip; with ``shortfall_of``, read in
+        the same round trip what its lines could have had (the 409 body)."""
+        now_ms = self.clock() // 1000
+        batch = RedisBatch(self.redis.client)
         for line in placed:
-            try:
-                await self.redis.remove(line.sku, rid, self.clock() // 1000)
-            except REDIS_ERRORS:
-                # Redis is away: the hold stops counting at its (pending) deadline.
-                log.warning("reservation %s: hold of %s left to expire", rid, line.sku)
+            self.redis.remove_in(batch, line.sku, rid, now_ms)
+        figures = None
+        if shortfall_of is not None:
+            figures = self.redis.figures_in(batch, [line.sku for line in shortfall_of.lines])
+        try:
+            await batch.run()
+        except REDIS_ERRORS:
+            if shortfall_of is not None:
+                raise
+            # Redis is away: the holds stop counting at their (pending) deadline.
+            log.warning("reservation %s: holds of %d line(s) left to expire", rid, len(placed))
+            return []
+        if shortfall_of is None or figures is None:
+            return []
+        return self._shortfall(shortfall_of, figures.value(), now_ms)
 
     async def _undo(self, rid: str, placed: Sequence[Placed], *, keep_claim: bool) -> None:
         await self._take_back(rid, placed)
@@ -339,18 +398,23 @@ class ReservationService:
             return False
         answer = record["answer"]
         now_us = self.clock()
-        changes: list[ServedChange] = []
+        # One round trip: the lines noted (should the feed record below not make it,
+        # the worker puts the freed figures on the feed when the publish window has
+        # passed) and every hold removed.
+        batch = RedisBatch(self.redis.client)
+        noted = self.checks.note_in(
+            batch,
+            [(line["sku"], rid) for line in answer["lines"]],
+            now_us // 1000 + self._publish_window_ms,
+        )
+        removed = [
+            self.redis.remove_in(batch, line["sku"], rid, now_us // 1000)
+            for line in answer["lines"]
+        ]
         try:
-            # Should the feed record below not make it, the worker puts the freed
-            # figures on the feed when the publish window has passed.
-            await self.checks.note(
-                [(line["sku"], rid) for line in answer["lines"]],
-                now_us // 1000 + self._publish_window_ms,
-            )
-            for line in answer["lines"]:
-                change = await self.redis.remove(line["sku"], rid, now_us // 1000)
-                if change is not None:
-                    changes.append(change)
+            await batch.run()
+            noted.value()
+            changes = [change for p in removed if (change := p.value()) is not None]
         except REDIS_ERRORS:
             raise Unavailable("the serving store (Redis) cannot be reached") from None
         await self._publish(
@@ -368,7 +432,9 @@ class ReservationService:
         )
         record["state"] = RELEASED
         answer["status"] = RELEASED
-        await self._save(rid, record)
+        batch = RedisBatch(self.redis.client)
+        self._mark_published_in(batch, changes)
+        await self._save(rid, record, batch)
         self.metrics.releases.inc()
         return True
 
@@ -398,14 +464,13 @@ class ReservationService:
             ]
         )
         deadline = published_deadline(now_us // 1000, expires_us // 1000, self._handover_window_ms)
-        try:
-            for line in answer["lines"]:
-                await self.redis.move_deadline(line["sku"], rid, deadline)
-        except REDIS_ERRORS:
-            raise Unavailable("the serving store (Redis) cannot be reached") from None
         answer["expires_at"] = format_timestamp(expires_us)
         record["expires_at_us"] = expires_us
-        await self._save(rid, record)
+        # One round trip: every hold's new deadline and the record.
+        batch = RedisBatch(self.redis.client)
+        for line in answer["lines"]:
+            self.redis.move_deadline_in(batch, line["sku"], rid, deadline)
+        await self._save(rid, record, batch)
         return self.view(record, now_us)
 
     async def get(self, rid: str) -> dict[str, Any]:
@@ -432,9 +497,14 @@ class ReservationService:
         assert isinstance(record, dict)
         return record
 
-    async def _save(self, rid: str, record: dict[str, Any]) -> None:
+    async def _save(self, rid: str, record: dict[str, Any], batch: RedisBatch) -> None:
+        """Store the record with what ``batch`` holds already, in one round trip (the
+        other commands' replies are not looked at: a mark that failed only puts a
+        version on the feed once more, a hold whose deadline did not move is gone)."""
+        saved = self.redis.save_in(batch, rid, record, self._record_ttl_ms(record["expires_at_us"]))
         try:
-            await self.redis.save(rid, record, self._record_ttl_ms(record["expires_at_us"]))
+            await batch.run()
+            saved.value()
         except REDIS_ERRORS:
             raise Unavailable("the serving store (Redis) cannot be reached") from None
 
