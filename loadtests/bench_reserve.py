@@ -68,6 +68,7 @@ from loadtests.http_load import (
     run_open_loop,
     run_wrk,
 )
+from loadtests.server_latency import duration_buckets, summarize_buckets
 from loadtests.serving import fresh_broker, seed_serving, stop_services_since, wait_http
 from loadtests.workload import sku_name
 
@@ -76,6 +77,9 @@ log = logging.getLogger("bench")
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT: Final[Path] = REPO_ROOT / "bench-results" / "reserve.json"
 RESERVE_P99_TARGET_MS: Final[float] = 20.0
+#: The reserve route as the HTTP metrics label it, and the buckets the table shows.
+RESERVE_ROUTE: Final[str] = "/v1/reservations"
+SHOWN: Final[frozenset[str]] = frozenset({"10", "25", "50"})
 #: Open-loop answers that do not fail the run: 201, and 503 or no answer when the
 #: broker does not acknowledge in time (the development broker stalls for seconds now
 #: and then). They are counted, and in the latency at their time (no answer: last).
@@ -201,9 +205,13 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
             load.expect("ready", 60)
             meter = CpuMeter({**meter_pids(), "load": load.process.pid or 0})
             meter.start()
+            served_before = duration_buckets(url, authorization, "POST", RESERVE_ROUTE)
             load.send("go", time.time() + 0.5)
             result: OpenLoopResult = load.expect("result", params.open_seconds + 120)
             cpu["reserve_open_loop"] = meter.stop()
+            in_service = summarize_buckets(
+                served_before, duration_buckets(url, authorization, "POST", RESERVE_ROUTE)
+            )
         finally:
             load.stop()
             stack.loads.remove(load)
@@ -226,6 +234,8 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
                 summarize_ms([x for x in result.service_times if not math.isnan(x)])
             ),
             "max_behind_schedule_ms": round(result.max_behind_schedule * 1000, 3),
+            # the API's own request-duration histogram (loadtests.server_latency)
+            "in_service": in_service,
             "load_process_cpu_seconds": round(result.cpu_seconds, 2),
         }
         p99 = open_loop["latency_ms"]["p99"]
@@ -297,11 +307,23 @@ def render(report: Mapping[str, Any]) -> str:
             f" {report['p99_target_ms']:g} ms: {verdict})",
             f"    from the actual send: p50 {service['p50']} ms, p99 {service['p99']} ms;"
             f" sender at most {half['max_behind_schedule_ms']} ms behind schedule",
+            f"    in the service (its histogram): p99 at most {_bound(half['in_service'])};"
+            f" {_shares(half['in_service'])}",
             f"    not placed: {half.get('not_placed', 0)} of {half.get('requests', '?')}"
             f" ({_outcomes(half.get('answers', {}))}); closed-loop errors: reserve"
             f" {reserve.get('errors', 0)}, read {read.get('errors', 0)}",
         ]
     )
+
+
+def _bound(in_service: Mapping[str, Any]) -> str:
+    bound = in_service["p99_at_most_ms"]
+    return "beyond the last bucket" if bound is None else f"{bound:g} ms"
+
+
+def _shares(in_service: Mapping[str, Any]) -> str:
+    within = in_service["within_ms"]
+    return ", ".join(f"{share:g}% within {ms} ms" for ms, share in within.items() if ms in SHOWN)
 
 
 def _outcomes(answers: Mapping[str, int]) -> str:

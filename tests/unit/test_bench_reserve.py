@@ -3,12 +3,14 @@ own (what the service parses; a 409 or 400 would fail the run)."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import orjson
 
 from loadtests.bench_reserve import from_bench, parse_args, render
 from loadtests.http_load import _WRK_RESERVE, reserve_body
+from loadtests.server_latency import summarize_buckets
 from services.http.routes_reservations import parse_reserve_request
 
 
@@ -61,6 +63,10 @@ def test_the_table_says_whether_the_p99_target_is_met() -> None:
             "latency_ms": latency,
             "service_time_ms": latency,
             "max_behind_schedule_ms": 1.0,
+            "in_service": summarize_buckets(
+                {0.01: 0, 0.025: 0, 0.05: 0, math.inf: 0},
+                {0.01: 900, 0.025: 985, 0.05: 1000, math.inf: 1000},
+            ),
         },
         "p99_target_ms": 20.0,
         "p99_met": False,
@@ -68,3 +74,17 @@ def test_the_table_says_whether_the_p99_target_is_met() -> None:
     text = render(report)
     assert "reserve 900 req/s" in text and "single read             4000 req/s" in text
     assert "p99 25.0 ms" in text and "MISSED" in text
+    assert "p99 at most 50 ms; 90% within 10 ms, 98.5% within 25 ms, 100% within 50 ms" in text
+
+
+def test_the_service_side_p99_is_the_bucket_that_holds_it() -> None:
+    before = {0.001: 10, 0.01: 50, 0.025: 60, math.inf: 60}
+    after = {0.001: 10, 0.01: 1040, 0.025: 1060, math.inf: 1060}
+    # 1,000 requests between the readings, 990 of them within 10 ms
+    summary = summarize_buckets(before, after)
+    assert summary["requests"] == 1000
+    assert summary["p99_at_most_ms"] == 10
+    assert summary["within_ms"] == {"1": 0.0, "10": 99.0, "25": 100.0}
+    slow = summarize_buckets(before, {**after, 0.025: 1060, math.inf: 1080})
+    assert slow["p99_at_most_ms"] is None  # 2% beyond 25 ms, the last finite bound
+    assert summarize_buckets(after, after)["requests"] == 0
