@@ -10,9 +10,8 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``d``          canonical JSON of the SKU's availability (all channels)
     ``c:<channel>`` ready-to-send answer tail for a channel that rules give a buffer
     ``*``          the same for every other channel (buffer 0)
-``{prefix}:workers``  hash worker id -> JSON status (heartbeat, lag, recovered)
-``{prefix}:counters`` hash counter name -> integer (events folded, dead letters)
-``{prefix}:drift``    JSON of the last drift check's counts (``services.cli drift``)
+``{prefix}:workers``, ``{prefix}:counters``, ``{prefix}:drift``  worker status, shared
+    counters, the last drift check (``infra.operations_state``)
 ``{prefix}:serving``  hash: how complete the serving records are (``streams.rebuild``)
     ``epoch``      token of the rebuild under way or done since Redis last lost its data
     ``partitions`` how many partitions the SKUs are spread over
@@ -49,6 +48,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from availability.ats import SkuAvailability
 from availability.holds import Hold, with_held, with_holds
 from infra.config import Settings
+from infra.operations_state import OperationsState
 from infra.records import DEFAULT_FIELD, answer_tail, encode_record
 from infra.redis_batch import Combined, Pending, RedisBatch
 from infra.redis_client import REDIS_FAILURES, RedisClient, connect
@@ -106,7 +106,7 @@ async def _loading_script(
     raise AssertionError("unreachable")
 
 
-class AvailabilityStore(ServingMarks):
+class AvailabilityStore(ServingMarks, OperationsState):
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
@@ -114,10 +114,8 @@ class AvailabilityStore(ServingMarks):
         self._read_served = client.register_script(READ_SERVED)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
         self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
-        self._workers_key = f"{prefix}:workers"
-        self._counters_key = f"{prefix}:counters"
-        self._drift_key = f"{prefix}:drift"
         self._init_serving_marks(client, prefix)
+        self._init_operations_state(prefix)
 
     @classmethod
     def from_url(
@@ -428,57 +426,6 @@ class AvailabilityStore(ServingMarks):
         if _holds_live(holds_until):
             return (await self._read_with_holds([sku]))[0]
         return SkuAvailability.from_data(orjson.loads(raw))
-
-    # --- worker status and counters ---
-
-    async def report_worker(self, worker_id: str, status: Mapping[str, Any]) -> None:
-        payload = orjson.dumps({**status, "ts": time.time()})
-        await self.client.hset(self._workers_key, worker_id, payload)
-
-    async def remove_worker(self, worker_id: str) -> None:
-        await self.client.hdel(self._workers_key, worker_id)
-
-    async def workers(self, max_age: float) -> dict[str, dict[str, Any]]:
-        """Statuses reported within ``max_age`` seconds; older ones are dropped."""
-        now = time.time()
-        raw = await self.client.hgetall(self._workers_key)
-        fresh: dict[str, dict[str, Any]] = {}
-        stale: list[bytes | str] = []
-        for worker_id, payload in raw.items():
-            status = orjson.loads(payload)
-            if now - float(status.get("ts", 0)) <= max_age:
-                fresh[_text(worker_id)] = status
-            else:
-                stale.append(worker_id)
-        if stale:
-            await self.client.hdel(self._workers_key, *stale)
-        return fresh
-
-    async def add_counts(self, counts: Mapping[str, int]) -> None:
-        if not counts:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for name, amount in counts.items():
-            pipe.hincrby(self._counters_key, name, amount)
-        await pipe.execute()
-
-    async def save_drift(self, by_cause: Mapping[str, int], *, rows: int, bad_lines: int) -> None:
-        """The last drift check's counts, for the API's /metrics."""
-        payload = {
-            "checked_at": time.time(),
-            "by_cause": dict(by_cause),
-            "rows": rows,
-            "bad_lines": bad_lines,
-        }
-        await self.client.set(self._drift_key, orjson.dumps(payload))
-
-    async def drift(self) -> dict[str, Any] | None:
-        raw = await self.client.get(self._drift_key)
-        return None if raw is None else cast(dict[str, Any], orjson.loads(raw))
-
-    async def counts(self) -> dict[str, int]:
-        raw = await self.client.hgetall(self._counters_key)
-        return {_text(name): int(value) for name, value in raw.items()}
 
     # --- Shopify webhooks (services.webhooks) ---
 
