@@ -42,11 +42,11 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
-	bench-reserve bench-cluster \
+	bench-reserve bench-cluster bench-locations \
 	alerts-check chart-check image-check constraints shopify-schema shopify-standin
 
 help: ## show this help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,9 @@ bench-grpc: $(STAMP) ## benchmark the gRPC API (watch delivery, Get latency); BE
 
 bench-cluster: $(STAMP) ## reads and fold writes: a 3-master Redis Cluster beside a single Redis; BENCH_ARGS=--quick
 	$(VPY) -m loadtests.bench_cluster $(BENCH_ARGS)
+
+bench-locations: $(STAMP) ## one sold unit at 20, 200 and 1,000 locations: worker CPU, Redis and feed bytes per event; BENCH_ARGS=--quick
+	$(VPY) -m loadtests.bench_locations $(BENCH_ARGS)
 
 alerts-check: ## check the Prometheus alert rules and run their unit tests (promtool)
 	@command -v promtool >/dev/null || { \

@@ -38,6 +38,16 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far, user and system, all threads (``/proc/PID/stat``);
+    NaN if it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CpuMeter.ticks  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
 class CpuMeter:
     """Per process, over a phase: CPU time (``/proc/PID/stat``) and the time its
     threads were runnable but waited for a CPU (``/proc/PID/task/*/schedstat``), the
@@ -54,10 +64,8 @@ class CpuMeter:
 
     def _process_seconds(self, pid: int) -> tuple[float, float]:
         """(CPU seconds, seconds runnable waiting for a CPU, summed over threads)."""
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(fields[11]) + int(fields[12])) / self.ticks  # utime + stime
-        except (OSError, IndexError, ValueError):
+        cpu = process_cpu_seconds(pid)
+        if math.isnan(cpu):
             return math.nan, math.nan
         waited_ns = 0
         for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
