@@ -42,7 +42,7 @@ define gen_protos
 endef
 
 .PHONY: help venv run run-sample test unit lint fmt clean protos protos-check bench load bench-grpc \
-	bench-reserve bench-cluster bench-locations \
+	bench-reserve bench-cluster bench-locations bench-sizing \
 	alerts-check chart-check image-check constraints shopify-schema shopify-standin
 
 help: ## show this help
@@ -97,6 +97,13 @@ bench-cluster: $(STAMP) ## reads and fold writes: a 3-master Redis Cluster besid
 
 bench-locations: $(STAMP) ## one sold unit at 20, 200 and 1,000 locations: worker CPU, Redis and feed bytes per event; BENCH_ARGS=--quick
 	$(VPY) -m loadtests.bench_locations $(BENCH_ARGS)
+
+bench-sizing: $(STAMP) ## README "Sizing": worker state, Redis and reads per SKU-location at 20, 200, 500 locations per SKU; BENCH_ARGS=--quick
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+		echo "installing wrk and h2load (Debian packages wrk, nghttp2-client) for the read runs"; \
+		$(APT_INSTALL) wrk nghttp2-client >/dev/null 2>&1 || \
+		{ $(APT) update -q >/dev/null 2>&1 && $(APT_INSTALL) wrk nghttp2-client; }; }
+	$(VPY) -m loadtests.bench_sizing $(BENCH_ARGS)
 
 alerts-check: ## check the Prometheus alert rules and run their unit tests (promtool)
 	@command -v promtool >/dev/null || { \
