@@ -68,9 +68,10 @@ from loadtests.http_load import (
     run_open_loop,
     run_wrk,
 )
-from loadtests.server_latency import duration_buckets, summarize_buckets
+from loadtests.server_latency import PHASE_METRIC, duration_buckets, histograms, summarize_buckets
 from loadtests.serving import fresh_broker, seed_serving, stop_services_since, wait_http
 from loadtests.workload import sku_name
+from services.reservations.metrics import PHASES as PHASE_ORDER
 
 log = logging.getLogger("bench")
 
@@ -206,12 +207,18 @@ def measure(stack: Stack, params: Params) -> dict[str, Any]:
             meter = CpuMeter({**meter_pids(), "load": load.process.pid or 0})
             meter.start()
             served_before = duration_buckets(url, authorization, "POST", RESERVE_ROUTE)
+            phases_before = histograms(url, authorization, PHASE_METRIC, "phase", api="http")
             load.send("go", time.time() + 0.5)
             result: OpenLoopResult = load.expect("result", params.open_seconds + 120)
             cpu["reserve_open_loop"] = meter.stop()
             in_service = summarize_buckets(
                 served_before, duration_buckets(url, authorization, "POST", RESERVE_ROUTE)
             )
+            phases_after = histograms(url, authorization, PHASE_METRIC, "phase", api="http")
+            in_service["phases"] = {
+                phase: summarize_buckets(phases_before.get(phase, {}), buckets)
+                for phase, buckets in phases_after.items()
+            }
         finally:
             load.stop()
             stack.loads.remove(load)
@@ -309,6 +316,7 @@ def render(report: Mapping[str, Any]) -> str:
             f" sender at most {half['max_behind_schedule_ms']} ms behind schedule",
             f"    in the service (its histogram): p99 at most {_bound(half['in_service'])};"
             f" {_shares(half['in_service'])}",
+            f"    its steps, p99 at most: {_phases(half['in_service'])}",
             f"    not placed: {half.get('not_placed', 0)} of {half.get('requests', '?')}"
             f" ({_outcomes(half.get('answers', {}))}); closed-loop errors: reserve"
             f" {reserve.get('errors', 0)}, read {read.get('errors', 0)}",
@@ -319,6 +327,11 @@ def render(report: Mapping[str, Any]) -> str:
 def _bound(in_service: Mapping[str, Any]) -> str:
     bound = in_service["p99_at_most_ms"]
     return "beyond the last bucket" if bound is None else f"{bound:g} ms"
+
+
+def _phases(in_service: Mapping[str, Any]) -> str:
+    phases = in_service.get("phases", {})
+    return ", ".join(f"{name} {_bound(phases[name])}" for name in PHASE_ORDER if name in phases)
 
 
 def _shares(in_service: Mapping[str, Any]) -> str:

@@ -1,8 +1,9 @@
-"""The service's own view of a run's latency: the HTTP API's request-duration
-histogram (``availability_http_request_duration_seconds``), read from ``/metrics``
-before and after the run. Beside the load generator's figures it tells time spent
-in the service from time spent waiting for a core (load generators, the broker and
-the service share the machine's cores in a benchmark)."""
+"""The service's own view of a run's latency: the HTTP API's histograms, read from
+``/metrics`` before and after the run: the request duration
+(``availability_http_request_duration_seconds``) and, for reserves, the time of each
+step (``availability_reservation_phase_seconds``). Beside the load generator's
+figures they tell time in the service from time waiting for a core, and a step's
+time from another's (the broker's acknowledgement from Redis's round trips)."""
 
 from __future__ import annotations
 
@@ -13,29 +14,38 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-DURATION = "availability_http_request_duration_seconds_bucket"
+DURATION = "availability_http_request_duration_seconds"
+PHASE_METRIC = "availability_reservation_phase_seconds"
+
+
+def histograms(
+    base_url: str, authorization: str, name: str, by: str, **labels: str
+) -> dict[str, dict[float, float]]:
+    """Per value of the label ``by``, the cumulative counts per upper bound (seconds) of
+    the histogram ``name`` among the series with ``labels``, now."""
+    request = urllib.request.Request(
+        f"{base_url}/metrics", headers={"Authorization": authorization}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != f"{name}_bucket" or any(
+                sample.labels.get(k) != v for k, v in labels.items()
+            ):
+                continue
+            series = found.setdefault(sample.labels.get(by, ""), {})
+            series[float(sample.labels["le"])] = sample.value
+    return found
 
 
 def duration_buckets(
     base_url: str, authorization: str, method: str, route: str
 ) -> dict[float, float]:
     """The cumulative counts per upper bound (seconds) of one route's histogram, now."""
-    request = urllib.request.Request(
-        f"{base_url}/metrics", headers={"Authorization": authorization}
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        text = answer.read().decode()
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if (
-                sample.name == DURATION
-                and labels.get("method") == method
-                and labels.get("route") == route
-            ):
-                buckets[float(labels["le"])] = sample.value
-    return buckets
+    series = histograms(base_url, authorization, DURATION, "route", method=method, route=route)
+    return series.get(route, {})
 
 
 def summarize_buckets(

@@ -4,7 +4,9 @@ its ``api``, so that a sum over both counts every reserve request once."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.latency import REQUEST_LATENCY_BUCKETS
 
 #: Outcomes of a reserve request (the ``outcome`` label).
 OUTCOMES = (
@@ -13,6 +15,14 @@ OUTCOMES = (
     "insufficient_stock",  # 409 / FAILED_PRECONDITION, nothing held
     "conflict",  # 409 / ALREADY_EXISTS or ABORTED: another body, or one being placed
     "unavailable",  # 503 / UNAVAILABLE, nothing held
+)
+#: Steps of a reserve request that went through (the ``phase`` label): Redis round
+#: trips, and the broker's acknowledgement of the events.
+PHASES = (
+    "claim",  # the claim, the notes and the placement figures (one Redis round trip)
+    "hold",  # every line's check and hold (one round trip)
+    "publish",  # the events and feed records until the broker acknowledged them
+    "confirm",  # deadlines, marks and the record (one round trip)
 )
 #: The ``api`` label: which API the process serves.
 APIS = ("http", "grpc")
@@ -45,6 +55,19 @@ class ReservationMetrics:
             " worker did not fold it within the handover window",
             registry=registry,
         )
+
+        self.phases = Histogram(
+            "availability_reservation_phase_seconds",
+            "Time of each step of the reserve requests that got to it, by API and phase"
+            " (claim, hold, publish: until the broker acknowledged, confirm)",
+            ["api", "phase"],
+            buckets=REQUEST_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._phase = {phase: self.phases.labels(api, phase) for phase in PHASES}
+
+    def took(self, phase: str, seconds: float) -> None:
+        self._phase[phase].observe(seconds)
 
     def outcome(self, outcome: str) -> None:
         self.reservations.labels(self.api, outcome).inc()

@@ -175,11 +175,13 @@ class ReservationService:
         )
         unplaced = [line.sku for line in request.lines if line.location_id is None]
         figures = self.redis.figures_in(batch, unplaced)
+        started = time.perf_counter()
         try:
             await batch.run()
             existing = claimed.value()
         except REDIS_ERRORS:
             raise Unavailable("the serving store (Redis) cannot be reached") from None
+        started = self._took("claim", started)
         if existing is not None:
             if existing.get("fp") != fingerprint:
                 raise Conflict(
@@ -195,6 +197,7 @@ class ReservationService:
             noted.value()
             order = dict(zip(unplaced, figures.value(), strict=True))
             placed = await self._hold_all(request, now_ms, expires_ms, order, changes)
+            started = self._took("hold", started)
             await self._publish(
                 [
                     ReservationCreated(
@@ -211,6 +214,7 @@ class ReservationService:
                 ],
                 changes.values(),
             )
+            started = self._took("publish", started)
             deadline = published_deadline(
                 self.clock() // 1000, expires_ms, self._handover_window_ms
             )
@@ -239,6 +243,7 @@ class ReservationService:
             await batch.run()
             for pending in (*moved, saved):
                 pending.value()
+            self._took("confirm", started)
             return answer, False
         except BaseException as exc:
             await self._undo(rid, placed, keep_claim=isinstance(exc, REDIS_ERRORS))
@@ -251,6 +256,12 @@ class ReservationService:
             if isinstance(exc, REDIS_ERRORS):
                 raise Unavailable("the serving store (Redis) cannot be reached") from None
             raise
+
+    def _took(self, phase: str, since: float) -> float:
+        """Observe the phase that began at ``since``; the next one begins now."""
+        now = time.perf_counter()
+        self.metrics.took(phase, now - since)
+        return now
 
     async def _hold_all(
         self,

@@ -341,6 +341,11 @@ async def test_grpc_reserves_are_counted_by_outcome(apis: Apis, settings: Settin
         "grpc/unavailable": 0.0,
     }
     assert 'availability_reservation_releases_total{api="grpc"} 1.0' in text
+    # Every request got through the claim; only the one placed went further.
+    phases = re.findall(
+        r'availability_reservation_phase_seconds_count\{api="grpc",phase="(\w+)"\} (\S+)', text
+    )
+    assert dict(phases) == {"claim": "4.0", "hold": "1.0", "publish": "1.0", "confirm": "1.0"}
     assert set(counts(http_text).values()) == {0.0}  # the HTTP API's own, untouched
     calls = re.findall(
         r'availability_grpc_requests_total\{code="(\w+)",method="(\w+)"\} (\S+)', text

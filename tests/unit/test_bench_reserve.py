@@ -66,7 +66,13 @@ def test_the_table_says_whether_the_p99_target_is_met() -> None:
             "in_service": summarize_buckets(
                 {0.01: 0, 0.025: 0, 0.05: 0, math.inf: 0},
                 {0.01: 900, 0.025: 985, 0.05: 1000, math.inf: 1000},
-            ),
+            )
+            | {
+                "phases": {
+                    "publish": summarize_buckets({}, {0.01: 90, 10.0: 95, math.inf: 100}),
+                    "claim": summarize_buckets({}, {0.01: 100, math.inf: 100}),
+                }
+            },
         },
         "p99_target_ms": 20.0,
         "p99_met": False,
@@ -75,6 +81,7 @@ def test_the_table_says_whether_the_p99_target_is_met() -> None:
     assert "reserve 900 req/s" in text and "single read             4000 req/s" in text
     assert "p99 25.0 ms" in text and "MISSED" in text
     assert "p99 at most 50 ms; 90% within 10 ms, 98.5% within 25 ms, 100% within 50 ms" in text
+    assert "its steps, p99 at most: claim 10 ms, publish beyond the last bucket" in text
 
 
 def test_the_service_side_p99_is_the_bucket_that_holds_it() -> None:
