@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -408,4 +409,15 @@ async def test_workers_killed_at_random_moments_on_a_cluster(
     arrive, ending in the state of an uninterrupted run) with its Redis a cluster."""
     await test_faults.test_workers_killed_at_random_moments_end_as_an_uninterrupted_run(
         cluster_settings, start_service
+    )
+
+
+async def test_a_broker_that_goes_away_and_comes_back_on_a_cluster(
+    redis_cluster: DevRedisCluster, start_service: StartService, tmp_path: Path
+) -> None:
+    """The broker fault of ``test_faults`` (the broker stopped for 3 s, back empty, the
+    topics recreated) with its Redis a cluster: reads go on from the cluster, /readyz
+    503 for the broker, then new events are folded."""
+    await test_faults.broker_away_and_back(
+        redis_cluster.url, start_service, tmp_path, redis_cluster=True
     )
