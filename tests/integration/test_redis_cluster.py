@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import MaxConnectionsError
 
 from availability.ats import LocationAvailability, SkuAvailability
 from dev.redis_cluster import DevRedisCluster
@@ -23,6 +24,7 @@ from infra.config import Settings
 from infra.hold_checks import HoldChecks
 from infra.records import encode_record
 from infra.redis_batch import RedisBatch
+from infra.redis_cluster_node import ClusterNode, acquire
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
 from services.grpc.watch import Update, WatchHub
@@ -618,6 +620,50 @@ async def test_scripts_that_empty_a_skus_holds_while_its_slot_migrates(
         await migration.finish()
     finally:
         await migration.close()
+
+
+async def test_a_burst_beyond_the_connections_per_master_waits_for_them(
+    cluster_settings: Settings,
+) -> None:
+    """``max_connections`` is per master; a burst of calls beyond it waits for a free
+    connection (at most ``POOL_TIMEOUT``) instead of failing: single reads (redis-py's
+    commands), batch reads (packed per master) and redis-py's cluster pipeline."""
+    store = AvailabilityStore.for_settings(cluster_settings, max_connections=2)
+    try:
+        skus = SKUS[:30]
+        assert await store.write_records([record(s, n) for n, s in enumerate(skus)], 100) == [
+            100
+        ] * len(skus)
+        singles = [store.read_tail(s, "online") for s in skus]
+        batches = [store.read_tails(skus, "online") for _ in range(10)]
+        pipelines = [store.read_versions(skus) for _ in range(10)]
+        results = await asyncio.gather(*singles, *batches, *pipelines)  # 50 calls at once
+        assert [ats_of(t) for t in results[:30]] == list(range(30))
+        for tails in results[30:40]:
+            assert [ats_of(t) for t in tails] == list(range(30))
+        for versions in results[40:]:
+            assert versions == [(100, record(s, n)) for n, s in enumerate(skus)]
+        cluster = store.client
+        assert isinstance(cluster, RedisCluster)
+        nodes = cluster.get_primaries()
+        assert len(nodes) == 3
+        assert max(len(node._connections) for node in nodes) == 2
+
+        # Both connections to one master taken: a call for it waits, bounded ...
+        node = cluster.get_node_from_key(store.sku_key(skus[0]))
+        assert isinstance(node, ClusterNode)
+        taken = [await acquire(node), await acquire(node)]
+        with pytest.raises(MaxConnectionsError):
+            await node.wait_for_room(timeout=0.2)
+        read = asyncio.create_task(store.read_tail(skus[0], "online"))
+        await asyncio.sleep(0.3)
+        assert not read.done()
+        # ... and goes on as soon as one is given back.
+        node.release(taken.pop())
+        assert ats_of(await asyncio.wait_for(read, 2)) == 0
+        node.release(taken.pop())
+    finally:
+        await store.close()
 
 
 async def test_workers_killed_at_random_moments_on_a_cluster(
