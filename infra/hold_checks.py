@@ -27,7 +27,7 @@ from typing import Any, cast
 from availability.ats import SkuAvailability
 from infra.kafka import partition_for
 from infra.redis_batch import Combined, Pending, RedisBatch
-from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
+from infra.serving_scripts import ANNOUNCE_LUA, DROP_GONE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
 
 # Purges the SKU's expired holds (announcing the change when there were any, as the
@@ -39,8 +39,10 @@ _REFRESH = (
 if not redis.call('HGET', KEYS[1], 'd') then return {0} end
 local now = tonumber(ARGV[1])
 local channel = ARGV[2]
+local drop = {}
 """
     + LIVE_HOLDS_LUA
+    + DROP_GONE_LUA
     + HELD_JSON_LUA
     + """
 local served_version

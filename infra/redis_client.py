@@ -7,7 +7,9 @@ from ``Settings.redis_url`` and ``Settings.redis_cluster`` (README "Redis Cluste
   ``max_connections`` waits up to 5 s for a free connection instead of failing);
 - a cluster: ``redis.asyncio.cluster.RedisCluster``; the URL names one node (any),
   the others and the slot map are discovered from it, and ``MOVED``/``ASK``
-  redirections and failed-over masters are followed by redis-py.
+  redirections and failed-over masters are followed by redis-py (its node pools as
+  ``infra.redis_cluster_node`` makes them: an ``ASK`` is followed, and a burst beyond
+  ``max_connections`` per master waits up to 5 s as on a single Redis).
 
 Both get timeouts, so an unreachable Redis fails a call instead of hanging it; the
 URL's own ``socket_timeout=...`` parameters take precedence.
@@ -22,6 +24,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from infra import redis_cluster_node
 
 #: A client of either kind; ``AvailabilityStore`` and its users accept both.
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
@@ -47,12 +51,14 @@ CONNECT_TIMEOUT = 2.0
 def connect(url: str, *, cluster: bool = False, max_connections: int = 200) -> RedisClient:
     """A client of the Redis (``cluster``: of the Redis Cluster) at ``url``; bytes replies."""
     if cluster:
+        redis_cluster_node.install()
         return RedisCluster.from_url(
             url,
             decode_responses=False,
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=CONNECT_TIMEOUT,
-            # Per node; calls beyond fail (MaxConnectionsError) rather than wait.
+            # Per node; a call beyond waits up to POOL_TIMEOUT for a free one
+            # (infra.redis_cluster_node).
             max_connections=max_connections,
         )
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -61,6 +67,6 @@ def connect(url: str, *, cluster: bool = False, max_connections: int = 200) -> R
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
         max_connections=max_connections,
-        timeout=5.0,
+        timeout=redis_cluster_node.POOL_TIMEOUT,
     )
     return aioredis.Redis.from_pool(pool)

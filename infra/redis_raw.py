@@ -30,6 +30,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from infra import redis_cluster_node
+
 #: Error replies that mean "ask the cluster again" rather than "this call failed".
 TOPOLOGY_REPLIES = (AskError, TryAgainError, ClusterDownError)  # MovedError is an AskError
 
@@ -87,7 +89,7 @@ async def calls_per_master(
 
     async def send(node: ClusterNode, indices: list[int]) -> None:
         payload = b"".join([pack_command((*prefix, *calls[i])) for i in indices])
-        connection = node.acquire_connection()
+        connection = await redis_cluster_node.acquire(node)
         try:
             replies = await exchange(connection, payload, len(indices))
         finally:

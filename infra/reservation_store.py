@@ -30,7 +30,7 @@ from availability.ats import SkuAvailability
 from availability.holds import Hold
 from infra.redis_batch import Combined, Pending, RedisBatch, Reply
 from infra.redis_client import RedisClient
-from infra.serving_scripts import ANNOUNCE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
+from infra.serving_scripts import ANNOUNCE_LUA, DROP_GONE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
 
 # Purges expired holds, then places ARGV[1]'s hold at the first candidate location
@@ -48,10 +48,11 @@ _PLACE_HOLD = (
     """
 local now = tonumber(ARGV[4])
 local channel = ARGV[6]
-local replaced = redis.call('HDEL', KEYS[2], ARGV[1])
+local drop = {[ARGV[1]] = true}
 """
     + LIVE_HOLDS_LUA
     + """
+local replaced = dropped
 local best = 0
 local placed = false
 local raw = redis.call('HGET', KEYS[1], 'd')
@@ -78,6 +79,14 @@ if raw then
     end
   end
 end
+if placed then  -- the hold it replaced is overwritten, not removed
+  for i = #gone, 1, -1 do
+    if gone[i] == ARGV[1] then table.remove(gone, i) end
+  end
+end
+"""
+    + DROP_GONE_LUA
+    + """
 if not raw or (not placed and replaced == 0 and not lapsed) then
   return {0, string.format('%d', best), expired, 0, '', ''}
 end
@@ -99,10 +108,12 @@ _REMOVE_HOLD = (
     """
 local now = tonumber(ARGV[2])
 local channel = ARGV[3]
-local removed = redis.call('HDEL', KEYS[2], ARGV[1])
+local drop = {[ARGV[1]] = true}
 """
     + LIVE_HOLDS_LUA
+    + DROP_GONE_LUA
     + """
+local removed = dropped
 if (removed == 0 and not lapsed) or not redis.call('HGET', KEYS[1], 'd') then
   return {removed, 0, '', ''}
 end

@@ -6,24 +6,35 @@ SKU's hash slot."""
 from __future__ import annotations
 
 # Lua fragments shared by the scripts that touch a SKU's holds (KEYS[2]; the record is
-# KEYS[1]), with `now` (ms) set beforehand.
-# LIVE_HOLDS purges holds past their deadline and sets `held` (location -> units of
-# the live holds), `live` (reservation id -> deadline of each live hold), `expired`
-# (holds purged), `latest` (their latest deadline, 0 when none) and `lapsed`: whether
-# some hold stopped counting since the record's version was last bumped, purged here
-# or gone with the holds key itself, which expires at its latest deadline (the
-# record's 'h' then lies in the past).
+# KEYS[1]), with `now` (ms) set beforehand, and `drop` (reservation id -> true: holds
+# the script removes; may be empty).
+# LIVE_HOLDS reads the holds and sets `held` (location -> units of the live holds),
+# `live` (reservation id -> deadline of each live hold), `dropped` (how many of
+# `drop` were there), `expired` (holds past their deadline, not dropped), `latest`
+# (the live holds' latest deadline, 0 when none), `gone` (the fields of the dropped
+# and expired holds) and `lapsed`: whether some hold stopped counting since the
+# record's version was last bumped, expired here or gone with the holds key itself,
+# which expires at its latest deadline (the record's 'h' then lies in the past).
+# DROP_GONE removes `gone` from the holds. It is each script's last command on the
+# holds: it may empty them (the key goes), and on a Redis Cluster master whose slot
+# is migrating away a script that touches a key gone meanwhile is stopped halfway
+# ("non local key").
 LIVE_HOLDS_LUA = """
 local held = {}
 local live = {}
+local gone = {}
+local dropped = 0
 local expired = 0
 local latest = 0
 local all_holds = redis.call('HGETALL', KEYS[2])
 for i = 1, #all_holds, 2 do
   local loc, qty, deadline = string.match(all_holds[i + 1], '^(%S+) (%d+) (%d+)$')
   deadline = tonumber(deadline)
-  if deadline <= now then
-    redis.call('HDEL', KEYS[2], all_holds[i])
+  if drop[all_holds[i]] then
+    gone[#gone + 1] = all_holds[i]
+    dropped = dropped + 1
+  elseif deadline <= now then
+    gone[#gone + 1] = all_holds[i]
     expired = expired + 1
   else
     held[loc] = (held[loc] or 0) + tonumber(qty)
@@ -33,6 +44,11 @@ for i = 1, #all_holds, 2 do
 end
 local noted_until = redis.call('HGET', KEYS[1], 'h')
 local lapsed = expired > 0 or (noted_until ~= false and tonumber(noted_until) <= now)
+"""
+DROP_GONE_LUA = """
+for i = 1, #gone, 1000 do
+  redis.call('HDEL', KEYS[2], unpack(gone, i, math.min(i + 999, #gone)))
+end
 """
 # HELD_JSON sets `held_json`: `held` as a JSON object, '' when there is no live hold,
 # and notes in the record's 'h' the latest deadline (absent when none), which tells
@@ -74,6 +90,10 @@ redis.call('SPUBLISH', channel, message)
 # include) are removed from the SKU's holds (KEYS[2]), so that a hold stops counting
 # exactly when the figures start to. Holds past their deadline (never handed over)
 # are purged on the way.
+# A changed record is rewritten in place (its fields set, those it no longer has
+# removed), never deleted and written again: on a Redis Cluster master whose slot is
+# migrating away, a script that touches a key it deleted is stopped halfway ("non
+# local key"), with the deletion done.
 # Returns {the version the change feed still has to carry (a change now, or an
 # earlier one the feed never acknowledged) else 0, how many holds were handed over,
 # how many expired holds were purged, the live holds per location as JSON ('' for
@@ -81,13 +101,15 @@ redis.call('SPUBLISH', channel, message)
 WRITE_RECORD = (
     """
 local n = tonumber(ARGV[4])
-local handed = 0
-if n > 0 then handed = redis.call('HDEL', KEYS[2], unpack(ARGV, 5, 4 + n)) end
+local drop = {}
+for i = 5, 4 + n do drop[ARGV[i]] = true end
 local now = math.floor(tonumber(ARGV[3]) / 1000)
 """
     + LIVE_HOLDS_LUA
+    + DROP_GONE_LUA
     + HELD_JSON_LUA
     + """
+local handed = dropped
 local cur = redis.call('HMGET', KEYS[1], 'd', 'v', 'f')
 local v = tonumber(cur[2] or '0')
 local f = tonumber(cur[3] or '0')
@@ -101,10 +123,15 @@ local version = string.format('%d', v)
 if same then
   redis.call('HSET', KEYS[1], 'v', version)
 else
-  redis.call('DEL', KEYS[1])
+  local keep = {v = true, f = true, d = true, h = true}
+  for i = 5 + n, #ARGV, 2 do keep[ARGV[i]] = true end
+  local stale = {}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if not keep[field] then stale[#stale + 1] = field end
+  end
   redis.call('HSET', KEYS[1], 'v', version, 'f', string.format('%d', f), 'd', ARGV[1],
              unpack(ARGV, 5 + n))
-  if latest > 0 then redis.call('HSET', KEYS[1], 'h', string.format('%d', latest)) end
+  if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
 end
 local message = version .. ' ' .. ARGV[1]
 if held_json ~= '' then message = message .. ' ' .. held_json end

@@ -268,9 +268,12 @@ class AvailabilityStore(ServingMarks, OperationsState):
     ) -> list[Any]:
         """``_run_script`` on a Redis Cluster: each call packed and sent to the master
         of its slot, one round trip per master, concurrently (``infra.redis_raw``).
-        Should the slot map be stale (a redirection, a master away), the batch runs
-        again through redis-py's cluster pipeline, which follows redirections and
-        refreshes the map."""
+        Calls answered with a redirection (the slot map is stale, or their slot is
+        migrating) run again, those alone, through redis-py's cluster pipeline, which
+        follows redirections and refreshes the map: the others ran, and a call run
+        twice could find a key its first run emptied, which a migrating slot answers
+        with TRYAGAIN. Should a master be away or a connection lost (which calls ran
+        is unknown), the whole batch runs again through the pipeline."""
         cluster = cast(RedisCluster, self.client)
         prefix = (b"EVALSHA", script.sha.encode(), b"%d" % keys)
 
@@ -279,17 +282,26 @@ class AvailabilityStore(ServingMarks, OperationsState):
                 replies = await calls_per_master(cluster, prefix, calls)
             except REDIS_FAILURES as exc:
                 raise _StaleSlotMap from exc
-            if any(isinstance(reply, TOPOLOGY_REPLIES) for reply in replies):
-                raise _StaleSlotMap
+            stale = [i for i, reply in enumerate(replies) if isinstance(reply, TOPOLOGY_REPLIES)]
+            if stale:
+                again = await through_pipeline([calls[i] for i in stale])
+                for index, reply in zip(stale, again, strict=True):
+                    replies[index] = reply
             return replies
 
-        async def through_pipeline() -> list[Any]:
+        async def through_pipeline(calls: Sequence[Sequence[bytes]] = calls) -> list[Any]:
             # redis-py's cluster pipeline: per node, following MOVED/ASK, refreshing
             # the slot map.
             pipe = cluster.pipeline(transaction=False)
             for call in calls:
                 pipe.execute_command("EVALSHA", script.sha, keys, *call)
-            return await pipe.execute(raise_on_error=False)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                # A call it could not deliver (a node lost, redirections that did
+                # not settle) is answered with the exception in place: raise it.
+                if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+                    raise reply
+            return replies
 
         async def load() -> None:
             # SCRIPT LOAD goes to every master: one restarted empty, or a new one.

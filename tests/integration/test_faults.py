@@ -74,8 +74,18 @@ async def test_workers_killed_at_random_moments_end_as_an_uninterrupted_run(
 async def test_a_broker_that_goes_away_and_comes_back(
     redis_url: str, start_service: StartService, tmp_path: Path
 ) -> None:
+    await broker_away_and_back(redis_url, start_service, tmp_path)
+
+
+async def broker_away_and_back(
+    redis_url: str, start_service: StartService, tmp_path: Path, *, redis_cluster: bool = False
+) -> None:
+    """A broker of its own, stopped for 3 s while the stack serves and started again
+    empty: reads go on from Redis (``redis_cluster``: a Redis Cluster that ``redis_url``
+    names a node of), /readyz says the broker is missing, and once the topics are
+    recreated new events are folded."""
     broker = DevBroker(free_port(), tmp_path / "broker").start()
-    settings = make_settings(broker.url, redis_url, tmp_path / "data")
+    settings = make_settings(broker.url, redis_url, tmp_path / "data", redis_cluster=redis_cluster)
     try:
         await create_topics(settings)
         first = [balance(f"SKU-{n}", n) for n in range(5)]
