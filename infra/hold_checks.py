@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from availability.ats import SkuAvailability
 from infra.kafka import partition_for
-from infra.redis_batch import Combined, Pending, RedisBatch
+from infra.redis_batch import Combined, Pending, RedisBatch, run_alone
 from infra.serving_scripts import ANNOUNCE_LUA, DROP_GONE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
 
@@ -126,10 +126,7 @@ class HoldChecks:
         return Combined(parts, lambda _: None)
 
     async def note(self, lines: Sequence[tuple[str, str]], due: int) -> None:
-        batch = RedisBatch(self.store.client)
-        noted = self.note_in(batch, lines, due)
-        await batch.run()
-        noted.value()
+        await run_alone(self.store.client, lambda b: self.note_in(b, lines, due))
 
     async def forget(self, lines: Sequence[tuple[str, str]]) -> None:
         """No need to look at these (sku, reservation id) lines again."""

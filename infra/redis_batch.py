@@ -144,3 +144,11 @@ class RedisBatch:
                 if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
                     raise reply
         return replies
+
+
+async def run_alone(client: RedisClient, ask: Callable[[RedisBatch], Reply[T]]) -> T:
+    """What ``ask`` adds to a batch, sent alone: its reply."""
+    batch = RedisBatch(client)
+    reply = ask(batch)
+    await batch.run()
+    return reply.value()

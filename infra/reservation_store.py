@@ -28,7 +28,7 @@ import orjson
 
 from availability.ats import SkuAvailability
 from availability.holds import Hold
-from infra.redis_batch import Combined, Pending, RedisBatch, Reply
+from infra.redis_batch import Combined, Pending, RedisBatch, Reply, run_alone
 from infra.redis_client import RedisClient
 from infra.serving_scripts import ANNOUNCE_LUA, DROP_GONE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
 from infra.store import AvailabilityStore, served_view
@@ -245,12 +245,12 @@ class ReservationStore:
         now: int,
         deadline: int,
     ) -> Placement:
-        batch = RedisBatch(self.client)
-        placement = self.place_in(
-            batch, sku, reservation_id, channel, quantity, candidates, now, deadline
+        return await run_alone(
+            self.client,
+            lambda b: self.place_in(
+                b, sku, reservation_id, channel, quantity, candidates, now, deadline
+            ),
         )
-        await batch.run()
-        return placement.value()
 
     def move_deadline_in(
         self, batch: RedisBatch, sku: str, reservation_id: str, deadline: int
@@ -281,10 +281,7 @@ class ReservationStore:
         )
 
     async def remove(self, sku: str, reservation_id: str, now: int) -> ServedChange | None:
-        batch = RedisBatch(self.client)
-        change = self.remove_in(batch, sku, reservation_id, now)
-        await batch.run()
-        return change.value()
+        return await run_alone(self.client, lambda b: self.remove_in(b, sku, reservation_id, now))
 
     def figures_in(self, batch: RedisBatch, skus: Sequence[str]) -> Reply[list[Figures]]:
         """Each SKU's folded figures (None: never seen) and its holds (expired ones
@@ -307,10 +304,7 @@ class ReservationStore:
 
     async def figures(self, skus: Sequence[str]) -> list[Figures]:
         """``figures_in`` in one round trip."""
-        batch = RedisBatch(self.client)
-        figures = self.figures_in(batch, skus)
-        await batch.run()
-        return figures.value()
+        return await run_alone(self.client, lambda b: self.figures_in(b, skus))
 
     # --- reservation records ---
 
@@ -327,10 +321,9 @@ class ReservationStore:
         )
 
     async def claim(self, reservation_id: str, record: dict[str, Any], ttl_ms: int) -> Any:
-        batch = RedisBatch(self.client)
-        claimed = self.claim_in(batch, reservation_id, record, ttl_ms)
-        await batch.run()
-        return claimed.value()
+        return await run_alone(
+            self.client, lambda b: self.claim_in(b, reservation_id, record, ttl_ms)
+        )
 
     def save_in(
         self, batch: RedisBatch, reservation_id: str, record: dict[str, Any], ttl_ms: int

@@ -12,7 +12,7 @@ import random
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -294,14 +294,7 @@ async def run_redis_tap(job: TapJob, conn: Connection[Message, Message]) -> None
     sku_of = {store.change_channel(sku_name(i)): sku_name(i) for i in range(job.skus)}
     pubsub = client.pubsub()
     try:
-        await pubsub.ssubscribe(*sku_of)
-        confirmed = 0
-        while confirmed < len(sku_of):
-            message = await pubsub.get_message(timeout=10.0)
-            if message is None:
-                raise BenchError(f"Redis confirmed {confirmed} of {len(sku_of)} subscriptions")
-            if message["type"] == "ssubscribe":
-                confirmed += 1
+        await subscribe_confirmed(pubsub, list(sku_of))
         gc.collect()
         gc.freeze()
         conn.send(("ready", None))
@@ -409,3 +402,16 @@ async def run_producer(job: ProduceJob, conn: Connection[Message, Message]) -> N
             ),
         )
     )
+
+
+async def subscribe_confirmed(pubsub: Any, channels: Sequence[bytes]) -> None:
+    """Subscribe ``pubsub`` to the sharded ``channels`` and return once Redis has
+    confirmed every subscription (``BenchError`` when it stops confirming)."""
+    await pubsub.ssubscribe(*channels)
+    confirmed = 0
+    while confirmed < len(channels):
+        message = await pubsub.get_message(timeout=10.0)
+        if message is None:
+            raise BenchError(f"Redis confirmed {confirmed} of {len(channels)} subscriptions")
+        if message["type"] == "ssubscribe":
+            confirmed += 1

@@ -21,6 +21,7 @@ from infra.config import Settings
 from infra.kafka import read_topic
 from infra.store import AvailabilityStore
 from loadtests.bench_cli import BenchError
+from loadtests.bench_grpc_loads import subscribe_confirmed
 from loadtests.bench_measure import process_cpu_seconds
 from loadtests.bench_processes import Message, receive
 from loadtests.bench_stack import folded_count, worker_statuses
@@ -149,14 +150,7 @@ async def run_channel_meter(job: ChannelJob, conn: Connection[Message, Message])
     pubsub = client.pubsub()
     counted = ChannelCount()
     try:
-        await pubsub.ssubscribe(*channels)
-        confirmed = 0
-        while confirmed < len(channels):
-            message = await pubsub.get_message(timeout=10.0)
-            if message is None:
-                raise BenchError(f"Redis confirmed {confirmed} of {len(channels)} subscriptions")
-            if message["type"] == "ssubscribe":
-                confirmed += 1
+        await subscribe_confirmed(pubsub, channels)
         conn.send(("ready", None))
         stop = asyncio.create_task(receive(conn, "stop"))
         while not stop.done():

@@ -51,13 +51,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import orjson
-
 from dev.broker import DevBroker
 from dev.redis_server import ensure_redis
 from infra.config import Settings
 from infra.topics import create_topics
-from loadtests.bench_cli import BenchError, run_cli
+from loadtests.bench_cli import BenchError, run_cli, write_report
 from loadtests.bench_measure import CpuMeter, redis_pid, summarize_ms
 from loadtests.bench_stack import Service, Stack, bench_settings, delete_keys, free_port
 from loadtests.credentials import bearer
@@ -421,13 +419,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     params, output, keep_logs = parse_args(argv)
-
-    def publish(report: dict[str, Any]) -> None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-        print(render(report["reserve"]), flush=True)
-
-    return run_cli("bench-reserve-", lambda log_dir: run(params, log_dir), keep_logs, publish)
+    return run_cli(
+        "bench-reserve-",
+        lambda log_dir: run(params, log_dir),
+        keep_logs,
+        lambda report: write_report(output, report, lambda r: render(r["reserve"])),
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -58,7 +58,7 @@ from infra.config import Settings
 from infra.feed_record import change_record
 from infra.records import encode_record
 from infra.topics import create_topics
-from loadtests.bench_cli import BenchError, run_cli
+from loadtests.bench_cli import BenchError, run_cli, write_report
 from loadtests.bench_measure import CpuMeter, rss_bytes
 from loadtests.bench_params import GRPC_GET_METHOD, REPO_ROOT
 from loadtests.bench_reads import grpc_answer
@@ -322,7 +322,7 @@ def run(params: Params, log_dir: Path) -> dict[str, Any]:
     return report
 
 
-def render(report: dict[str, Any]) -> str:
+def render(report: Mapping[str, Any]) -> str:
     rows = [
         "| locations per SKU | " + " | ".join(str(n) for n in report["sizes"]) + " |",
         "|---" * (len(report["sizes"]) + 1) + "|",
@@ -395,13 +395,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Params, Path, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     params, output, keep_logs = parse_args(argv)
-
-    def publish(report: dict[str, Any]) -> None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
-        print(render(report), flush=True)
-
-    return run_cli("bench-sizing-", lambda log_dir: run(params, log_dir), keep_logs, publish)
+    return run_cli(
+        "bench-sizing-",
+        lambda log_dir: run(params, log_dir),
+        keep_logs,
+        lambda report: write_report(output, report, render),
+    )
 
 
 if __name__ == "__main__":

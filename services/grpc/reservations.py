@@ -31,16 +31,16 @@ from services.grpc.gen.availability.v1 import availability_pb2 as pb
 from services.grpc.messages import InvalidArgument, Malformed, well_formed
 from services.grpc.metrics import GrpcMetrics, timed
 from services.reservations import requests as checks
-from services.reservations.service import (
+from services.reservations.errors import (
     Conflict,
     InProgress,
     InsufficientStock,
     NotActive,
     NotFound,
     ReservationError,
-    ReservationService,
     Unavailable,
 )
+from services.reservations.service import ReservationService
 
 Answer = TypeVar("Answer")
 

@@ -22,17 +22,17 @@ from services.http.errors import ApiError
 from services.http.responses import json_response
 from services.http.validation import RULE_ID_RULE, read_json, require_rule_id
 from services.reservations import requests as checks
-from services.reservations.requests import InvalidReservation
-from services.reservations.service import (
+from services.reservations.errors import (
     Conflict,
     InProgress,
     InsufficientStock,
     NotActive,
     NotFound,
     ReservationError,
-    ReservationService,
     Unavailable,
 )
+from services.reservations.requests import InvalidReservation
+from services.reservations.service import ReservationService
 
 STATE_ATTRIBUTE = "reservations"
 #: Set on the answer to a repeated request (the first answer, replayed).

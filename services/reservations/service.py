@@ -61,6 +61,14 @@ from infra.hold_checks import HoldChecks
 from infra.redis_batch import RedisBatch
 from infra.redis_client import STORE_DOWN
 from infra.reservation_store import Figures, ReservationStore, ServedChange
+from services.reservations.errors import (
+    Conflict,
+    InProgress,
+    InsufficientStock,
+    NotActive,
+    NotFound,
+    Unavailable,
+)
 from services.reservations.metrics import ReservationMetrics
 from services.webhooks.publisher import Publisher, PublishFailed, Record
 
@@ -72,38 +80,6 @@ PLACING = "placing"
 HELD = "held"
 RELEASED = "released"
 EXPIRED = "expired"
-
-
-class ReservationError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class Conflict(ReservationError):
-    """Another request body under the same reservation id."""
-
-
-class InProgress(ReservationError):
-    """A request for the reservation id is being placed right now."""
-
-
-class NotFound(ReservationError):
-    pass
-
-
-class NotActive(ReservationError):
-    """Released or expired: it cannot be extended."""
-
-
-class Unavailable(ReservationError):
-    """Redis or the broker cannot be reached; nothing is held."""
-
-
-class InsufficientStock(ReservationError):
-    def __init__(self, lines: list[dict[str, Any]]) -> None:
-        super().__init__("not every line can be held; nothing is held")
-        self.lines = lines
 
 
 @dataclass(frozen=True, slots=True)

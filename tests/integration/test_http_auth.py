@@ -21,6 +21,7 @@ from infra.store import AvailabilityStore
 from services.auth.api_keys import new_api_key
 from services.auth.scopes import ALL_SCOPES, AVAILABILITY_READ, RULES_WRITE
 from tests.integration.conftest import SettingsFactory, StartService
+from tests.integration.http_api_support import SKU, availability_of, seed, stock_events
 from tests.integration.support import (
     api_key_spec,
     drop_keys,
@@ -28,7 +29,6 @@ from tests.integration.support import (
     mark_serving_layer_complete,
     wait_http_ready,
 )
-from tests.integration.test_http_api import SKU, availability_of, seed, stock_events
 from tests.jwt_issuer import AUDIENCE, ISSUER, Issuer
 
 SAMPLE_PARAMETERS = {"sku": SKU, "rule_id": "r1", "policy_id": "p1", "reservation_id": "res-1"}

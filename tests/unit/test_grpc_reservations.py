@@ -22,7 +22,7 @@ from services.grpc.reservations import (
 )
 from services.http.errors import ApiError
 from services.http.routes_reservations import parse_reserve_request
-from services.reservations.service import InsufficientStock
+from services.reservations.errors import InsufficientStock
 
 
 def test_a_valid_request_is_the_service_request() -> None:
