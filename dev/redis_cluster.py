@@ -39,14 +39,22 @@ def cluster_ports(count: int) -> list[int]:
 
 class DevRedisCluster:
     """``with DevRedisCluster(ports, workdir) as cluster:`` a cluster of len(ports)
-    masters; ``cluster.url`` names the first node (the others are discovered)."""
+    nodes: masters, each with ``replicas`` replicas (redis-cli picks which port is
+    which); ``cluster.url`` names the first node (the others are discovered)."""
 
-    def __init__(self, ports: Sequence[int], workdir: Path, start_timeout: float = 20.0) -> None:
-        if len(ports) < 3:
+    def __init__(
+        self,
+        ports: Sequence[int],
+        workdir: Path,
+        start_timeout: float = 20.0,
+        replicas: int = 0,
+    ) -> None:
+        if len(ports) < 3 * (1 + replicas):
             raise StackError("a Redis Cluster needs at least 3 masters")
         self.ports = list(ports)
         self.workdir = workdir
         self.start_timeout = start_timeout
+        self.replicas = replicas
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
@@ -84,6 +92,13 @@ class DevRedisCluster:
                 raise StackError(f"redis-server on port {port} did not answer PING")
             time.sleep(0.05)
 
+    def kill_node(self, port: int) -> None:
+        """SIGKILL the node on ``port``: a crash, nothing flushed or handed over."""
+        proc = self.procs.pop(port, None)
+        if proc is not None:
+            proc.kill()
+            proc.wait(5.0)
+
     def stop_node(self, port: int) -> None:
         proc = self.procs.pop(port, None)
         if proc is not None:
@@ -117,8 +132,10 @@ class DevRedisCluster:
                 self.start_node(port)
             cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
+            create = [cli, "--cluster", "create", *nodes, "--cluster-yes"]
+            create += ["--cluster-replicas", str(self.replicas)]
             done = subprocess.run(
-                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                create,
                 capture_output=True,
                 timeout=self.start_timeout,
             )
