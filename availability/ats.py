@@ -168,3 +168,63 @@ def watched_view(
 def unknown_sku_view(sku: str) -> dict[str, Any]:
     """A batch item for a SKU that has never been seen."""
     return {"sku": sku, "ats": 0, "locations": []}
+
+
+def has_location(state: SkuState, location_id: str) -> bool:
+    """Whether the SKU has state at the location (``SkuState.locations`` for one)."""
+    return (
+        location_id in state.settled
+        or location_id in state.pending
+        or location_id in state.deltas
+        or location_id in state.damaged
+        or location_id in state.transit
+        or location_id in state.line_locations
+        or location_id in state.carried_locations
+    )
+
+
+def location_availability(
+    state: SkuState, rules: RuleBook, now: int, location_ids: Collection[str]
+) -> tuple[list[LocationAvailability | str], int | None]:
+    """``build_availability`` for these locations only, sorted (a location the SKU has
+    no state at is its id alone), and when a reservation of the SKU next expires.
+    Costs the locations asked and the SKU's expiring lines, not its location count:
+    a change at one store of a thousand recomputes that store."""
+    reserved, next_expiry = state.reserved(now)
+    sku = state.sku
+    resolve = rules.resolve if len(rules) else None
+    answers: list[LocationAvailability | str] = []
+    for location_id in sorted(location_ids):
+        if not has_location(state, location_id):
+            answers.append(location_id)
+            continue
+        resolved = NO_RULES if resolve is None else resolve(sku, location_id)
+        answers.append(
+            LocationAvailability(
+                location_id,
+                state.on_hand(location_id),
+                reserved.get(location_id, 0),
+                max(0, state.transit.get(location_id, 0)),
+                state.damaged.get(location_id, 0),
+                resolved.safety_stock,
+                resolved.channel_buffers,
+            )
+        )
+    return answers, next_expiry
+
+
+def merge_locations(
+    base: SkuAvailability | None,
+    sku: str,
+    whole: bool,
+    changed: Collection[LocationAvailability],
+    removed: Collection[str] = (),
+) -> SkuAvailability:
+    """``base`` with ``changed`` put in (replacing the same locations) and ``removed``
+    taken out, sorted by location; only ``changed`` when ``whole`` (or no base)."""
+    by_id = {} if whole or base is None else {loc.location_id: loc for loc in base.locations}
+    for location_id in removed:
+        by_id.pop(location_id, None)
+    for loc in changed:
+        by_id[loc.location_id] = loc
+    return SkuAvailability(sku, tuple(by_id[key] for key in sorted(by_id)), None)

@@ -1,6 +1,10 @@
 """The change feed's record (README "Change feed"): the one format every producer of
 ``availability.changes`` writes, the worker (``streams.change_feed``) and the
-reservation API (``services.reservations``) alike."""
+reservation API (``services.reservations``) alike.
+
+One record per SKU and location that changed, keyed ``<sku> <location_id>`` (so that
+a compacted topic keeps every location's latest) and sent to the SKU's partition (so
+that a SKU's records stay in one partition, in order)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from availability.ats import SkuAvailability
+from availability.ats import LocationAvailability
 
 
 def format_computed_at(computed_at: int) -> str:
@@ -17,36 +21,35 @@ def format_computed_at(computed_at: int) -> str:
     return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def change_record(availability: SkuAvailability, version: int, computed_at: int | str) -> bytes:
-    """The feed's JSON value for a record at ``version`` (``computed_at`` in µs, or
-    already formatted by ``format_computed_at``)."""
-    locations = []
-    total = 0
-    for loc in availability.locations:
-        ats = loc.on_hand - loc.reserved - loc.safety_stock  # with buffer 0
-        if ats < 0:
-            ats = 0
-        total += ats
-        locations.append(
-            {
-                "location_id": loc.location_id,
-                "on_hand": loc.on_hand,
-                "reserved": loc.reserved,
-                "in_transit": loc.in_transit,
-                "damaged": loc.damaged,
-                "safety_stock": loc.safety_stock,
-                "buffers": dict(sorted(loc.channel_buffers.items())) if loc.channel_buffers else {},
-                "ats": ats,
-            }
-        )
+def record_key(sku: str, location_id: str) -> bytes:
+    # Neither alphabet has a space (availability.identifiers).
+    return f"{sku} {location_id}".encode()
+
+
+def location_record(
+    sku: str, location: LocationAvailability | str, version: int, computed_at: int | str
+) -> bytes:
+    """The feed's JSON value for one location of a SKU at ``version`` (``computed_at``
+    in µs, or already formatted by ``format_computed_at``); a location the SKU no
+    longer has (its id alone) has every figure 0: it has no stock."""
     if not isinstance(computed_at, str):
         computed_at = format_computed_at(computed_at)
+    if isinstance(location, str):
+        location = LocationAvailability(location, 0, 0, 0, 0, 0, {})
+    ats = location.on_hand - location.reserved - location.safety_stock  # with buffer 0
+    buffers = location.channel_buffers
     return orjson.dumps(
         {
-            "sku": availability.sku,
+            "sku": sku,
+            "location_id": location.location_id,
             "version": version,
             "computed_at": computed_at,
-            "ats": total,
-            "locations": locations,
+            "on_hand": location.on_hand,
+            "reserved": location.reserved,
+            "in_transit": location.in_transit,
+            "damaged": location.damaged,
+            "safety_stock": location.safety_stock,
+            "buffers": dict(sorted(buffers.items())) if buffers else {},
+            "ats": ats if ats > 0 else 0,
         }
     )

@@ -9,8 +9,9 @@ changes what the record serves with nobody acting at that instant. So every line
 API touches is noted here, with the time by which it must be looked at again, and
 the worker owning the SKU looks at it then (``streams.hold_sweep``): it purges the
 holds past their deadline (announcing the change like any other), puts what the
-record serves at its current version on the feed, and notes the next time to look,
-the deadline of the line's hold while it lives.
+record serves at its current version at the line's location (and at those of the
+holds purged) on the feed, and notes the next time to look, the deadline of the
+line's hold while it lives.
 
 Keys: ``{prefix}:hold-checks:{<partition>}``, a sorted set per partition of the
 input topics (the worker that owns the partition owns its SKUs): member
@@ -25,39 +26,56 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from availability.ats import SkuAvailability
+from availability.holds import with_held
 from infra.kafka import partition_for
+from infra.records import decode_held, locations_from_flat
 from infra.redis_batch import Combined, Pending, RedisBatch, run_alone
-from infra.serving_scripts import ANNOUNCE_LUA, DROP_GONE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
-from infra.store import AvailabilityStore, served_view
+from infra.serving_scripts import (
+    ANNOUNCE_LUA,
+    DROP_GONE_LUA,
+    FRAGMENTS_LUA,
+    HELD_JSON_LUA,
+    LIVE_HOLDS_LUA,
+)
+from infra.store import AvailabilityStore
 
 # Purges the SKU's expired holds (announcing the change when there were any, as the
-# other scripts do) and returns what the record serves now: {version, d, holds per
-# location as JSON, then reservation id, deadline of every live hold}; {0} when the
-# SKU has no record. KEYS: the SKU's record, its holds. ARGV: now ms, change channel.
+# other scripts do) and returns what the record serves now at the locations that
+# matter to the lines looked at: the locations of the holds purged, of the lines'
+# holds and those the worker names (where its state has the lines). {version, holds
+# per location as JSON, expired, c, fragments (``fragments_of``), then reservation id,
+# deadline of every live hold}; {0} when the SKU has no record.
+# KEYS: the SKU's record, its holds. ARGV: now ms, change channel, n, n reservation
+# ids, locations...
 _REFRESH = (
     """
-if not redis.call('HGET', KEYS[1], 'd') then return {0} end
+if redis.call('HEXISTS', KEYS[1], 'c') == 0 then return {0} end
 local now = tonumber(ARGV[1])
 local channel = ARGV[2]
 local drop = {}
 """
     + LIVE_HOLDS_LUA
+    + FRAGMENTS_LUA
     + DROP_GONE_LUA
     + HELD_JSON_LUA
     + """
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do
+  if where[ARGV[i]] then touched[where[ARGV[i]]] = true end
+end
+for i = 4 + n, #ARGV do touched[ARGV[i]] = true end
 local served_version
-local served_d
 if lapsed then
 """
     + ANNOUNCE_LUA
     + """
-  served_version, served_d = version, d
+  served_version = version
 else
-  local cur = redis.call('HMGET', KEYS[1], 'v', 'd')
-  served_version, served_d = cur[1], cur[2]
+  served_version = redis.call('HGET', KEYS[1], 'v')
 end
 if lapsed and expired == 0 then expired = 1 end  -- gone with the holds key
-local answer = {served_version, served_d, held_json, expired}
+local c, fragments = fragments_of(touched)
+local answer = {served_version, held_json, expired, c, fragments}
 for rid, deadline in pairs(live) do
   answer[#answer + 1] = rid
   answer[#answer + 1] = string.format('%d', deadline)
@@ -85,7 +103,7 @@ class Refreshed:
     """What a SKU's record serves after its expired holds were purged."""
 
     version: int
-    served: SkuAvailability
+    served: SkuAvailability  # at the locations asked about and those of purged holds
     live: dict[str, int]  # reservation id -> deadline (ms) of each live hold
     expired: int  # holds purged (past their deadline, never handed over)
 
@@ -157,20 +175,38 @@ class HoldChecks:
                 checks.append(Check(partition, sku, rid, int(score)))
         return checks
 
-    async def refresh(self, sku: str, now: int) -> Refreshed | None:
-        """Purge the SKU's expired holds; what its record serves now (None: no record)."""
+    async def refresh(
+        self,
+        sku: str,
+        now: int,
+        reservation_ids: Sequence[str] = (),
+        locations: Iterable[str] = (),
+    ) -> Refreshed | None:
+        """Purge the SKU's expired holds; what its record serves now (None: no record)
+        at the locations of the holds purged, of these reservations' holds and
+        ``locations``."""
         reply = cast(
             list[Any],
             await self._refresh(
                 keys=[self.store.sku_key(sku), self.store.holds_key(sku)],
-                args=[now, self.store.change_channel(sku)],
+                args=[
+                    now,
+                    self.store.change_channel(sku),
+                    len(reservation_ids),
+                    *reservation_ids,
+                    *sorted(set(locations)),
+                ],
             ),
         )
         if len(reply) == 1:
             return None
-        version, data, held, expired, *pairs = reply
+        version, held, expired, channels, fragments, *pairs = reply
         live = {_text(pairs[i]): int(pairs[i + 1]) for i in range(0, len(pairs), 2)}
-        return Refreshed(int(version), served_view(data, held), live, int(expired))
+        served = with_held(
+            SkuAvailability(sku, tuple(locations_from_flat(channels, fragments)), None),
+            decode_held(held),
+        )
+        return Refreshed(int(version), served, live, int(expired))
 
     async def reschedule(self, check: Check, due: int | None) -> bool:
         """Move ``check`` to ``due`` (None: drop it), unless it was noted again since

@@ -27,23 +27,33 @@ from typing import Any
 import orjson
 
 from availability.ats import SkuAvailability
-from availability.holds import Hold
+from availability.holds import Hold, with_held
+from infra.records import decode_held, locations_from_flat, record_from_fields
 from infra.redis_batch import Combined, Pending, RedisBatch, Reply, run_alone
 from infra.redis_client import RedisClient
-from infra.serving_scripts import ANNOUNCE_LUA, DROP_GONE_LUA, HELD_JSON_LUA, LIVE_HOLDS_LUA
-from infra.store import AvailabilityStore, served_view
+from infra.serving_scripts import (
+    ANNOUNCE_LUA,
+    DROP_GONE_LUA,
+    FRAGMENTS_LUA,
+    HELD_JSON_LUA,
+    LIVE_HOLDS_LUA,
+)
+from infra.store import AvailabilityStore
 
 # Purges expired holds, then places ARGV[1]'s hold at the first candidate location
 # (ARGV[7..]) where it fits: on_hand - reserved - held - safety_stock - buffer(channel)
-# >= quantity, with the folded figures of the SKU's record (``d``) and its live holds.
-# A hold this reservation already has (a retry after a crash) is replaced, not added.
+# >= quantity, with the folded figures of that location in the SKU's record (its
+# `b:<channel>:` fragment, else its `a:` one: only the candidates are read) and the
+# SKU's live holds. A hold this reservation already has (a retry after a crash) is
+# replaced, not added.
 # When the holds changed (placed, replaced or purged), the record's version is bumped
-# and the served view announced on the SKU's channel (ARGV[6]), as the worker's write
-# does (``infra.serving_scripts``): Watch shows the hold at once.
+# and the change announced on the SKU's channel (ARGV[6]), as the worker's write does
+# (``infra.serving_scripts``): Watch shows the hold at once.
 # KEYS: the SKU's record, its holds. ARGV: reservation id, channel, quantity, now ms,
 # deadline ms, the SKU's change channel, candidate locations...
-# Returns {1, location, expired, version, d, holds per location as JSON} when placed,
-# else {0, best free units, expired, version (0: unchanged), d, holds}.
+# Returns {1, location, expired, version, holds per location as JSON, c, fragments of
+# the locations whose holds changed (``fragments_of``)} when placed, else {0, best
+# free units, expired, version (0: unchanged), holds, c, fragments}.
 _PLACE_HOLD = (
     """
 local now = tonumber(ARGV[4])
@@ -51,25 +61,26 @@ local channel = ARGV[6]
 local drop = {[ARGV[1]] = true}
 """
     + LIVE_HOLDS_LUA
+    + FRAGMENTS_LUA
     + """
 local replaced = dropped
 local best = 0
 local placed = false
-local raw = redis.call('HGET', KEYS[1], 'd')
-if raw then
-  local figures = {}
-  for _, l in ipairs(cjson.decode(raw)['locations']) do figures[l[1]] = l end
+local exists = redis.call('HEXISTS', KEYS[1], 'c') == 1
+if exists then
   local quantity = tonumber(ARGV[3])
   for i = 7, #ARGV do
-    local l = figures[ARGV[i]]
-    if l then
-      local buffer = 0
-      if type(l[7]) == 'table' and l[7][ARGV[2]] then buffer = l[7][ARGV[2]] end
-      local free = l[2] - l[3] - (held[ARGV[i]] or 0) - l[6] - buffer
+    local got = redis.call('HMGET', KEYS[1], 'b:' .. ARGV[2] .. ':' .. ARGV[i], 'a:' .. ARGV[i])
+    local raw = got[1] or got[2]
+    if raw then
+      local l = cjson.decode(raw)
+      local free = l['on_hand'] - l['reserved'] - (held[ARGV[i]] or 0) - l['safety_stock']
+        - l['buffer']
       if free >= quantity then
         redis.call('HSET', KEYS[2], ARGV[1], ARGV[i] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
         held[ARGV[i]] = (held[ARGV[i]] or 0) + quantity
         placed = ARGV[i]
+        touched[placed] = true
         local deadline = tonumber(ARGV[5])
         if deadline > latest then latest = deadline end
         redis.call('PEXPIREAT', KEYS[2], latest)
@@ -87,23 +98,25 @@ end
 """
     + DROP_GONE_LUA
     + """
-if not raw or (not placed and replaced == 0 and not lapsed) then
-  return {0, string.format('%d', best), expired, 0, '', ''}
+if not exists or (not placed and replaced == 0 and not lapsed) then
+  return {0, string.format('%d', best), expired, 0, '', '', {}}
 end
 """
     + HELD_JSON_LUA
     + ANNOUNCE_LUA
     + """
-if placed then return {1, placed, expired, version, d, held_json} end
-return {0, string.format('%d', best), expired, version, d, held_json}
+local c, fragments = fragments_of(touched)
+if placed then return {1, placed, expired, version, held_json, c, fragments} end
+return {0, string.format('%d', best), expired, version, held_json, c, fragments}
 """
 )
 
 # Removes a hold (a release, or a hold taken back); when the holds changed (removed,
-# or expired ones purged), bumps the record's version and announces the served view
-# on the SKU's channel, as placing does.
+# or expired ones purged), bumps the record's version and announces the change on
+# the SKU's channel, as placing does.
 # KEYS: the SKU's record, its holds. ARGV: reservation id, now ms, the change channel.
-# Returns {1 if the hold was there else 0, version (0: unchanged), d, holds as JSON}.
+# Returns {1 if the hold was there else 0, version (0: unchanged), holds as JSON, c,
+# fragments of the locations whose holds changed}.
 _REMOVE_HOLD = (
     """
 local now = tonumber(ARGV[2])
@@ -111,17 +124,19 @@ local channel = ARGV[3]
 local drop = {[ARGV[1]] = true}
 """
     + LIVE_HOLDS_LUA
+    + FRAGMENTS_LUA
     + DROP_GONE_LUA
     + """
 local removed = dropped
-if (removed == 0 and not lapsed) or not redis.call('HGET', KEYS[1], 'd') then
-  return {removed, 0, '', ''}
+if (removed == 0 and not lapsed) or redis.call('HEXISTS', KEYS[1], 'c') == 0 then
+  return {removed, 0, '', '', {}}
 end
 """
     + HELD_JSON_LUA
     + ANNOUNCE_LUA
     + """
-return {removed, version, d, held_json}
+local c, fragments = fragments_of(touched)
+return {removed, version, held_json, c, fragments}
 """
 )
 
@@ -172,7 +187,8 @@ class Placement:
 @dataclass(frozen=True, slots=True)
 class ServedChange:
     """A change of what a SKU's record serves, made by placing or removing a hold: the
-    record's new version and the figures it serves at that version (holds counted)."""
+    record's new version and the figures it serves at that version (holds counted) at
+    the locations whose holds changed (the SKU's other locations are left out)."""
 
     sku: str
     version: int
@@ -214,8 +230,8 @@ class ReservationStore:
         atomic step with the check."""
 
         def decode(reply: Any) -> Placement:
-            placed, value, expired, version, data, held = reply
-            change = _change(sku, version, data, held)
+            placed, value, expired, version, held, channels, fragments = reply
+            change = _change(sku, version, held, channels, fragments)
             if int(placed):
                 return Placement(_text(value), quantity, int(expired), change)
             return Placement(None, int(value), int(expired), change)
@@ -270,8 +286,8 @@ class ReservationStore:
         what the record serves, None when nothing changed."""
 
         def decode(reply: Any) -> ServedChange | None:
-            _, version, data, held = reply
-            return _change(sku, version, data, held)
+            _, version, held, channels, fragments = reply
+            return _change(sku, version, held, channels, fragments)
 
         return batch.script(
             self._remove,
@@ -288,13 +304,13 @@ class ReservationStore:
         included: callers filter with their clock)."""
         parts: list[Pending[Any]] = []
         for sku in skus:
-            parts.append(batch.command("HGET", self.store.sku_key(sku), b"d", read=True))
+            parts.append(batch.command("HGETALL", self.store.sku_key(sku), read=True))
             parts.append(batch.command("HGETALL", self.holds_key(sku), read=True))
 
         def combine(replies: list[Any]) -> list[Figures]:
             answers: list[Figures] = []
-            for raw, holds in zip(replies[::2], replies[1::2], strict=True):
-                figures = None if raw is None else SkuAvailability.from_data(orjson.loads(raw))
+            for sku, raw, holds in zip(skus, replies[::2], replies[1::2], strict=True):
+                figures = record_from_fields(sku, _pairs(raw))
                 answers.append(
                     (figures, [Hold.decode(_text(f), v) for f, v in _pairs(holds).items()])
                 )
@@ -343,10 +359,14 @@ class ReservationStore:
         await self.client.delete(self.reservation_key(reservation_id))
 
 
-def _change(sku: str, version: Any, data: Any, held: Any) -> ServedChange | None:
+def _change(
+    sku: str, version: Any, held: Any, channels: Any, fragments: Sequence[Any]
+) -> ServedChange | None:
     if not int(version):
         return None
-    return ServedChange(sku, int(version), served_view(data, held))
+    locations = locations_from_flat(channels, fragments)
+    served = with_held(SkuAvailability(sku, tuple(locations), None), decode_held(held))
+    return ServedChange(sku, int(version), served)
 
 
 def _pairs(reply: Any) -> dict[Any, Any]:

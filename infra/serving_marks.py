@@ -1,11 +1,16 @@
 """Completeness of the serving layer (``streams.rebuild``): which partitions' records
 are all written since Redis last lost its data. Part of ``AvailabilityStore``.
 
-``{prefix}:serving`` (hash): ``epoch`` the token of the rebuild under way or done,
+``{prefix}:serving2`` (hash): ``epoch`` the token of the rebuild under way or done,
 ``partitions`` how many there are, ``p:<n>`` the epoch in which partition n was
-written. In a Redis Cluster the epoch is also kept in ``{prefix}:serving:{m<n>}`` on
+written. In a Redis Cluster the epoch is also kept in ``{prefix}:serving2:{m<n>}`` on
 every master, so that a master that lost its data (its share of the records) voids
 the epoch as a single Redis losing everything does.
+
+The "2" is the records' layout (one field per location, ``infra.records``): a
+deployment upgraded from records of one JSON value each finds no marks of this
+layout, so its workers rewrite every record and reads answer "rebuilding" (503)
+meanwhile instead of taking the old records for SKUs never seen.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -21,6 +26,9 @@ from infra.redis_client import RedisClient
 
 # Marks partitions built, only if the epoch they were rebuilt in is still current:
 # should Redis lose its data during a rebuild, the rebuild is not counted.
+#: The marks' key (below the prefix), named for the records' layout (module docstring).
+SERVING_MARKS: Final = "serving2"
+
 _MARK_BUILT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 for i = 2, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[1]) end
@@ -65,7 +73,7 @@ class ServingMarks:
     def _init_serving_marks(self, client: RedisClient, prefix: str) -> None:
         self._mark_built: Any = client.register_script(_MARK_BUILT)
         self._void_epoch: Any = client.register_script(_VOID_EPOCH)
-        self._serving_key = f"{prefix}:serving"
+        self._serving_key = f"{prefix}:{SERVING_MARKS}"
 
     async def begin_rebuild(self, partitions: int) -> bytes:
         """The current rebuild epoch, starting one if Redis has none (in a cluster, also
@@ -96,7 +104,7 @@ class ServingMarks:
         keys: dict[str, bytes] = {}
         n = 0
         while len(keys) < len(owners) and n < 100_000:
-            key = f"{self.prefix}:serving:{{m{n}}}".encode()
+            key = f"{self.prefix}:{SERVING_MARKS}:{{m{n}}}".encode()
             owner = cluster.get_node_from_key(key.decode())
             if owner is not None and owner.name not in keys:
                 keys[owner.name] = key

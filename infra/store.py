@@ -6,10 +6,14 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``v``          version: +1 on every change of what the record serves, its figures
                    or the holds counted in them (see ``infra.serving_scripts.WRITE_RECORD``)
     ``h``          the latest deadline of the SKU's holds, while it has any
+    ``hl``         the locations of those holds (space-separated)
     ``f``          the latest version the durable change feed has acknowledged
-    ``d``          canonical JSON of the SKU's availability (all channels)
-    ``c:<channel>`` ready-to-send answer tail for a channel that rules give a buffer
-    ``*``          the same for every other channel (buffer 0)
+    ``c``          the channels some location has a buffer for (space-separated);
+                   present exactly when the record exists
+    ``t:*``        the SKU's ATS over its locations for a channel without a buffer
+    ``t:<channel>`` the same for a channel in ``c``
+    ``a:<loc>``    the location's answer object for a channel without a buffer
+    ``b:<channel>:<loc>``  the same for a channel the location has a buffer for
 ``{prefix}:workers``, ``{prefix}:counters``, ``{prefix}:drift``  worker status, shared
     counters, the last drift check (``infra.operations_state``)
 ``{prefix}:serving``  hash: how complete the serving records are (``streams.rebuild``)
@@ -19,9 +23,10 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
 ``{prefix}:serving:{m<n>}``  Redis Cluster only: the epoch again, once per master (the
     smallest n whose slot that master owns), so that a master that lost its data (its
     share of the records) voids the epoch like a single Redis losing everything
-``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <d>`` on every change
-    of what the record serves, ``<version> <d> <held>`` while the SKU has live
-    reservation holds (``<held>``: units per location, JSON; ``decode_change``)
+``{prefix}:changes:{<sku>}``  sharded pub/sub channel: ``<version> <=|+> <locations>`` on
+    every change of what the record serves (``=``: the SKU's every location; ``+``: only
+    those that changed), `` <held>`` after it while the SKU has live reservation holds
+    (units per location, JSON; ``infra.records.decode_change``)
 ``{prefix}:holds:{<sku>}``  hash: the SKU's reservation holds (``infra.reservation_store``)
 ``{prefix}:hold-checks:{<partition>}``  sorted set: lines the worker looks at again
     (``infra.hold_checks``)
@@ -29,9 +34,8 @@ Layout (every key carries a hash tag, so a Redis Cluster can spread SKUs):
     ``pending`` while one delivery of it is being processed (briefly), ``done`` once the
     broker acknowledged its events (until the dedupe TTL)
 
-An answer tail is the JSON of ``{"ats": .., "locations": [..]}`` without its
-opening brace; a read puts ``{"sku":..,"channel":..,`` in front of it, so serving a
-read parses nothing.
+A read of a SKU is one HGETALL whose fragments are joined as they are
+(``infra.records.join_answer``), so serving a read parses nothing.
 """
 
 from __future__ import annotations
@@ -41,23 +45,23 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass
 from typing import Any, cast
 
-import orjson
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
 from availability.ats import SkuAvailability
-from availability.holds import Hold, with_held, with_holds
 from infra.config import Settings
 from infra.operations_state import OperationsState
-from infra.records import DEFAULT_FIELD, answer_tail, encode_record
+from infra.records import (
+    RecordWrite,
+    decode_held,
+    encode_whole,
+)
 from infra.redis_batch import Combined, Pending, RedisBatch
 from infra.redis_client import REDIS_FAILURES, RedisClient, connect
 from infra.redis_raw import TOPOLOGY_REPLIES, calls_per_master, pack_command, round_trip
 from infra.serving_marks import ServingMarks
-from infra.serving_scripts import READ_SERVED, WRITE_RECORD
-
-#: In a record: the latest deadline (ms) of the SKU's reservation holds, while it has any.
-HOLDS_FIELD = b"h"
+from infra.serving_reads import ServingReads
+from infra.serving_scripts import KEEP_ANSWER, READ_SERVED, WRITE_RECORD
 
 # Claims a Shopify webhook for processing: nil when this caller got it (marked pending
 # for ARGV[1] seconds), else what it is marked (pending: in progress elsewhere; done).
@@ -84,6 +88,18 @@ class HoldCounts:
     expired: int
 
 
+@dataclass(frozen=True, slots=True)
+class WriteReply:
+    """What one record write did: the version the change feed must carry (0: none),
+    whether the write must be made whole, and the SKU's live holds per location
+    (what the feed's figures count as reserved besides the folded ones)."""
+
+    version: int
+    need_full: bool
+    held: dict[str, int]
+    touched: tuple[str, ...] = ()  # locations of the holds handed over or purged
+
+
 class _StaleSlotMap(Exception):
     """A packed batch met a redirection or a master away: send it the slow way."""
 
@@ -106,12 +122,13 @@ async def _loading_script(
     raise AssertionError("unreachable")
 
 
-class AvailabilityStore(ServingMarks, OperationsState):
+class AvailabilityStore(ServingReads, ServingMarks, OperationsState):
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self._write = client.register_script(WRITE_RECORD)
         self._read_served = client.register_script(READ_SERVED)
+        self._keep_answer = client.register_script(KEEP_ANSWER)
         self._mark_published = client.register_script(_MARK_PUBLISHED)
         self._claim_webhook = client.register_script(_CLAIM_WEBHOOK)
         self._init_serving_marks(client, prefix)
@@ -167,7 +184,7 @@ class AvailabilityStore(ServingMarks, OperationsState):
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
     ) -> list[int]:
-        """Write records in one round trip.
+        """Write records whole in one round trip.
 
         Returns per record the version the change feed must carry, 0 for none (the
         record is unchanged and the feed has it). A record written for the first
@@ -176,52 +193,54 @@ class AvailabilityStore(ServingMarks, OperationsState):
         ``handed_over``: per SKU the reservation ids whose lines the record includes
         (their holds are removed in the same step).
         """
-        versions, _, _ = await self.write_encoded(
-            [(record.sku, encode_record(record)) for record in records],
-            first_version,
-            handed_over,
+        replies, _ = await self.write_encoded(
+            [encode_whole(record) for record in records], first_version, handed_over
         )
-        return versions
+        return [reply.version for reply in replies]
 
     async def write_encoded(
         self,
-        records: Sequence[tuple[str, Sequence[bytes]]],
+        writes: Sequence[RecordWrite],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], HoldCounts, list[dict[str, int]]]:
-        """``write_records`` of records already encoded (``(sku, encode_record(...))``);
-        also returns how many holds were handed over and how many expired ones purged,
-        and per record the units its live holds keep per location (what the change
-        feed's record must count as reserved besides the folded figures)."""
-        if not records:
-            return [], HoldCounts(0, 0), []
+    ) -> tuple[list[WriteReply], HoldCounts]:
+        """Run the write script for each write (whole or partial,
+        ``infra.records.encode_whole`` / ``encode_partial``) in one round trip; also
+        returns how many holds were handed over and how many expired ones purged.
+        A partial write that needs a whole one (no record yet, or a channel the
+        record does not know) writes nothing and answers ``need_full``."""
+        if not writes:
+            return [], HoldCounts(0, 0)
         if first_version is None:
             first_version = time.time_ns() // 1000
         seed = str(first_version).encode()
         handed_over = handed_over or {}
         calls = []
-        for sku, (data, *fields) in records:
-            ids = [rid.encode() for rid in handed_over.get(sku, ())]
+        for write in writes:
+            ids = [rid.encode() for rid in handed_over.get(write.sku, ())]
             calls.append(
                 (
-                    self.sku_key(sku).encode(),
-                    self.holds_key(sku).encode(),
-                    data,
-                    self.change_channel(sku),
+                    self.sku_key(write.sku).encode(),
+                    self.holds_key(write.sku).encode(),
+                    self.change_channel(write.sku),
                     seed,
                     b"%d" % len(ids),
                     *ids,
-                    *fields,
+                    *write.args,
                 )
             )
         replies = await self._run_script(self._write, calls, keys=2)
-        return (
-            [int(v) for v, _, _, _ in replies],
-            HoldCounts(
-                sum(int(handed) for _, handed, _, _ in replies),
-                sum(int(expired) for _, _, expired, _ in replies),
-            ),
-            [decode_held(held) for _, _, _, held in replies],
+        answers = [
+            WriteReply(
+                max(int(reply[0]), 0),
+                int(reply[0]) < 0,
+                decode_held(reply[3]),
+                tuple(_text(reply[4]).split()) if len(reply) > 4 else (),
+            )
+            for reply in replies
+        ]
+        return answers, HoldCounts(
+            sum(int(reply[1]) for reply in replies), sum(int(reply[2]) for reply in replies)
         )
 
     def mark_published_in(
@@ -312,133 +331,6 @@ class AvailabilityStore(ServingMarks, OperationsState):
         except _StaleSlotMap:
             return await _loading_script(load, through_pipeline)
 
-    # --- reads (the APIs) ---
-
-    async def read_tail(self, sku: str, channel: str) -> bytes | None:
-        channel_tail, default_tail, holds_until = await self.client.hmget(
-            self.sku_key(sku), [b"c:" + channel.encode(), DEFAULT_FIELD, HOLDS_FIELD]
-        )
-        tail = cast(bytes | None, channel_tail or default_tail)
-        if tail is None or not _holds_live(holds_until):
-            return tail
-        return (await self._tails_with_holds([sku], channel))[0] or tail
-
-    async def read_tails(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
-        fields = [b"c:" + channel.encode(), DEFAULT_FIELD, HOLDS_FIELD]
-        tails: list[bytes | None] = []
-        held: list[int] = []
-        for index, (channel_tail, default_tail, holds_until) in enumerate(
-            await self._hmget_many([self.sku_key(sku).encode() for sku in skus], fields)
-        ):
-            tails.append(channel_tail or default_tail)
-            if tails[-1] is not None and _holds_live(holds_until):
-                held.append(index)
-        if held:
-            recounted = await self._tails_with_holds([skus[i] for i in held], channel)
-            for index, tail in zip(held, recounted, strict=True):
-                if tail is not None:
-                    tails[index] = tail
-        return tails
-
-    async def _hmget_many(self, keys: Sequence[bytes], fields: Sequence[bytes]) -> list[Any]:
-        """HMGET of each key in one round trip (a cluster: one per master, concurrently),
-        packed as the writes are (``infra.redis_raw``); in a cluster whose slot map is
-        stale, through redis-py's cluster pipeline."""
-        if not keys:
-            return []
-        if isinstance(self.client, RedisCluster):
-            try:
-                replies = await calls_per_master(
-                    self.client, (b"HMGET",), [(key, *fields) for key in keys]
-                )
-            except REDIS_FAILURES:
-                replies = None
-            if replies is not None and not any(
-                isinstance(reply, TOPOLOGY_REPLIES) for reply in replies
-            ):
-                for reply in replies:
-                    if isinstance(reply, ResponseError):
-                        raise reply
-                return replies
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, fields)
-            return await pipe.execute()
-        # A single Redis: packed the same way (redis-py's pipeline cost more than twice
-        # the CPU per batch: BENCHMARKS.md "Redis Cluster").
-        payload = b"".join([pack_command((b"HMGET", key, *fields)) for key in keys])
-        replies = await round_trip(self.client, payload, len(keys))
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return replies
-
-    async def _tails_with_holds(self, skus: Sequence[str], channel: str) -> list[bytes | None]:
-        """Answer tails that count the SKUs' live reservation holds as reserved: read
-        your writes, before the worker has folded the reservations (README
-        "Reservations"). Only SKUs with holds take this path."""
-        return [
-            None if availability is None else answer_tail(availability, channel)
-            for availability in await self._read_with_holds(skus)
-        ]
-
-    async def _read_with_holds(self, skus: Sequence[str]) -> list[SkuAvailability | None]:
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hget(self.sku_key(sku), b"d")
-            pipe.hgetall(self.holds_key(sku))
-        replies = await pipe.execute()
-        now = time.time_ns() // 1_000_000
-        answers: list[SkuAvailability | None] = []
-        for index in range(len(skus)):
-            raw, holds = replies[2 * index], replies[2 * index + 1]
-            if raw is None:
-                answers.append(None)
-                continue
-            availability = SkuAvailability.from_data(orjson.loads(raw))
-            answers.append(
-                with_holds(availability, [Hold.decode(_text(r), v) for r, v in holds.items()], now)
-            )
-        return answers
-
-    async def read_versions(self, skus: Sequence[str]) -> list[tuple[int, SkuAvailability | None]]:
-        """Each SKU's version and the figures it serves at that version (live holds
-        counted as reserved); (0, None) if never seen. One round trip, a second for
-        the SKUs that have holds (their version and holds read in one step)."""
-        pipe = self.client.pipeline(transaction=False)
-        for sku in skus:
-            pipe.hmget(self.sku_key(sku), [b"v", b"d", HOLDS_FIELD])
-        answers: list[tuple[int, SkuAvailability | None]] = []
-        held: list[int] = []
-        for index, (version, data, holds_until) in enumerate(await pipe.execute()):
-            if data is None:
-                answers.append((0, None))
-            else:
-                answers.append((int(version), SkuAvailability.from_data(orjson.loads(data))))
-                if _holds_live(holds_until):
-                    held.append(index)
-        if held:
-            now = b"%d" % (time.time_ns() // 1_000_000)
-            calls = [
-                (self.sku_key(skus[i]).encode(), self.holds_key(skus[i]).encode(), now)
-                for i in held
-            ]
-            replies = await self._run_script(self._read_served, calls, keys=2)
-            for index, reply in zip(held, replies, strict=True):
-                if len(reply) == 3:
-                    version, data, held_json = reply
-                    answers[index] = (int(version), served_view(data, held_json))
-        return answers
-
-    async def read_availability(self, sku: str) -> SkuAvailability | None:
-        """The SKU's figures, its live reservation holds counted as reserved."""
-        raw, holds_until = await self.client.hmget(self.sku_key(sku), [b"d", HOLDS_FIELD])
-        if raw is None:
-            return None
-        if _holds_live(holds_until):
-            return (await self._read_with_holds([sku]))[0]
-        return SkuAvailability.from_data(orjson.loads(raw))
-
     # --- Shopify webhooks (services.webhooks) ---
 
     def webhook_key(self, target: str, webhook_id: str) -> str:
@@ -460,33 +352,6 @@ class AvailabilityStore(ServingMarks, OperationsState):
     async def release_webhook(self, target: str, webhook_id: str) -> None:
         """Processing failed: a retry of the webhook may claim it at once."""
         await self.client.delete(self.webhook_key(target, webhook_id))
-
-
-def decode_held(held_json: bytes | str) -> dict[str, int]:
-    """The live holds per location as the scripts give them ('' for none)."""
-    if not held_json:
-        return {}
-    return cast(dict[str, int], orjson.loads(held_json))
-
-
-def served_view(data: bytes | str, held_json: bytes | str = b"") -> SkuAvailability:
-    """What a record serves: its figures (``d``) with the live holds counted as reserved."""
-    return with_held(SkuAvailability.from_data(orjson.loads(data)), decode_held(held_json))
-
-
-def decode_change(message: bytes) -> tuple[int, SkuAvailability]:
-    """A change announced on a SKU's channel: ``<version> <d>`` or, while the SKU has
-    live holds, ``<version> <d> <holds per location>`` (identifiers and ``d`` hold no
-    spaces). Raises ValueError (or KeyError, TypeError, IndexError) when unreadable."""
-    parts = message.split(b" ")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"{len(parts)} fields")
-    return int(parts[0]), served_view(parts[1], parts[2] if len(parts) == 3 else b"")
-
-
-def _holds_live(holds_until: bytes | str | None) -> bool:
-    """Whether a record's ``h`` says some hold may still count."""
-    return holds_until is not None and int(holds_until) > time.time_ns() // 1_000_000
 
 
 def _text(value: bytes | str) -> str:

@@ -35,7 +35,7 @@ from dev.processes import stop_process
 from dev.redis_cluster import DevRedisCluster, cluster_ports
 from dev.redis_server import ensure_redis
 from infra.config import Settings
-from infra.records import encode_record
+from infra.records import encode_whole
 from infra.store import AvailabilityStore
 from infra.topics import create_topics
 from loadtests.bench_stack import Service, Stack, bench_settings, free_port
@@ -108,26 +108,23 @@ async def fold_writes(settings: Mapping[str, Settings], args: argparse.Namespace
             for name, store in stores.items():
                 on_hand = 1000 + round_ * 10 + BACKENDS.index(name)  # every record changes
                 records = [
-                    (
-                        sku_name(i),
-                        encode_record(
-                            SkuAvailability(
-                                sku_name(i),
-                                tuple(
-                                    LocationAvailability(n, on_hand, 0, 0, 0, 0, {}) for n in names
-                                ),
-                                None,
-                            )
-                        ),
+                    encode_whole(
+                        SkuAvailability(
+                            sku_name(i),
+                            tuple(LocationAvailability(n, on_hand, 0, 0, 0, 0, {}) for n in names),
+                            None,
+                        )
                     )
                     for i in range(args.skus)
                 ]
                 started = time.perf_counter()
                 for first in range(0, len(records), args.fold_batch):
                     batch = records[first : first + args.fold_batch]
-                    versions, _, _ = await store.write_encoded(batch)
+                    replies, _ = await store.write_encoded(batch)
                     await store.mark_published(
-                        (sku, v) for (sku, _), v in zip(batch, versions, strict=True) if v
+                        (write.sku, reply.version)
+                        for write, reply in zip(batch, replies, strict=True)
+                        if reply.version
                     )
                 seconds = time.perf_counter() - started
                 rates[name].append(len(records) / seconds)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from infra.config import Settings
 from infra.kafka import kafka_client_options
+from infra.records import decode_change
 from infra.store import AvailabilityStore
 from loadtests.bench_cli import BenchError
 from loadtests.bench_grpc_catalogue import CHANNEL, INITIAL_ON_HAND
@@ -306,9 +307,12 @@ async def run_redis_tap(job: TapJob, conn: Connection[Message, Message]) -> None
                 continue
             now = time.time()
             recorder.log.messages += 1
-            _, _, record = message["data"].partition(b" ")
-            data = orjson.loads(record)
-            recorder.observe(now, data["sku"], ((loc[0], loc[1]) for loc in data["locations"]))
+            change = decode_change(message["data"])
+            recorder.observe(
+                now,
+                sku_of[message["channel"]],
+                ((loc.location_id, loc.on_hand) for loc in change.changed),
+            )
         await stop
         recorder.log.cpu_seconds = time.process_time() - cpu_before
     finally:

@@ -47,7 +47,7 @@ from typing import Any
 import orjson
 import redis
 
-from availability.ats import build_availability
+from availability.ats import location_availability
 from availability.events import parse_event
 from availability.journal import restore, summary_value
 from availability.rules import RuleBook
@@ -55,8 +55,8 @@ from availability.state import SkuState, fold
 from dev.broker import DevBroker
 from dev.redis_server import ensure_redis
 from infra.config import Settings
-from infra.feed_record import change_record
-from infra.records import encode_record
+from infra.feed_record import location_record
+from infra.records import encode_partial
 from infra.topics import create_topics
 from loadtests.bench_cli import BenchError, run_cli, write_report
 from loadtests.bench_measure import CpuMeter, rss_bytes
@@ -140,15 +140,18 @@ def measure_state(skus: int, locations: int) -> dict[str, Any]:
         tracemalloc.stop()
     rules, now = RuleBook(), time.time_ns() // 1000
     record_bytes = feed_bytes = 0
+    # A sold unit changes one location: the worker computes, writes and publishes it
+    # alone (README "Serving layer").
+    sold = {sku: state.locations()[:1] for sku, state in states.items()}
     started = time.perf_counter()
     for state in states.values():
-        record_bytes += sum(
-            len(field) for field in encode_record(build_availability(state, rules, now))
-        )
+        changed, _ = location_availability(state, rules, now, sold[state.sku])
+        record_bytes += sum(len(arg) for arg in encode_partial(state.sku, changed).args)
     record_seconds = time.perf_counter() - started
     started = time.perf_counter()
     for state in states.values():
-        feed_bytes += len(change_record(build_availability(state, rules, now), 1, now))
+        changed, _ = location_availability(state, rules, now, sold[state.sku])
+        feed_bytes += sum(len(location_record(state.sku, loc, 1, now)) for loc in changed)
     feed_seconds = time.perf_counter() - started
     summaries = {sku: summary_value(state) for sku, state in states.items()}
     summary_bytes = sum(len(v) for v in summaries.values())
@@ -182,8 +185,11 @@ def measure_redis(settings: Settings, skus: int, locations: int, seed: int) -> d
         sample = random.Random(seed).sample(range(skus), min(REDIS_SAMPLE, skus))
         keys = [f"{settings.redis_key_prefix}:sku:{{{sku_name(i)}}}" for i in sample]
         usage = [client.memory_usage(key, samples=0) or 0 for key in keys]
-        figures = [client.hstrlen(key, "d") for key in keys]
-        answers = [client.hstrlen(key, "*") for key in keys]
+        # The answer fragments of a channel without a buffer (fields a:<location>).
+        answers = [
+            sum(len(value) for name, value in client.hgetall(key).items() if name[:2] == b"a:")
+            for key in keys
+        ]
         encoding = client.object("encoding", keys[0])
     finally:
         client.close()
@@ -191,7 +197,6 @@ def measure_redis(settings: Settings, skus: int, locations: int, seed: int) -> d
     return {
         "redis_bytes_per_sku": round(per_sku),
         "redis_bytes_per_sku_location": round(per_sku / locations, 1),
-        "figures_bytes_per_sku": round(sum(figures) / len(figures)),
         "answer_bytes_per_sku": round(sum(answers) / len(answers)),
         "hash_encoding": encoding.decode() if isinstance(encoding, bytes) else str(encoding),
     }

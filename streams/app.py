@@ -34,6 +34,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT
 
+from availability.changes import event_locations
 from availability.display import clip
 from availability.events import (
     Event,
@@ -88,9 +89,21 @@ HANDOVER_CLOCK_MARGIN = 60.0
 class _Tally:
     """What a batch folded: for the serving records and the latency histograms."""
 
-    changed: list[str] = field(default_factory=list)
+    # SKU -> the locations its events named (None: the SKU is new, written whole)
+    changed: dict[str, set[str] | None] = field(default_factory=dict)
     event_times: list[int] = field(default_factory=list)
     publish_times: list[float] = field(default_factory=list)
+
+
+def _note_changed(tally: _Tally, sku: str, locations: set[str] | None) -> None:
+    if sku in tally.changed:
+        marked = tally.changed[sku]
+        if marked is None or locations is None:
+            tally.changed[sku] = None
+        else:
+            marked |= locations
+    else:
+        tally.changed[sku] = locations
 
 
 class Processor:
@@ -153,6 +166,7 @@ class Processor:
             self.feed,
             owned=self._owned_partitions,
             owns=self.owns,
+            line_locations=self._line_locations,
         )
         self.rebuild = ServingRebuild(
             self.store,
@@ -275,10 +289,12 @@ class Processor:
         # (streams.kafka.OutgoingRecords).
         return aiokafka_producer(self.app.producer)
 
-    async def _send_changes(self, changes: Sequence[tuple[str, bytes]]) -> list[Awaitable[Any]]:
+    async def _send_changes(
+        self, changes: Sequence[tuple[str, bytes, bytes]]
+    ) -> list[Awaitable[Any]]:
         records = OutgoingRecords(self._producer(), self.settings.changes_topic)
-        for sku, value in changes:
-            records.add(self.home(sku), sku.encode(), value)
+        for sku, key, value in changes:
+            records.add(self.home(sku), key, value)
         return await records.send()
 
     @property
@@ -291,6 +307,19 @@ class Processor:
         )
 
     # --- the fold ---
+
+    def _line_locations(self, sku: str, reservation_ids: Sequence[str]) -> list[str]:
+        """Where the fold has these reservation lines' holds (the hold sweep
+        republishes those locations)."""
+        state = self.states.by_sku.get(sku)
+        if state is None:
+            return []
+        found = []
+        for rid in reservation_ids:
+            line = state.reservations.get(rid)
+            if line is not None and line.hold is not None:
+                found.append(line.hold.location_id)
+        return found
 
     def owns(self, sku: str) -> bool:
         return self.home(sku) in self._owned_partitions()
@@ -441,7 +470,7 @@ class Processor:
             # figures are visible sooner. Safe in either order: should the worker die
             # before the acks, the batch's offsets are not committed, and folding it
             # again gives the very state (and records) Redis already shows.
-            self.writer.mark(tally.changed)
+            self.writer.mark_locations(tally.changed)
             written = await self.writer.flush()
         else:
             written = True
@@ -503,9 +532,16 @@ class Processor:
             new = state is None
             if state is None:
                 state = SkuState(sku)
+            # The locations the events can change, with the state before the fold and
+            # after it (a reservation line's hold may move).
+            touched: set[str] = set()
+            for event, _, _ in items:
+                touched |= event_locations(state, event)
             result = journal_batch(
                 state, [(event, raw) for event, raw, _ in items], settle_before=clock.settle_before
             )
+            for event, _, _ in items:
+                touched |= event_locations(state, event)
             for index, error in result.failed:
                 event, _, message = items[index]
                 log.error(
@@ -535,7 +571,7 @@ class Processor:
             if not result.entries:
                 if lines and not new:
                     self.writer.note_folded(sku, lines)
-                    tally.changed.append(sku)
+                    _note_changed(tally, sku, touched)
                 continue
             partition = self.home(sku)
             if new:
@@ -544,7 +580,7 @@ class Processor:
                 journal.add(partition, entry.key.encode(), entry.value)
             if lines:
                 self.writer.note_folded(sku, lines)
-            tally.changed.append(sku)
+            _note_changed(tally, sku, None if new else touched)
         for name, count in folded.items():
             self.counts[f"folded:{name}"] += count
             self.metrics.folded.labels(name).inc(count)
@@ -586,9 +622,15 @@ class Processor:
     # --- rules ---
 
     def _on_rule_change(self, before: Rule | None, after: Rule | None) -> None:
-        skus = {rule.sku for rule in (before, after) if rule is not None}
-        if None in skus:
-            self.writer.mark(list(self.states.by_sku))
+        """Mark what the rule covers (before and after the change): its SKU or every
+        SKU, at its location or at every location (whole)."""
+        rules = [rule for rule in (before, after) if rule is not None]
+        skus = {rule.sku for rule in rules}
+        places = {rule.location_id for rule in rules}
+        states = self.states.by_sku
+        marked = list(states) if None in skus else [s for s in skus if s and s in states]
+        if None in places:
+            self.writer.mark(marked)
         else:
-            states = self.states.by_sku
-            self.writer.mark(sku for sku in skus if sku is not None and sku in states)
+            located = {place for place in places if place is not None}
+            self.writer.mark_locations({sku: set(located) for sku in marked})

@@ -1,8 +1,8 @@
 """The gRPC server: ``availability.v1.AvailabilityService``, health and reflection.
 
 Reads go through ``AvailabilityStore`` exactly as the HTTP API's do, so both APIs
-give the same answers: ``GetAvailability`` reads the stored answer tail (or, with a
-``location_id``, the SKU's record narrowed by ``availability.ats.view``);
+give the same answers: ``GetAvailability`` joins the record's answer fragments (with a
+``location_id``, reads that location's alone);
 ``BatchGetAvailability`` reads every tail in one round trip and answers an unknown
 SKU with ``availability.ats.unknown_sku_view``. ``WatchAvailability`` streams are fed
 by the process's ``WatchHub`` (``services.grpc.watch``). The reservation RPCs
@@ -42,7 +42,7 @@ import orjson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from availability.ats import unknown_sku_view, view
+from availability.ats import unknown_sku_view
 from infra.config import Settings, get_settings
 from infra.hold_checks import HoldChecks
 from infra.logs import configure_logging
@@ -121,9 +121,9 @@ class AvailabilityService(ReservationRpcs, pb_grpc.AvailabilityServiceServicer):
                 if tail is not None:
                     return availability_message(orjson.loads(render_answer(sku, channel, tail)))
             else:
-                availability = await self.store.read_availability(sku)
-                if availability is not None:
-                    return availability_message(view(availability, channel, location_id))
+                tail = await self.store.read_location_tail(sku, channel, location_id)
+                if tail is not None:
+                    return availability_message(orjson.loads(render_answer(sku, channel, tail)))
             # No record: unknown, unless it may only not have been rewritten yet.
             incomplete = await self.store.incomplete_serving_layer()
         except REDIS_DOWN as exc:

@@ -2,11 +2,12 @@
 (in Redis Cluster mode, one per master that owns a watched SKU's slot).
 
 The stream processor's write script announces every change of a serving record on
-the SKU's sharded pub/sub channel (``AvailabilityStore.change_channel``) as
-``<version> <record>`` (followed by the SKU's live reservation holds per location
-while it has any: the reservation API announces a hold it places or removes on the
-same channel, with the next version, so a watch shows a reservation the moment it is
-answered 201, before the worker has folded it; README "Reservations"). A
+the SKU's sharded pub/sub channel (``AvailabilityStore.change_channel``): the
+locations that changed, with the SKU's live reservation holds per location while it
+has any (the reservation API announces a hold it places or removes on the same
+channel, with the next version, so a watch shows a reservation the moment it is
+answered 201, before the worker has folded it; README "Reservations"). The hub
+merges them into the figures it holds per watched SKU (``watch_figures``). A
 ``WatchHub`` holds one pub/sub connection for the whole
 process and subscribes to a SKU's channel while at least one watch wants it, so N
 watches of one SKU cost one subscription, and a change is decoded once however
@@ -52,8 +53,10 @@ from redis.crc import key_slot
 
 from availability.ats import SkuAvailability, watched_view
 from availability.watch_thresholds import NO_THRESHOLDS, Thresholds, figures_of, worth_sending
-from infra.store import AvailabilityStore, decode_change
+from infra.records import decode_change
+from infra.store import AvailabilityStore
 from services.auth.identity import Identity
+from services.grpc.watch_figures import WatchedFigures
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +225,7 @@ class WatchHub:
         self._open: set[Watch] = set()
         self._closing: str | None = None
         self._notifying: asyncio.Task[None] | None = None
+        self.figures = WatchedFigures(store, self._deliver)
 
     @property
     def open_count(self) -> int:
@@ -261,7 +265,13 @@ class WatchHub:
             self._per_owner[key] = self._per_owner.get(key, 0) + 1
         try:
             await self._subscribe(watch)
-            watch.start(await self.store.read_versions(watch.skus))
+            records = await self.store.read_folded(watch.skus)
+            watch.start(
+                [
+                    self.figures.seed(sku, record)
+                    for sku, record in zip(watch.skus, records, strict=True)
+                ]
+            )
         except BaseException:
             await self.release(watch)
             raise
@@ -289,6 +299,7 @@ class WatchHub:
             if not watchers:
                 del self._watches[name]
                 del self._sku_of[name]
+                self.figures.forget(sku)
                 unused.append(name)
                 if self._confirmed.get(name) == self._sent.get(name):
                     # Nothing in flight: forget the counts (else a late confirmation
@@ -439,19 +450,23 @@ class WatchHub:
         if not watchers:
             return
         try:
-            number, availability = decode_change(data)
+            change = decode_change(data)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             log.error("watch hub: unreadable change on %r: %r", channel, exc)
             return
-        sku = self._sku_of[channel]
-        for watch in watchers:
-            watch.offer(sku, number, availability)
+        self.figures.announce(self._sku_of[channel], change)
+
+    def _deliver(self, sku: str, version: int, served: SkuAvailability | None) -> None:
+        """New figures of a watched SKU (``WatchedFigures``): to each of its watches."""
+        for watch in self._watches.get(self.store.change_channel(sku), ()):
+            watch.offer(sku, version, served)
 
     def _fail_all(self, reason: str) -> None:
         for watch in list(self._open):
             watch.close(reason)
         self._watches.clear()
         self._sku_of.clear()
+        self.figures.forget_all()
         # Wake opens waiting for confirmations that will never come.
         self._notifying = asyncio.get_running_loop().create_task(self._notify())
 
@@ -460,6 +475,7 @@ class WatchHub:
             self._confirmation.notify_all()
 
     async def _stop_reader(self) -> None:
+        await self.figures.close()
         readers = list(self._readers.values())
         self._readers.clear()
         for reader in readers:

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from availability.ats import view
 from availability.identifiers import DEFAULT_CHANNEL, SKU_PATTERN
 from infra.records import batch_items, render_answer
 from infra.store import AvailabilityStore
@@ -19,7 +18,7 @@ from services.http import schemas
 from services.http.access import requires
 from services.http.deps import StoreDep
 from services.http.errors import ApiError
-from services.http.responses import json_response, raw_json
+from services.http.responses import raw_json
 from services.http.validation import (
     CHANNEL_RULE,
     LOCATION_RULE,
@@ -84,10 +83,10 @@ async def get_availability(
             raise await _not_found(store, sku)
         return raw_json(render_answer(sku, channel, tail))
     require_location(location_id)
-    availability = await store.read_availability(sku)
-    if availability is None:
+    tail = await store.read_location_tail(sku, channel, location_id)
+    if tail is None:
         raise await _not_found(store, sku)
-    return json_response(view(availability, channel, location_id))
+    return raw_json(render_answer(sku, channel, tail))
 
 
 async def _not_found(store: AvailabilityStore, sku: str) -> ApiError:

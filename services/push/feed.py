@@ -1,8 +1,8 @@
 """The change feed's records as the push reads them (README "Change feed").
 
-The one place that knows the record's shape, so that the planned move to per-location
-records changes this module only. A record that cannot be read is skipped (logged),
-never fatal: the push must not stop on one bad record.
+The one place that knows the record's shape: one record per SKU and location (keyed
+``<sku> <location_id>``). A record that cannot be read is skipped (logged), never
+fatal: the push must not stop on one bad record.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class FeedChange:
-    """One SKU's figures at one version: ``figures`` maps each location to the ATS of
-    ``channel`` there; ``computed_at`` is in seconds since the epoch."""
+    """A SKU's figures at one version: ``figures`` maps the record's location to the
+    ATS of ``channel`` there; ``computed_at`` is in seconds since the epoch."""
 
     sku: str
     version: int
@@ -57,12 +57,10 @@ def parse_change(value: bytes | None, channel: str) -> FeedChange | None:
         sku = data["sku"]
         if not is_sku(sku):
             raise ValueError(f"bad sku {str(sku)[:80]!r}")
-        figures: dict[str, int] = {}
-        for location in data["locations"]:
-            location_id = location["location_id"]
-            if not is_location(location_id):
-                raise ValueError(f"bad location_id {str(location_id)[:80]!r}")
-            figures[location_id] = channel_ats(location, channel)
+        location_id = data["location_id"]
+        if not is_location(location_id):
+            raise ValueError(f"bad location_id {str(location_id)[:80]!r}")
+        figures = {location_id: channel_ats(data, channel)}
         return FeedChange(
             sku=sku,
             version=_int(data["version"]),

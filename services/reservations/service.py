@@ -56,8 +56,9 @@ from availability.holds import (
 )
 from availability.identifiers import format_timestamp
 from infra.config import Settings
-from infra.feed_record import change_record
+from infra.feed_record import location_record, record_key
 from infra.hold_checks import HoldChecks
+from infra.kafka import partition_for
 from infra.redis_batch import RedisBatch
 from infra.redis_client import STORE_DOWN
 from infra.reservation_store import Figures, ReservationStore, ServedChange
@@ -323,13 +324,17 @@ class ReservationService:
             for event in events
         ]
         computed_at = self.clock()
+        # One record per location whose holds changed, in the SKU's partition (README
+        # "Change feed").
         records += [
             Record(
                 self.settings.changes_topic,
-                change.sku.encode(),
-                change_record(change.served, change.version, computed_at),
+                record_key(change.sku, location.location_id),
+                location_record(change.sku, location, change.version, computed_at),
+                partition_for(change.sku.encode(), self.settings.partitions),
             )
             for change in changes
+            for location in change.served.locations
         ]
         try:
             await self.publisher.publish(records, self.settings.reservation_publish_timeout)

@@ -40,6 +40,7 @@ class Record:
     topic: str
     key: bytes | None
     value: bytes
+    partition: int | None = None  # None: the producer's partitioner decides by key
 
 
 class Publisher:
@@ -98,7 +99,9 @@ class Publisher:
             async with asyncio.timeout(timeout):
                 producer = await self._started()
                 sent = [
-                    await producer.send(record.topic, record.value, key=record.key)
+                    await producer.send(
+                        record.topic, record.value, key=record.key, partition=record.partition
+                    )
                     for record in records
                 ]
                 await asyncio.gather(*sent)

@@ -65,27 +65,25 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def feed_record(sku: str, version: int, figures: Mapping[str, int]) -> dict[str, Any]:
-    """A change-feed record (README "Change feed") whose online ATS is ``figures``."""
-    return {
-        "sku": sku,
-        "version": version,
-        "computed_at": now_rfc3339(),
-        "ats": sum(figures.values()),
-        "locations": [
-            {
-                "location_id": loc,
-                "on_hand": ats,
-                "reserved": 0,
-                "in_transit": 0,
-                "damaged": 0,
-                "safety_stock": 0,
-                "buffers": {},
-                "ats": ats,
-            }
-            for loc, ats in sorted(figures.items())
-        ],
-    }
+def feed_records(sku: str, version: int, figures: Mapping[str, int]) -> list[dict[str, Any]]:
+    """A change's change-feed records (README "Change feed"), one per location, whose
+    online ATS is ``figures``."""
+    return [
+        {
+            "sku": sku,
+            "location_id": loc,
+            "version": version,
+            "computed_at": now_rfc3339(),
+            "on_hand": ats,
+            "reserved": 0,
+            "in_transit": 0,
+            "damaged": 0,
+            "safety_stock": 0,
+            "buffers": {},
+            "ats": ats,
+        }
+        for loc, ats in sorted(figures.items())
+    ]
 
 
 def shop_levels(standin: StandIn) -> dict[tuple[str, str], int]:

@@ -13,8 +13,9 @@ import orjson
 
 from availability.ats import LocationAvailability, SkuAvailability
 from infra.hold_checks import HoldChecks
+from infra.records import decode_change, encode_whole
 from infra.reservation_store import ReservationStore
-from infra.store import AvailabilityStore, decode_change, encode_record
+from infra.store import AvailabilityStore
 from streams.change_feed import ChangeFeed
 from streams.hold_sweep import HoldSweep
 
@@ -35,8 +36,10 @@ class Sent:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    async def __call__(self, records: Sequence[tuple[str, bytes]]) -> list[asyncio.Future[None]]:
-        self.records += [orjson.loads(value) for _, value in records]
+    async def __call__(
+        self, records: Sequence[tuple[str, bytes, bytes]]
+    ) -> list[asyncio.Future[None]]:
+        self.records += [orjson.loads(value) for _, _, value in records]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return [done]
@@ -71,10 +74,10 @@ async def test_a_lapsed_hold_is_announced_and_fed_and_a_handed_over_one_changes_
 
         # The worker folds "fold": its write hands the hold over; what the record
         # serves is unchanged (3 folded + 2 held), announced with the next version.
-        versions, counts, held = await store.write_encoded(
-            [("HC-1", encode_record(record("HC-1", 10, reserved=3)))], None, {"HC-1": ["fold"]}
+        [reply], counts = await store.write_encoded(
+            [encode_whole(record("HC-1", 10, reserved=3))], None, {"HC-1": ["fold"]}
         )
-        assert (versions, counts.handed_over, held) == ([v0 + 3], 1, [{"S1": 2}])
+        assert (reply.version, counts.handed_over, reply.held) == (v0 + 3, 1, {"S1": 2})
 
         await asyncio.sleep(0.35)
         assert await sweep.sweep() == 2
@@ -82,8 +85,8 @@ async def test_a_lapsed_hold_is_announced_and_fed_and_a_handed_over_one_changes_
         [(version, served)] = await store.read_versions(["HC-1"])
         assert (version, reserved(served)) == (v0 + 4, 3)
         assert await feed.drain(5)
-        assert [(r["version"], r["locations"][0]["reserved"]) for r in sent.records] == [
-            (v0 + 4, 3)
+        assert [(r["version"], r["location_id"], r["reserved"]) for r in sent.records] == [
+            (v0 + 4, "S1", 3)
         ]
         # Both lines are forgotten: "lapse" is gone, "fold" was handed over.
         assert await store.client.zcard(checks.key(checks.partition_of("HC-1"))) == 0
@@ -91,9 +94,16 @@ async def test_a_lapsed_hold_is_announced_and_fed_and_a_handed_over_one_changes_
         announced = []
         while (message := await pubsub.get_message(timeout=0.5)) is not None:
             if message["type"] == "smessage":
-                version, figures = decode_change(message["data"])
-                announced.append((version, reserved(figures)))
-        assert announced == [(v0, 0), (v0 + 1, 2), (v0 + 2, 5), (v0 + 3, 5), (v0 + 4, 3)]
+                change = decode_change(message["data"])
+                folded = sum(loc.reserved for loc in change.changed)
+                announced.append((change.version, change.whole, folded, change.held))
+        assert announced == [
+            (v0, True, 0, {}),
+            (v0 + 1, False, 0, {"S1": 2}),
+            (v0 + 2, False, 0, {"S1": 5}),
+            (v0 + 3, True, 3, {"S1": 2}),
+            (v0 + 4, False, 0, {}),
+        ]
     finally:
         publisher.cancel()
         await pubsub.aclose()  # type: ignore[no-untyped-call]

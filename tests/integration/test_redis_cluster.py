@@ -19,9 +19,10 @@ from availability.ats import LocationAvailability, SkuAvailability
 from dev.redis_cluster import DevRedisCluster
 from infra.config import Settings
 from infra.hold_checks import HoldChecks
-from infra.records import encode_record
+from infra.records import encode_whole
 from infra.redis_cluster_node import ClusterNode, acquire
 from infra.reservation_store import ReservationStore
+from infra.serving_marks import SERVING_MARKS
 from infra.store import AvailabilityStore
 from services.grpc.watch import Update, WatchHub
 from streams.hold_sweep import HoldSweep
@@ -166,12 +167,12 @@ async def test_holds_are_read_announced_and_looked_at_again_on_every_node(
     assert [(v, reserved(f)) for v, f in await store.read_versions(skus)] == [(101, 2)] * 12
     tails = await store.read_tails(skus, "online")
     assert all(t is not None and b'"ats":3' in t for t in tails), tails
-    # The packed write script's four-part reply: unchanged records report their
+    # The packed write script's reply: unchanged records report their
     # pending version and the live holds per location.
-    encoded = [(sku, encode_record(record(sku, 5))) for sku in skus]
-    versions, counts, held = await store.write_encoded(encoded, 200)
-    assert (versions, counts.handed_over, counts.expired) == ([101] * 12, 0, 0)
-    assert held == [{"S1": 2}] * 12
+    encoded = [encode_whole(record(sku, 5)) for sku in skus]
+    replies, counts = await store.write_encoded(encoded, 200)
+    assert ([r.version for r in replies], counts.handed_over, counts.expired) == ([101] * 12, 0, 0)
+    assert [r.held for r in replies] == [{"S1": 2}] * 12
     await store.mark_published((sku, 101) for sku in skus)
 
     # The checks: one sorted set per partition, each on its own slot.
@@ -186,8 +187,8 @@ async def test_holds_are_read_announced_and_looked_at_again_on_every_node(
     assert (sweep.expired, sweep.errors) == (12, 0)
     assert [(v, reserved(f)) for v, f in await store.read_versions(skus)] == [(102, 0)] * 12
     assert all([not await checks.due(p, far, 100) for p in partitions])
-    versions, counts, held = await store.write_encoded(encoded, 300)
-    assert (versions, held) == ([102] * 12, [{}] * 12)
+    replies, counts = await store.write_encoded(encoded, 300)
+    assert [(r.version, r.held) for r in replies] == [(102, {})] * 12
 
 
 async def test_a_watch_follows_skus_on_every_node(
@@ -283,7 +284,8 @@ async def test_the_stack_on_a_cluster_serves_watches_rebuilds_and_survives_a_mas
 
         # A master restarted empty (no persistence) while serving: its share of the
         # records is gone, the others' are not; the epoch is voided and rebuilt.
-        serving_owner = await owner_port(settings, f"{settings.redis_key_prefix}:serving")
+        marks = f"{settings.redis_key_prefix}:{SERVING_MARKS}"
+        serving_owner = await owner_port(settings, marks)
         port = next(p for p in redis_cluster.ports if p != serving_owner)
         redis_cluster.stop_node(port)
         try:

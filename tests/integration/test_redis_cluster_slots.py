@@ -16,7 +16,7 @@ from redis.crc import key_slot
 
 from availability.ats import LocationAvailability, SkuAvailability
 from dev.redis_cluster import DevRedisCluster
-from infra.records import encode_record
+from infra.records import encode_whole
 from infra.redis_batch import RedisBatch
 from infra.reservation_store import ReservationStore
 from infra.store import AvailabilityStore
@@ -123,14 +123,15 @@ async def test_the_write_script_reply_is_the_same_through_the_fallback_pipeline(
     _, target = masters_of(redis_cluster, store, sku)
     await move_slot(redis_cluster, key_slot(store.sku_key(sku).encode()), target)
     folded = SkuAvailability(sku, (LocationAvailability("S1", 4, 1, 0, 0, 0, {}),), None)
-    versions, counts, held = await store.write_encoded(
-        [(sku, encode_record(folded)), (other, encode_record(record(other, 4)))],
+    replies, counts = await store.write_encoded(
+        [encode_whole(folded), encode_whole(record(other, 4))],
         200,
         {sku: ["fold"]},
     )
     assert int(store.client.get_node_from_key(store.sku_key(sku)).port) == target
+    versions = [reply.version for reply in replies]
     assert (versions, counts.handed_over, counts.expired) == ([103, 102], 1, 0)
-    assert held == [{"S1": 1}, {"S1": 2}]
+    assert [reply.held for reply in replies] == [{"S1": 1}, {"S1": 2}]
 
 
 def skus_in_one_slot(count: int) -> list[str]:
@@ -280,12 +281,12 @@ async def test_scripts_that_empty_a_skus_holds_while_its_slot_migrates(
         for sku in released:
             change = await holds.remove(sku, f"only-{sku}", now)
             assert change is not None and change.version == 102
-        versions, counts, _ = await store.write_encoded(
-            [(s, encode_record(record(s, 9))) for s in handed],
+        replies, counts = await store.write_encoded(
+            [encode_whole(record(s, 9)) for s in handed],
             None,
             {s: [f"only-{s}"] for s in handed},
         )
-        assert (versions, counts.handed_over) == ([102, 102], 2)
+        assert ([reply.version for reply in replies], counts.handed_over) == ([102, 102], 2)
         for sku in purged:
             placed = await holds.place(sku, f"next-{sku}", "online", 2, ["S1"], later, far)
             assert (placed.location_id, placed.expired) == ("S1", 1)

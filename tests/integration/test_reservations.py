@@ -339,8 +339,9 @@ async def test_the_fold_takes_over_a_hold_without_double_count_or_gap(
             handed = await live_holds(api, "HAND") == []
             await asyncio.sleep(0.01)
         assert handed, "the worker did not take the hold over"
-        folded = await api.store.client.hget(api.store.sku_key("HAND"), "d")
-        assert orjson.loads(folded)["locations"][0][2] == n  # the fold's own figure
+        [record] = await api.store.read_folded(["HAND"])
+        assert record.folded is not None and record.held == {}
+        assert record.folded.locations[0].reserved == n  # the fold's own figure
 
 
 async def test_a_hold_stops_counting_at_the_reservations_expiry(api: Api) -> None:

@@ -152,8 +152,8 @@ def latest(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def store_figures(record: dict[str, Any]) -> tuple[int, int]:
-    [location] = record["locations"]
-    return location["reserved"], location["ats"]
+    """The reserved units and ATS of a SKU's one location in a feed record."""
+    return record["reserved"], record["ats"]
 
 
 async def test_the_feed_and_the_push_show_a_hold_at_once_and_the_fold_counts_it_once(

@@ -22,7 +22,7 @@ from tests.integration.conftest import StartService
 from tests.integration.push_support import (
     TOKEN_ENV,
     assert_no_call_applied_twice,
-    feed_record,
+    feed_records,
     metric,
     mutations,
     push_settings,
@@ -47,10 +47,10 @@ async def test_figures_reach_the_shop_and_unknown_items_are_listed(
         s,
         s.changes_topic,
         [
-            feed_record("SKU-1", 1, {"STORE-001": 5, "WH-1": 40}),
-            feed_record("SKU-2", 1, {"STORE-001": 3}),
-            feed_record("NOT-IN-SHOP", 1, {"STORE-001": 9}),
-            feed_record("SKU-1", 2, {"STORE-001": 4, "WH-1": 40, "ELSEWHERE": 7}),
+            *feed_records("SKU-1", 1, {"STORE-001": 5, "WH-1": 40}),
+            *feed_records("SKU-2", 1, {"STORE-001": 3}),
+            *feed_records("NOT-IN-SHOP", 1, {"STORE-001": 9}),
+            *feed_records("SKU-1", 2, {"STORE-001": 4, "WH-1": 40, "ELSEWHERE": 7}),
         ],
     )
     want = {("SKU-1", "STORE-001"): 4, ("SKU-1", "WH-1"): 40, ("SKU-2", "STORE-001"): 3}
@@ -80,7 +80,7 @@ async def test_status_lists_unmapped_skus_and_resync_corrects_the_shop(
     await produce(
         s,
         s.changes_topic,
-        [feed_record("SKU-1", 1, {"STORE-001": 5}), feed_record("GHOST", 1, {"STORE-001": 2})],
+        [*feed_records("SKU-1", 1, {"STORE-001": 5}), *feed_records("GHOST", 1, {"STORE-001": 2})],
     )
     wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 5)
     searches = [c for c in standin.calls() if c.get("operationName") == "ItemsBySku"]
@@ -118,23 +118,23 @@ async def test_a_stale_compare_never_raises_the_shop_on_figures_without_its_sale
     s = push_settings(settings, [target(standin, locations)], push_stale_hold=3.0)
     start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN})
     level = ("SKU-1", "STORE-001")
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 1, {"STORE-001": 10})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 1, {"STORE-001": 10})])
     wait_for(lambda: shop_levels(standin).get(level) == 10)
     # Shopify sells 3 that our figures do not hold yet; ours moves for another reason.
     standin.set_levels("SKU-1", "STORE-001", available=7)
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 2, {"STORE-001": 9})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 2, {"STORE-001": 9})])
     wait_for(lambda: any("STALE" in str(c.get("outcome")) for c in standin.calls()))
     # Re-read: min(ours 9, shop 7) = 7, nothing raised; then a raise is held too.
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 3, {"STORE-001": 12})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 3, {"STORE-001": 12})])
     time.sleep(1.0)
     assert shop_levels(standin)[level] == 7
     assert any(c.get("operationName") == "ItemsWithLevel" for c in standin.calls())
     # Lowering is always safe, hold or not.
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 4, {"STORE-001": 5})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 4, {"STORE-001": 5})])
     wait_for(lambda: shop_levels(standin)[level] == 5)
     # Once the hold is over, our figures (by now with Shopify's sales) may raise it.
     time.sleep(3.0)
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 5, {"STORE-001": 12})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 5, {"STORE-001": 12})])
     wait_for(lambda: shop_levels(standin)[level] == 12)
     assert metric(s.push_metrics_port, "availability_push_disagreements_total", target="main") >= 1
     kinds = {"target": "main", "kind": "stale_compare"}
@@ -149,13 +149,13 @@ async def test_calls_are_paced_by_the_bucket_and_wait_when_throttled(
     locations = seed_shop(standin, skus, bucket={"maximumAvailable": 30, "restoreRate": 10})
     s = push_settings(settings, [target(standin, locations)])
     wait_consuming(start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN}))
-    await produce(s, s.changes_topic, [feed_record("SKU-0", 1, {"STORE-001": 1})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-0", 1, {"STORE-001": 1})])
     want = {("SKU-0", "STORE-001"): 1}
     wait_for(lambda: shop_levels(standin) == want)
     standin.bucket(currentlyAvailable=0)  # another app has just spent the bucket
     for version, sku in enumerate(skus[1:], start=2):
         # One at a time, so that calls follow each other faster than the bucket refills.
-        await produce(s, s.changes_topic, [feed_record(sku, version, {"STORE-001": version})])
+        await produce(s, s.changes_topic, [*feed_records(sku, version, {"STORE-001": version})])
         want[(sku, "STORE-001")] = version
         time.sleep(0.1)
     wait_for(lambda: shop_levels(standin) == want, timeout=30)
@@ -183,10 +183,10 @@ async def test_lost_answers_and_5xx_are_retried_with_the_same_key(
     standin.fault("drop", phase="after", operation="mutation", count=1)
     standin.fault("status", status=502, phase="before", operation="mutation", count=1)
     push = start_service("services.push", s, extra_env={TOKEN_ENV: TOKEN})
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 1, {"STORE-001": 4, "WH-1": 6})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 1, {"STORE-001": 4, "WH-1": 6})])
     wait_for(lambda: len([c for c in mutations(standin) if c["outcome"] == "ok"]) >= 1)
     standin.fault("internal_error", operation="mutation", count=1)
-    await produce(s, s.changes_topic, [feed_record("SKU-2", 1, {"STORE-001": 2})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-2", 1, {"STORE-001": 2})])
     want = {("SKU-1", "STORE-001"): 4, ("SKU-1", "WH-1"): 6, ("SKU-2", "STORE-001"): 2}
     wait_for(lambda: shop_levels(standin) == want)
     calls = mutations(standin)
@@ -221,7 +221,7 @@ async def test_401_and_403_stop_their_target_and_the_others_go_on(
         "UNAPPROVED_TOKEN": "shpat_forbidden_x",
     }
     push = start_service("services.push", s, extra_env=env)
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 1, {"STORE-001": 3})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 1, {"STORE-001": 3})])
     wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 3)
     port = s.push_metrics_port
     wait_for(lambda: metric(port, "availability_push_target_up", target="revoked") == 0)
@@ -229,7 +229,7 @@ async def test_401_and_403_stop_their_target_and_the_others_go_on(
     assert metric(port, "availability_push_target_up", target="main") == 1
     live = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5)  # infra.probes
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
-    await produce(s, s.changes_topic, [feed_record("SKU-1", 2, {"STORE-001": 8})])
+    await produce(s, s.changes_topic, [*feed_records("SKU-1", 2, {"STORE-001": 8})])
     wait_for(lambda: shop_levels(standin).get(("SKU-1", "STORE-001")) == 8)
     log_text = push.log_path.read_text()
     assert "shopify push to revoked STOPPED: unauthorized" in log_text
@@ -258,7 +258,7 @@ async def test_kill_9_mid_run_then_restart_ends_with_our_figures_and_nothing_app
         records = []
         for n, sku in enumerate(skus):
             figures = {"STORE-001": (n + offset) % 17, "WH-1": (n * 3 + offset) % 23}
-            records.append(feed_record(sku, version, figures))
+            records.extend(feed_records(sku, version, figures))
             final.update({(sku, loc): q for loc, q in figures.items()})
         await produce(s, s.changes_topic, records, max_batch_size=65536)
 

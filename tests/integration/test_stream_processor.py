@@ -102,28 +102,43 @@ async def until_equal(
 
 
 async def feed_by_sku(settings: Settings) -> dict[str, list[dict[str, Any]]]:
-    """The change feed's records per SKU, in the order of their partition."""
+    """The change feed's records per SKU (one per location changed), in the order of
+    their partition: keyed ``<sku> <location_id>``, in the SKU's partition."""
     records: dict[str, list[dict[str, Any]]] = {}
     for record in await consume_all(settings, settings.changes_topic, timeout=10, idle=0.5):
         assert record.key is not None and record.value is not None
-        sku = record.key.decode()
-        assert record.partition == partition_for(record.key, settings.partitions)
+        sku, _, location_id = record.key.decode().partition(" ")
+        assert record.partition == partition_for(sku.encode(), settings.partitions)
         value = orjson.loads(record.value)
-        assert value["sku"] == sku
+        assert (value["sku"], value["location_id"]) == (sku, location_id)
         records.setdefault(sku, []).append(value)
     return records
 
 
-def feed_answer(record: dict[str, Any], channel: str = "online") -> dict[str, Any]:
-    """A change-feed record as the HTTP answer for ``channel`` (README "Change feed")."""
+def feed_view(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What a consumer applying only greater versions per location ends with."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        held = latest.get(record["location_id"])
+        if held is None or record["version"] > held["version"]:
+            latest[record["location_id"]] = record
+    return latest
+
+
+def feed_answer(
+    sku: str, view: dict[str, dict[str, Any]], listed: list[str], channel: str = "online"
+) -> dict[str, Any]:
+    """A SKU's change-feed records as the HTTP answer for ``channel`` (README "Change
+    feed"), at the ``listed`` locations."""
     locations = []
-    for loc in record["locations"]:
+    for location_id in listed:
+        loc = view[location_id]
         buffer = loc["buffers"].get(channel, 0)
         ats = max(0, loc["on_hand"] - loc["reserved"] - loc["safety_stock"] - buffer)
         fields = ("location_id", "on_hand", "reserved", "in_transit", "damaged", "safety_stock")
         locations.append({**{f: loc[f] for f in fields}, "buffer": buffer, "ats": ats})
     return {
-        "sku": record["sku"],
+        "sku": sku,
         "channel": channel,
         "ats": sum(loc["ats"] for loc in locations),
         "locations": locations,
@@ -133,18 +148,20 @@ def feed_answer(record: dict[str, Any], channel: str = "online") -> dict[str, An
 async def until_feed_complete(
     settings: Settings, expected: dict[str, Any], timeout: float, *, strictly: bool = True
 ) -> dict[str, list[dict[str, Any]]]:
-    """Wait until the change feed's latest record of every SKU is the serving record's
-    version and figures; versions never go back (with ``strictly``: never repeat)."""
+    """Wait until the change feed holds every SKU's serving record at its version: the
+    newest record of the SKU is of the record's version, and the latest record of each
+    location gives the figures served (a location no longer listed has nothing);
+    versions of a location never go back (with ``strictly``: never repeat)."""
     store = AvailabilityStore.for_settings(settings)
     deadline = time.monotonic() + timeout
     try:
         while True:
             feed = await feed_by_sku(settings)
             stored = {sku: await store.client.hget(store.sku_key(sku), "v") for sku in expected}
-            latest = {sku: records[-1] for sku, records in feed.items()}
+            newest = {sku: max(r["version"] for r in records) for sku, records in feed.items()}
             behind = [
                 sku for sku in expected
-                if sku not in latest or latest[sku]["version"] != int(stored[sku] or 0)
+                if sku not in newest or newest[sku] != int(stored[sku] or 0)
             ]  # fmt: skip
             if not behind:
                 break
@@ -153,11 +170,19 @@ async def until_feed_complete(
     finally:
         await store.close()
     for sku, records in feed.items():
-        versions = [r["version"] for r in records]
-        pairs = list(pairwise(versions))
-        assert all(a < b if strictly else a <= b for a, b in pairs), (sku, versions)
+        by_location: dict[str, list[int]] = {}
+        for record in records:
+            by_location.setdefault(record["location_id"], []).append(record["version"])
+        for versions in by_location.values():
+            pairs = list(pairwise(versions))
+            assert all(a < b if strictly else a <= b for a, b in pairs), (sku, versions)
     for sku, answer in expected.items():
-        assert feed_answer(latest[sku]) == answer, sku
+        view = feed_view(feed[sku])
+        listed = [loc["location_id"] for loc in answer["locations"]]
+        assert feed_answer(sku, view, listed) == answer, sku
+        for location_id, record in view.items():
+            if location_id not in listed:
+                assert (record["on_hand"], record["reserved"], record["ats"]) == (0, 0, 0)
     assert set(feed) == set(expected)
     return feed
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from availability.ats import LocationAvailability, SkuAvailability
+from availability.ats import LocationAvailability, SkuAvailability, merge_locations
 from availability.holds import (
     Hold,
     LineRequest,
@@ -23,7 +23,7 @@ from availability.holds import (
     with_held,
     with_holds,
 )
-from infra.store import decode_change, decode_held, encode_record, served_view
+from infra.records import decode_change, decode_held, location_data
 
 LOCATIONS = ["DC-1", "S-1", "S-2"]
 CHANNELS = ["online", "store"]
@@ -201,22 +201,32 @@ def test_line_event_ids_are_stable_and_short() -> None:
 def test_a_change_announced_with_its_holds_reads_back_as_the_served_figures(
     availability: SkuAvailability, holds: list[Hold]
 ) -> None:
-    """``<version> <d>[ <held>]`` on a SKU's channel (infra.store.decode_change) gives
-    what reads show: the folded figures with the live holds counted as reserved; the
-    same JSON of held units the change feed's records are computed with."""
+    """``<version> <=|+> <locations>[ <held>]`` on a SKU's channel
+    (infra.records.decode_change), merged into the figures held, gives what reads
+    show: the folded figures with the live holds counted as reserved; the same JSON of
+    held units the change feed's records are computed with."""
     now = 1000
     held = held_by_location(holds, now)
-    message = b"%d " % 42 + encode_record(availability)[0]
+    data = b"[" + b",".join(location_data(loc) for loc in availability.locations) + b"]"
+    message = b"%d = " % 42 + data
     if held:
         message += b" " + orjson.dumps(held)
-    version, shown = decode_change(message)
-    assert version == 42
+    change = decode_change(message)
+    assert (change.version, change.whole, change.removed) == (42, True, ())
+    folded = merge_locations(None, "SKU-A", change.whole, change.changed)
+    shown = with_held(folded, change.held)
     assert shown == with_holds(availability, holds, now) == with_held(availability, held)
-    assert served_view(encode_record(availability)[0], orjson.dumps(held) if held else b"") == shown
     assert decode_held(b"") == {}
+    # A change of one location merged onto the figures it follows; another removed.
+    first, *rest = availability.locations
+    moved = LocationAvailability(first.location_id, first.on_hand + 1, 0, 0, 0, 0, {})
+    change = decode_change(b"43 + [" + location_data(moved) + b',["GONE"]]')
+    assert (change.version, change.whole, change.removed) == (43, False, ("GONE",))
+    merged = merge_locations(availability, "SKU-A", False, change.changed, change.removed)
+    assert merged.locations == (moved, *rest)
 
 
 def test_an_unreadable_change_is_refused() -> None:
-    for message in (b"7", b'7 {"sku":"A","locations":[]} {} extra', b'x {"sku":"A"}'):
-        with pytest.raises((ValueError, KeyError)):
+    for message in (b"7", b"7 = [] {} extra", b"x = []", b"7 * []", b'7 + {"a":1}'):
+        with pytest.raises((ValueError, KeyError, TypeError)):
             decode_change(message)

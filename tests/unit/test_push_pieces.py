@@ -13,29 +13,25 @@ from services.push.levels import Levels
 
 def feed(**overrides: object) -> bytes:
     record: dict[str, object] = {
-        "sku": "SKU-1",
-        "version": 7,
+        "sku": "SKU-1", "location_id": "S1", "version": 7,
         "computed_at": "2026-11-23T08:00:00.5Z",
-        "ats": 7,
-        "locations": [
-            {"location_id": "S1", "on_hand": 10, "reserved": 2, "in_transit": 0, "damaged": 0,
-             "safety_stock": 1, "buffers": {"online": 3, "store": 1}, "ats": 7},
-            {"location_id": "S2", "on_hand": 1, "reserved": 2, "in_transit": 0, "damaged": 0,
-             "safety_stock": 0, "buffers": {}, "ats": 0},
-        ],
+        "on_hand": 10, "reserved": 2, "in_transit": 0, "damaged": 0, "safety_stock": 1,
+        "buffers": {"online": 3, "store": 1}, "ats": 7,
     }  # fmt: skip
     record.update(overrides)
     return orjson.dumps(record)
 
 
-def test_a_record_gives_each_location_s_figure_for_the_channel() -> None:
+def test_a_record_gives_its_location_s_figure_for_the_channel() -> None:
     change = parse_change(feed(), "online")
     assert change is not None
     assert change.sku == "SKU-1" and change.version == 7
-    assert change.figures == {"S1": 4, "S2": 0}  # 10 - 2 - 1 - 3; never below 0
+    assert change.figures == {"S1": 4}  # 10 - 2 - 1 - 3
     assert change.computed_at == 1795420800.5
     other = parse_change(feed(), "marketplace")
-    assert other is not None and other.figures == {"S1": 7, "S2": 0}
+    assert other is not None and other.figures == {"S1": 7}
+    short = parse_change(feed(location_id="S2", on_hand=1, buffers={}), "online")
+    assert short is not None and short.figures == {"S2": 0}  # never below 0
 
 
 def test_unreadable_records_are_skipped_not_fatal() -> None:
@@ -45,8 +41,9 @@ def test_unreadable_records_are_skipped_not_fatal() -> None:
         feed(sku="bad sku"),
         feed(version="7"),
         feed(computed_at="yesterday"),
-        feed(locations=[{"location_id": "S1"}]),
-        feed(locations=[{"location_id": "", "on_hand": 1, "reserved": 0, "safety_stock": 0}]),
+        feed(on_hand=None),
+        feed(location_id=""),
+        feed(buffers={"online": "3"}),
     ):
         assert parse_change(bad, "online") is None
     assert parse_change(None, "online") is None  # a tombstone

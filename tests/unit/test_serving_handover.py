@@ -12,7 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from availability.events import ReservationCreated
 from availability.rules import RuleBook
 from availability.state import SkuState, fold
-from infra.store import AvailabilityStore, HoldCounts
+from infra.records import RecordWrite
+from infra.store import AvailabilityStore, HoldCounts, WriteReply
 from streams.serving import ServingWriter
 
 SECOND = 1_000_000
@@ -28,16 +29,16 @@ class RecordingStore:
 
     async def write_encoded(
         self,
-        records: Sequence[tuple[str, Sequence[bytes]]],
+        records: Sequence[RecordWrite],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], HoldCounts, list[dict[str, int]]]:
+    ) -> tuple[list[WriteReply], HoldCounts]:
         if self.fail_next:
             self.fail_next -= 1
             raise RedisConnectionError("Redis is away")
         self.handed.append({sku: set(ids) for sku, ids in (handed_over or {}).items()})
         handed = HoldCounts(sum(map(len, (handed_over or {}).values())), 0)
-        return [0] * len(records), handed, [{} for _ in records]
+        return [WriteReply(0, False, {}) for _ in records], handed
 
 
 def created(reservation_id: str, sku: str, at: int) -> ReservationCreated:

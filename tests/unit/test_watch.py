@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from availability.ats import LocationAvailability, SkuAvailability
 from availability.watch_thresholds import Thresholds, figures_of
+from infra.serving_reads import FoldedRecord
 from infra.store import AvailabilityStore
 from services.auth.identity import Identity
 from services.grpc.gen.availability.v1 import availability_pb2 as pb
@@ -268,8 +269,8 @@ class FakeStore:
     def change_channel(self, sku: str) -> bytes:
         return f"changes:{{{sku}}}".encode()
 
-    async def read_versions(self, skus: list[str]) -> list[tuple[int, None]]:
-        return [(0, None)] * len(skus)
+    async def read_folded(self, skus: list[str]) -> list[FoldedRecord]:
+        return [FoldedRecord(0, None, {})] * len(skus)
 
 
 class FakeSubscription:

@@ -18,7 +18,8 @@ import streams.serving as serving
 from availability.events import PosSale
 from availability.rules import RuleBook
 from availability.state import SkuState, fold
-from infra.store import AvailabilityStore, HoldCounts
+from infra.records import RecordWrite
+from infra.store import AvailabilityStore, HoldCounts, WriteReply
 from streams import faust_internals
 from streams.intake import Clock, Refusal, read_event
 from streams.serving import ServingWriter
@@ -86,12 +87,12 @@ class FakeStore:
 
     async def write_encoded(
         self,
-        records: Sequence[tuple[str, Sequence[bytes]]],
+        records: Sequence[RecordWrite],
         first_version: int | None = None,
         handed_over: Mapping[str, Collection[str]] | None = None,
-    ) -> tuple[list[int], HoldCounts, list[dict[str, int]]]:
-        self.written.extend(sku for sku, _ in records)
-        return [1] * len(records), HoldCounts(0, 0), [{} for _ in records]
+    ) -> tuple[list[WriteReply], HoldCounts]:
+        self.written.extend(record.sku for record in records)
+        return [WriteReply(1, False, {}) for _ in records], HoldCounts(0, 0)
 
 
 async def test_a_record_that_cannot_be_computed_holds_up_no_other(
